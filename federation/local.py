@@ -1,0 +1,471 @@
+"""A whole federation on one machine, as child processes on loopback.
+
+``LocalFederation(workdir).up(...)`` starts N independent single- or multi-broker
+KRaft clusters (each with its own cluster id, ports, data directory and small
+heap), ZooKeeper when asked, and records everything it started in
+``WORKDIR/federation.json``; ``down()`` stops exactly those processes.
+
+Port layout (``base`` defaults to 19092):
+
+* ``base + 0 ..``     federation entry points (proxies), later components
+* ``base + 20``       ZooKeeper client port
+* ``base + 100*(i+1) + 2*j``  cluster i, broker j (``+1`` is its KRaft controller port)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from federation import probe, procs
+from federation.errors import ConfigError, FedKafkaError
+from federation.kafka_dist import (
+    DEFAULT_KAFKA_VERSION,
+    KafkaDist,
+    ZooKeeperDist,
+    install_kafka,
+    install_zookeeper,
+    java_executable,
+)
+
+STATE_FILE = "federation.json"
+FORMAT = 1
+HOST = "127.0.0.1"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def default_workdir() -> Path:
+    env = os.environ.get("FEDKAFKA_WORKDIR")
+    return Path(env) if env else Path.cwd() / ".fedkafka" / "local"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerPlan:
+    cluster: str
+    node_id: int
+    port: int
+    controller_port: int | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.cluster}-b{self.node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPlan:
+    name: str
+    cluster_id: str
+    brokers: tuple[BrokerPlan, ...]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"{HOST}:{b.port}" for b in self.brokers)
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{b.node_id}@{HOST}:{b.controller_port}"
+                        for b in self.brokers if b.controller_port is not None)
+
+
+def cluster_name(index: int) -> str:
+    return f"c{index + 1}"
+
+
+def plan_clusters(n: int, brokers_per_cluster: int, base_port: int) -> list[ClusterPlan]:
+    """Decide names, ids and ports for ``n`` clusters (no side effects)."""
+    if n < 1:
+        raise ConfigError("--clusters must be at least 1")
+    if n > 60:
+        raise ConfigError("--clusters must be at most 60 on one machine")
+    if not 1 <= brokers_per_cluster <= 9:
+        raise ConfigError("--brokers-per-cluster must be between 1 and 9")
+    if not 1024 <= base_port <= 65535 - 100 * (n + 1):
+        raise ConfigError(f"--base-port {base_port} leaves no room for {n} clusters; "
+                          "pick one between 1024 and 50000")
+    plans = []
+    voters = min(brokers_per_cluster, 3)
+    for i in range(n):
+        brokers = tuple(
+            BrokerPlan(
+                cluster=cluster_name(i),
+                node_id=j + 1,
+                port=base_port + 100 * (i + 1) + 2 * j,
+                controller_port=(base_port + 100 * (i + 1) + 2 * j + 1) if j < voters else None,
+            )
+            for j in range(brokers_per_cluster)
+        )
+        cid = uuid.uuid4().bytes
+        plans.append(ClusterPlan(cluster_name(i), _kafka_uuid(cid), brokers))
+    return plans
+
+
+def _kafka_uuid(raw: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def broker_properties(cluster: ClusterPlan, broker: BrokerPlan, data_dir: Path) -> str:
+    rf = min(len(cluster.brokers), 3)
+    roles = "broker,controller" if broker.controller_port is not None else "broker"
+    listeners = f"PLAINTEXT://{HOST}:{broker.port}"
+    if broker.controller_port is not None:
+        listeners += f",CONTROLLER://{HOST}:{broker.controller_port}"
+    lines = {
+        "process.roles": roles,
+        "node.id": str(broker.node_id),
+        "controller.quorum.voters": cluster.voters,
+        "listeners": listeners,
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{broker.port}",
+        "controller.listener.names": "CONTROLLER",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.partitions": "1",
+        "default.replication.factor": str(rf),
+        "min.insync.replicas": "1",
+        "offsets.topic.replication.factor": str(rf),
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(rf),
+        "transaction.state.log.min.isr": "1",
+        "transaction.state.log.num.partitions": "4",
+        "share.coordinator.state.topic.replication.factor": str(rf),
+        "share.coordinator.state.topic.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "false",
+        "log.retention.hours": "24",
+        "log.segment.bytes": str(64 << 20),
+        "socket.request.max.bytes": str(100 << 20),
+    }
+    return "".join(f"{k}={v}\n" for k, v in lines.items())
+
+
+class LocalFederation:
+    """The local federation whose state lives in ``workdir``."""
+
+    def __init__(self, workdir: Path | None = None) -> None:
+        self.workdir = (workdir or default_workdir()).resolve()
+        self.state_path = self.workdir / STATE_FILE
+
+    # -- state -------------------------------------------------------------
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.state_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, json.JSONDecodeError) as e:
+            raise FedKafkaError(f"{self.state_path} is unreadable ({e}); "
+                                "remove it after checking no process of ours runs") from e
+        return data
+
+    def _save(self, state: dict[str, Any]) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        os.replace(tmp, self.state_path)
+
+    def records(self, state: dict[str, Any] | None = None) -> list[procs.ProcessRecord]:
+        state = state if state is not None else self.load()
+        if not state:
+            return []
+        return [procs.ProcessRecord.from_dict(p) for p in state.get("processes", [])]
+
+    def running(self) -> list[procs.ProcessRecord]:
+        return [r for r in self.records() if procs.is_ours(r)]
+
+    # -- up ----------------------------------------------------------------
+
+    def _check_workdir(self) -> None:
+        try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            probe_file = self.workdir / ".write-test"
+            probe_file.write_text("x")
+            probe_file.unlink()
+        except OSError as e:
+            raise FedKafkaError(
+                f"the work directory {self.workdir} is not writable ({e.strerror}); "
+                "pass --workdir with a writable directory"
+            ) from e
+
+    def up(
+        self,
+        clusters: int = 2,
+        brokers_per_cluster: int = 1,
+        metadata: str = "file",
+        kafka_version: str = DEFAULT_KAFKA_VERSION,
+        base_port: int = 19092,
+        heap: str = "256m",
+        timeout: float = 180.0,
+        progress: Progress = _quiet,
+    ) -> dict[str, Any]:
+        """Start the federation and return its description (also in federation.json)."""
+        if metadata not in ("file", "zookeeper"):
+            raise ConfigError(f"--metadata {metadata!r} is unknown; use 'file' or 'zookeeper'")
+        java_executable()  # fail first, and clearly, when there is no Java
+        self._check_workdir()
+        if self.running():
+            raise FedKafkaError(
+                f"a local federation is already running in {self.workdir}; "
+                "run `fedkafka local down` first (or pass another --workdir)"
+            )
+        plans = plan_clusters(clusters, brokers_per_cluster, base_port)
+        zk_port = base_port + 20 if metadata == "zookeeper" else None
+        self._check_ports(plans, zk_port)
+
+        progress(f"installing Apache Kafka {kafka_version} (cached after the first time)")
+        dist, _ = install_kafka(kafka_version)
+        zk_dist: ZooKeeperDist | None = None
+        if zk_port is not None:
+            progress("installing Apache ZooKeeper (cached after the first time)")
+            zk_dist, _ = install_zookeeper()
+
+        # A fresh start: data of an earlier, stopped federation in this workdir is discarded.
+        for sub in ("clusters", "zookeeper", "logs", "run"):
+            shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        state: dict[str, Any] = {
+            "format": FORMAT,
+            "workdir": str(self.workdir),
+            "kafka_version": dist.version,
+            "started_at": time.time(),
+            "bootstrap": plans[0].bootstrap,
+            "clusters": [
+                {
+                    "name": p.name,
+                    "cluster_id": p.cluster_id,
+                    "bootstrap": p.bootstrap,
+                    "brokers": [{"node_id": b.node_id, "host": HOST, "port": b.port,
+                                 "controller_port": b.controller_port} for b in p.brokers],
+                }
+                for p in plans
+            ],
+            "metadata": {"backend": metadata},
+            "zookeeper": f"{HOST}:{zk_port}" if zk_port else None,
+            "processes": [],
+        }
+        self._save(state)
+        started: list[procs.ProcessRecord] = []
+        try:
+            if zk_dist is not None and zk_port is not None:
+                started.append(self._start_zookeeper(zk_dist, zk_port, state, progress))
+            for plan in plans:
+                started.extend(self._start_cluster(dist, plan, heap, state, progress))
+            self._wait_clusters(plans, started, timeout, progress)
+            if zk_port is not None:
+                self._wait_zookeeper(zk_port, started, timeout)
+        except BaseException:
+            progress("start failed: stopping what was started")
+            procs.stop(started)
+            raise
+        state["ready_at"] = time.time()
+        self._save(state)
+        return state
+
+    def _check_ports(self, plans: list[ClusterPlan], zk_port: int | None) -> None:
+        wanted: list[tuple[int, str]] = []
+        for p in plans:
+            for b in p.brokers:
+                wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))
+                if b.controller_port is not None:
+                    wanted.append((b.controller_port,
+                                   f"cluster {p.name} KRaft controller {b.node_id}"))
+        if zk_port is not None:
+            wanted.append((zk_port, "ZooKeeper"))
+        for port, what in wanted:
+            if probe.port_in_use(HOST, port):
+                raise FedKafkaError(
+                    f"port {port} (for {what}) is already in use on {HOST}; stop what "
+                    "listens there or pass --base-port with another free range"
+                )
+
+    def _start_cluster(
+        self, dist: KafkaDist, plan: ClusterPlan, heap: str, state: dict[str, Any],
+        progress: Progress,
+    ) -> list[procs.ProcessRecord]:
+        progress(f"formatting and starting cluster {plan.name} ({len(plan.brokers)} broker(s))")
+        out = []
+        for b in plan.brokers:
+            bdir = self.workdir / "clusters" / plan.name / f"broker-{b.node_id}"
+            data = bdir / "data"
+            bdir.mkdir(parents=True, exist_ok=True)
+            props = bdir / "server.properties"
+            props.write_text(broker_properties(plan, b, data))
+            fmt = subprocess.run(
+                dist.java_command(dist.storage_tool, "format", "-t", plan.cluster_id,
+                                  "-c", str(props), "--ignore-formatted", heap="128m"),
+                capture_output=True, text=True, check=False, timeout=120,
+            )
+            if fmt.returncode != 0:
+                raise FedKafkaError(
+                    f"formatting storage for {b.name} failed: "
+                    f"{(fmt.stdout + fmt.stderr).strip().splitlines()[-1:]}"
+                )
+            ports = [b.port] + ([b.controller_port] if b.controller_port else [])
+            rec, _ = procs.spawn(
+                name=b.name, kind="kafka-broker",
+                cmd=dist.java_command("kafka.Kafka", str(props), heap=heap),
+                log=self.workdir / "logs" / f"{b.name}.log", ports=ports,
+                marker=str(props),
+            )
+            rec.extra = {"cluster": plan.name, "node_id": b.node_id}
+            state["processes"].append(rec.to_dict())
+            self._save(state)
+            out.append(rec)
+        return out
+
+    def _start_zookeeper(self, dist: ZooKeeperDist, port: int, state: dict[str, Any],
+                         progress: Progress) -> procs.ProcessRecord:
+        progress(f"starting ZooKeeper on {HOST}:{port}")
+        zdir = self.workdir / "zookeeper"
+        (zdir / "data").mkdir(parents=True, exist_ok=True)
+        cfg = zdir / "zoo.cfg"
+        cfg.write_text(
+            f"tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir={zdir / 'data'}\n"
+            f"clientPort={port}\nclientPortAddress={HOST}\nmaxClientCnxns=200\n"
+            "admin.enableServer=false\n"
+        )
+        rec, _ = procs.spawn(name="zookeeper", kind="zookeeper",
+                             cmd=dist.java_command(cfg), log=self.workdir / "logs" /
+                             "zookeeper.log", ports=[port], marker=str(cfg))
+        state["processes"].append(rec.to_dict())
+        self._save(state)
+        return rec
+
+    def _wait_clusters(self, plans: list[ClusterPlan], started: list[procs.ProcessRecord],
+                       timeout: float, progress: Progress) -> None:
+        deadline = time.monotonic() + timeout
+        pending = {p.name: p for p in plans}
+        by_name = {r.name: r for r in started}
+        t0 = time.monotonic()
+        while pending:
+            for name, plan in list(pending.items()):
+                for b in plan.brokers:
+                    rec = by_name[b.name]
+                    if not procs.is_ours(rec):
+                        raise FedKafkaError(
+                            f"broker {b.name} exited during start-up; see its log "
+                            f"{rec.log}:\n{tail(Path(rec.log), 8)}"
+                        )
+                if self._cluster_ready(plan):
+                    del pending[name]
+                    progress(f"cluster {name} is up at {plan.bootstrap} "
+                             f"({time.monotonic() - t0:.1f}s)")
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(sorted(pending))
+                raise FedKafkaError(
+                    f"cluster(s) {names} did not answer Metadata within {timeout:.0f}s; "
+                    f"see the logs in {self.workdir / 'logs'}"
+                )
+            time.sleep(0.25)
+
+    @staticmethod
+    def _cluster_ready(plan: ClusterPlan) -> bool:
+        want = {b.node_id for b in plan.brokers}
+        for b in plan.brokers:
+            try:
+                answer = probe.metadata(HOST, b.port, timeout=1.0)
+            except (OSError, probe.ProbeError):
+                return False
+            if {x.node_id for x in answer.brokers} != want:
+                return False
+        return True
+
+    def _wait_zookeeper(self, port: int, started: list[procs.ProcessRecord],
+                        timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if zookeeper_ok(HOST, port):
+                return
+            time.sleep(0.2)
+        raise FedKafkaError(f"ZooKeeper did not answer on {HOST}:{port} within {timeout:.0f}s; "
+                            f"see {self.workdir / 'logs' / 'zookeeper.log'}")
+
+    # -- down / status -----------------------------------------------------
+
+    def down(self, grace: float = 20.0) -> list[tuple[str, str]]:
+        state = self.load()
+        if state is None:
+            raise FedKafkaError(
+                f"nothing to stop: no local federation was started in {self.workdir} "
+                "(pass --workdir if it was started elsewhere)"
+            )
+        records = self.records(state)
+        if not any(procs.is_ours(r) for r in records):
+            raise FedKafkaError(
+                f"nothing to stop: no process of the federation in {self.workdir} is running"
+            )
+        # Stop in reverse order of start: entry points first, metadata store last.
+        outcomes = procs.stop(list(reversed(records)), grace=grace)
+        state["stopped_at"] = time.time()
+        self._save(state)
+        return outcomes
+
+    def status(self) -> list[dict[str, Any]]:
+        state = self.load()
+        if state is None:
+            raise FedKafkaError(f"no local federation in {self.workdir}; start one with "
+                                "`fedkafka local up` (or pass --workdir)")
+        rows = []
+        for rec in self.records(state):
+            alive = procs.is_ours(rec)
+            health = "down"
+            if alive:
+                health = "starting"
+                if rec.kind in ("kafka-broker", "proxy", "nameservice"):
+                    try:
+                        probe.metadata(HOST, rec.ports[0], timeout=1.0)
+                        health = "healthy"
+                    except (OSError, probe.ProbeError):
+                        health = "not answering"
+                elif rec.kind == "zookeeper":
+                    health = "healthy" if zookeeper_ok(HOST, rec.ports[0]) else "not answering"
+                else:
+                    health = "running"
+            rows.append({
+                "name": rec.name, "kind": rec.kind, "pid": rec.pid if alive else None,
+                "ports": rec.ports, "health": health,
+                "rss_mb": round(procs.rss_mb(rec.pid) or 0) if alive else None,
+                "log": rec.log,
+            })
+        return rows
+
+    def log_path(self, name: str) -> Path:
+        for rec in self.records():
+            if rec.name == name:
+                return Path(rec.log)
+        names = ", ".join(r.name for r in self.records()) or "none"
+        raise ConfigError(f"no component named {name!r} in {self.workdir}; known: {names}")
+
+
+def zookeeper_ok(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as s:
+            s.sendall(b"ruok")
+            return s.recv(4) == b"imok"
+    except OSError:
+        return False
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

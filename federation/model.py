@@ -1,0 +1,613 @@
+"""The federation's data model: physical clusters, logical topics and the versioned map.
+
+Pure data, no I/O. Every class is a frozen dataclass; mapping fields are wrapped in
+read-only views, so one map can be shared between threads and tasks without copying.
+
+A logical partition is an ordered list of *segments*. Each segment places a contiguous
+range of logical offsets on one physical partition::
+
+    logical = segment.logical_start + (physical - segment.physical_start)
+
+The last segment is the active one (it takes writes); earlier ones are sealed at a
+logical end offset (exclusive). With a single segment starting at 0 on both sides,
+logical offsets equal physical offsets and nothing is translated.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import functools
+import itertools
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+#: Version of the JSON map format written by :meth:`FederationMap.to_dict`.
+MAP_FORMAT = 1
+
+#: Namespace for deterministic logical topic ids (:func:`new_topic_id` with a nonce).
+TOPIC_ID_NAMESPACE = uuid.UUID("6b1d3f1e-8a53-5d0c-9a57-1f0c2e6a4f10")
+
+#: Pool a client lands in when no routing rule matches it.
+DEFAULT_POOL = "default"
+
+#: Proxy roles. A proxy with both roles serves producers and consumers.
+ROLE_PRODUCER = "producer"
+ROLE_CONSUMER = "consumer"
+
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_RESERVED_TOPIC_IDS = frozenset({uuid.UUID(int=0), uuid.UUID(int=1)})  # Kafka's ZERO and METADATA
+
+
+class ClusterState(StrEnum):
+    """Lifecycle state of a physical cluster."""
+
+    ACTIVE = "active"  #: takes new segments and writes, serves reads
+    READ_ONLY = "read_only"  #: serves reads of its segments, takes no writes
+    DRAINING = "draining"  #: being migrated away: serves reads, its active segments move
+    DOWN = "down"  #: unreachable
+    RETIRED = "retired"  #: holds no segment any more; kept for the record
+
+    @property
+    def writable(self) -> bool:
+        """Whether the cluster takes new segments and writes."""
+        return self is ClusterState.ACTIVE
+
+    @property
+    def readable(self) -> bool:
+        """Whether reads of the cluster's segments are served."""
+        return self in (ClusterState.ACTIVE, ClusterState.READ_ONLY, ClusterState.DRAINING)
+
+
+def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
+    return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalCluster:
+    """One independent Kafka cluster of the federation."""
+
+    id: str
+    bootstrap: str  #: "host:port,host:port"
+    state: ClusterState = ClusterState.ACTIVE
+    weight: int = 1  #: relative capacity, used by the ``weighted`` strategy
+    security: Mapping[str, str] = field(default_factory=dict, hash=False)  #: empty = PLAINTEXT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", ClusterState(self.state))
+        object.__setattr__(self, "security", _frozen_mapping(self.security))
+
+    @property
+    def writable(self) -> bool:
+        return self.state.writable
+
+    @property
+    def bootstrap_servers(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.bootstrap.split(",") if s.strip())
+
+    def with_state(self, state: ClusterState) -> PhysicalCluster:
+        return dataclasses.replace(self, state=state)
+
+    def validate(self) -> None:
+        if not self.id:
+            raise ValueError("cluster id must not be empty")
+        if not self.bootstrap_servers:
+            raise ValueError(f"cluster {self.id!r}: bootstrap is empty")
+        for server in self.bootstrap_servers:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"cluster {self.id!r}: bad bootstrap server {server!r}")
+        if self.weight < 0:
+            raise ValueError(f"cluster {self.id!r}: weight must be >= 0, got {self.weight}")
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """A contiguous range of a logical partition's offsets stored on one physical partition."""
+
+    cluster: str
+    topic: str  #: physical topic
+    partition: int  #: physical partition
+    logical_start: int
+    physical_start: int
+    sealed_end: int | None = None  #: logical end offset, exclusive; None = active
+
+    def __post_init__(self) -> None:
+        if self.partition < 0 or self.logical_start < 0 or self.physical_start < 0:
+            raise ValueError(f"negative partition or offset in {self}")
+        if self.sealed_end is not None and self.sealed_end < self.logical_start:
+            raise ValueError(f"sealed_end before logical_start in {self}")
+
+    @property
+    def is_active(self) -> bool:
+        return self.sealed_end is None
+
+    @property
+    def physical_end(self) -> int | None:
+        """Physical end offset (exclusive) of a sealed segment; None while active."""
+        if self.sealed_end is None:
+            return None
+        return self.to_physical(self.sealed_end)
+
+    def to_logical(self, physical_offset: int) -> int:
+        """Translate a physical offset of this segment's partition to a logical offset.
+
+        Pure arithmetic: boundaries (e.g. a high watermark equal to the end) translate too.
+        """
+        return self.logical_start + (physical_offset - self.physical_start)
+
+    def to_physical(self, logical_offset: int) -> int:
+        """Translate a logical offset to this segment's physical partition (arithmetic only)."""
+        return self.physical_start + (logical_offset - self.logical_start)
+
+    def contains_logical(self, offset: int) -> bool:
+        end = self.sealed_end
+        return offset >= self.logical_start and (end is None or offset < end)
+
+    def contains_physical(self, offset: int) -> bool:
+        end = self.physical_end
+        return offset >= self.physical_start and (end is None or offset < end)
+
+    def sealed(self, logical_end: int) -> Segment:
+        """This segment sealed at ``logical_end`` (exclusive)."""
+        return dataclasses.replace(self, sealed_end=logical_end)
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalPartition:
+    """A partition as clients see it: an ordered, gap-free list of segments."""
+
+    index: int
+    segments: tuple[Segment, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.segments))
+
+    @property
+    def active(self) -> Segment:
+        """The last segment: the one that takes writes."""
+        return self.segments[-1]
+
+    @property
+    def logical_start(self) -> int:
+        return self.segments[0].logical_start
+
+    def segment_for(self, logical_offset: int) -> Segment | None:
+        """The segment holding ``logical_offset``; None if it lies before the first segment."""
+        i = bisect.bisect_right(self.segments, logical_offset, key=lambda s: s.logical_start)
+        if i == 0:
+            return None
+        segment = self.segments[i - 1]
+        return segment if segment.contains_logical(logical_offset) else None
+
+    def rolled(self, at: int, cluster: str, topic: str, partition: int,
+               physical_start: int) -> LogicalPartition:
+        """Seal the active segment at logical offset ``at`` and open a new one there."""
+        active = self.active
+        if at < active.logical_start:
+            raise ValueError(
+                f"partition {self.index}: cannot seal at {at}, before the active segment's "
+                f"start {active.logical_start}"
+            )
+        new = Segment(cluster, topic, partition, logical_start=at, physical_start=physical_start)
+        return LogicalPartition(self.index, (*self.segments[:-1], active.sealed(at), new))
+
+    def validate(self) -> None:
+        where = f"logical partition {self.index}"
+        if self.index < 0:
+            raise ValueError(f"{where}: negative index")
+        if not self.segments:
+            raise ValueError(f"{where}: has no segment")
+        for i, segment in enumerate(self.segments[:-1]):
+            following = self.segments[i + 1]
+            if segment.sealed_end is None:
+                raise ValueError(f"{where}: segment {i} is not sealed but is not the last one")
+            if following.logical_start != segment.sealed_end:
+                raise ValueError(
+                    f"{where}: segment {i + 1} starts at logical {following.logical_start}, "
+                    f"segment {i} ends at {segment.sealed_end} (segments must be contiguous)"
+                )
+        if not self.active.is_active:
+            raise ValueError(f"{where}: the last segment is sealed (no active segment)")
+
+
+def new_topic_id(name: str, nonce: str | None = None) -> uuid.UUID:
+    """A logical topic id: random, or deterministic from ``name`` and a creation ``nonce``.
+
+    The id is published once and must never change; a topic deleted and created again
+    under the same name gets a new nonce, hence a new id (as Kafka does).
+    """
+    # Version bits are set in both kinds, so Kafka's reserved ids 0 and 1 never come out.
+    if nonce is None:
+        return uuid.uuid4()
+    return uuid.uuid5(TOPIC_ID_NAMESPACE, f"{name}\0{nonce}")
+
+
+@dataclass(frozen=True, slots=True)
+class LogicalTopic:
+    """A topic as clients see it."""
+
+    name: str
+    topic_id: uuid.UUID
+    partitions: tuple[LogicalPartition, ...]
+    strategy: str = "contiguous"
+    config: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "partitions", tuple(self.partitions))
+        object.__setattr__(self, "config", _frozen_mapping(self.config))
+
+    @property
+    def partition_count(self) -> int:
+        return len(self.partitions)
+
+    def validate(self) -> None:
+        if not _TOPIC_NAME.fullmatch(self.name) or self.name in (".", ".."):
+            raise ValueError(f"illegal topic name {self.name!r}")
+        if self.topic_id in _RESERVED_TOPIC_IDS:
+            raise ValueError(f"topic {self.name!r}: topic id {self.topic_id} is reserved by Kafka")
+        if not self.partitions:
+            raise ValueError(f"topic {self.name!r}: has no partition")
+        for i, partition in enumerate(self.partitions):
+            if partition.index != i:
+                raise ValueError(
+                    f"topic {self.name!r}: partition at position {i} has index {partition.index}"
+                )
+            try:
+                partition.validate()
+            except ValueError as e:
+                raise ValueError(f"topic {self.name!r}: {e}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyEndpoint:
+    """A proxy as advertised to clients (a "broker" in their Metadata)."""
+
+    node_id: int
+    host: str
+    port: int
+    roles: frozenset[str] = frozenset({ROLE_PRODUCER, ROLE_CONSUMER})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "roles", frozenset(self.roles))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingRule:
+    """Clients whose whole ``client.id`` matches ``pattern`` (a regex) go to ``pool``."""
+
+    pattern: str
+    pool: str
+
+    def matches(self, client_id: str | None) -> bool:
+        return client_id is not None and _compiled(self.pattern).fullmatch(client_id) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FederationMap:
+    """Everything a proxy or the name service needs, under one monotonically growing version."""
+
+    version: int
+    clusters: Mapping[str, PhysicalCluster] = field(default_factory=dict, hash=False)
+    topics: Mapping[str, LogicalTopic] = field(default_factory=dict, hash=False)
+    coordination_cluster: str | None = None
+    physical_topic_template: str = "{topic}.fk"
+    pools: Mapping[str, tuple[ProxyEndpoint, ...]] = field(default_factory=dict, hash=False)
+    routing: tuple[RoutingRule, ...] = ()
+    default_pool: str = DEFAULT_POOL
+    _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
+                                                     hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clusters", _frozen_mapping(self.clusters))
+        object.__setattr__(self, "topics", _frozen_mapping(self.topics))
+        by_id = {t.topic_id: t for t in self.topics.values()}  # Fetch/Produce v13+ use ids
+        object.__setattr__(self, "_by_id", MappingProxyType(by_id))
+        pools = {name: tuple(endpoints) for name, endpoints in self.pools.items()}
+        object.__setattr__(self, "pools", MappingProxyType(pools))
+        object.__setattr__(self, "routing", tuple(self.routing))
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def topic_by_id(self, topic_id: uuid.UUID) -> LogicalTopic | None:
+        return self._by_id.get(topic_id)
+
+    def physical_topic_name(self, logical_name: str) -> str:
+        """The physical data topic that new segments of ``logical_name`` are placed on."""
+        return self.physical_topic_template.format(topic=logical_name)
+
+    def writable_clusters(self) -> tuple[PhysicalCluster, ...]:
+        """Clusters that take new segments, in map order."""
+        return tuple(c for c in self.clusters.values() if c.writable)
+
+    def physical_topics_on(self, cluster_id: str) -> dict[str, int]:
+        """Physical topic → partition count that ``cluster_id`` needs for every segment it holds."""
+        needed: dict[str, int] = {}
+        for topic in self.topics.values():
+            for partition in topic.partitions:
+                for segment in partition.segments:
+                    if segment.cluster == cluster_id:
+                        needed[segment.topic] = max(needed.get(segment.topic, 0),
+                                                    segment.partition + 1)
+        return needed
+
+    def pool_for(self, name: str) -> tuple[ProxyEndpoint, ...]:
+        """Endpoints of pool ``name``, falling back to the default pool."""
+        return self.pools.get(name) or self.pools.get(self.default_pool, ())
+
+    # -- derived maps ----------------------------------------------------------------------
+
+    def with_version(self, version: int) -> FederationMap:
+        return dataclasses.replace(self, version=version)
+
+    def with_topic(self, topic: LogicalTopic) -> FederationMap:
+        return dataclasses.replace(self, topics={**self.topics, topic.name: topic})
+
+    def without_topic(self, name: str) -> FederationMap:
+        return dataclasses.replace(self, topics={k: v for k, v in self.topics.items() if k != name})
+
+    def with_cluster(self, cluster: PhysicalCluster) -> FederationMap:
+        return dataclasses.replace(self, clusters={**self.clusters, cluster.id: cluster})
+
+    # -- validation ------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistency found."""
+        if self.version < 0:
+            raise ValueError(f"map version must be >= 0, got {self.version}")
+        for key, cluster in self.clusters.items():
+            if key != cluster.id:
+                raise ValueError(f"cluster stored under key {key!r} has id {cluster.id!r}")
+            cluster.validate()
+        if self.coordination_cluster is not None and self.coordination_cluster not in self.clusters:
+            raise ValueError(f"coordination_cluster {self.coordination_cluster!r} is not a cluster")
+        self._validate_template()
+        self._validate_topics()
+        self._validate_pools()
+
+    def _validate_template(self) -> None:
+        template = self.physical_topic_template
+        try:
+            sample = template.format(topic="t")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ValueError(f"physical_topic_template {template!r}: {e!r}") from None
+        if "{topic}" not in template or sample == "t":
+            raise ValueError(
+                f"physical_topic_template {template!r} must contain {{topic}} and differ from it "
+                "(the logical name is taken by the shadow topic on the coordination cluster)"
+            )
+
+    def _validate_topics(self) -> None:
+        ids: dict[uuid.UUID, str] = {}
+        # (cluster, physical topic, physical partition) -> [(start, end | None, owner)]
+        ranges: dict[tuple[str, str, int], list[tuple[int, int | None, str]]] = {}
+        for key, topic in self.topics.items():
+            if key != topic.name:
+                raise ValueError(f"topic stored under key {key!r} is named {topic.name!r}")
+            topic.validate()
+            if topic.topic_id in ids:
+                raise ValueError(
+                    f"topics {ids[topic.topic_id]!r} and {topic.name!r} share id {topic.topic_id}"
+                )
+            ids[topic.topic_id] = topic.name
+            physical = self.physical_topic_name(topic.name)
+            if not _TOPIC_NAME.fullmatch(physical):
+                raise ValueError(f"topic {topic.name!r}: physical name {physical!r} is illegal")
+            for partition in topic.partitions:
+                for segment in partition.segments:
+                    if segment.cluster not in self.clusters:
+                        raise ValueError(
+                            f"topic {topic.name!r} partition {partition.index}: segment on "
+                            f"unknown cluster {segment.cluster!r}"
+                        )
+                    if (segment.cluster == self.coordination_cluster
+                            and segment.topic in self.topics):
+                        raise ValueError(
+                            f"physical topic {segment.topic!r} on coordination cluster "
+                            f"{segment.cluster!r} collides with a logical (shadow) topic name"
+                        )
+                    owner = f"{topic.name}[{partition.index}]"
+                    place = (segment.cluster, segment.topic, segment.partition)
+                    span = (segment.physical_start, segment.physical_end, owner)
+                    ranges.setdefault(place, []).append(span)
+        for (cluster, ptopic, ppartition), spans in ranges.items():
+            spans.sort(key=lambda s: s[0])
+            for (_, end, owner), (start, _, other) in itertools.pairwise(spans):
+                if end is None or end > start:
+                    raise ValueError(
+                        f"{owner} and {other} overlap on physical partition "
+                        f"{cluster}/{ptopic}/{ppartition}"
+                    )
+
+    def _validate_pools(self) -> None:
+        seen: dict[int, tuple[str, int]] = {}
+        for name, endpoints in self.pools.items():
+            ids_in_pool: set[int] = set()
+            for ep in endpoints:
+                if ep.node_id in ids_in_pool:
+                    raise ValueError(f"pool {name!r}: node id {ep.node_id} appears twice")
+                ids_in_pool.add(ep.node_id)
+                if not 0 < ep.port < 65536 or not ep.host:
+                    raise ValueError(f"pool {name!r}: bad endpoint {ep.host}:{ep.port}")
+                address = (ep.host, ep.port)
+                if seen.setdefault(ep.node_id, address) != address:
+                    raise ValueError(
+                        f"node id {ep.node_id} is both {seen[ep.node_id]} and {address}"
+                    )
+        if self.pools and self.default_pool not in self.pools:
+            raise ValueError(f"default pool {self.default_pool!r} is not among the pools")
+        for rule in self.routing:
+            try:
+                _compiled(rule.pattern)
+            except re.error as e:
+                raise ValueError(f"routing pattern {rule.pattern!r}: {e}") from None
+            if self.pools and rule.pool not in self.pools:
+                raise ValueError(f"routing rule {rule.pattern!r} names unknown pool {rule.pool!r}")
+
+    # -- plain-data form (serialised as JSON by federation.mapstore) -----------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stable plain-data form (format :data:`MAP_FORMAT`), JSON-ready."""
+        return {
+            "format": MAP_FORMAT,
+            "version": self.version,
+            "coordination_cluster": self.coordination_cluster,
+            "physical_topic_template": self.physical_topic_template,
+            "default_pool": self.default_pool,
+            "clusters": {
+                c.id: {"bootstrap": c.bootstrap, "state": c.state.value, "weight": c.weight,
+                       "security": dict(c.security)}
+                for c in self.clusters.values()
+            },
+            "topics": {
+                t.name: {
+                    "topic_id": str(t.topic_id),
+                    "strategy": t.strategy,
+                    "config": dict(t.config),
+                    "partitions": [[_segment_to_dict(s) for s in p.segments]
+                                   for p in t.partitions],
+                }
+                for t in self.topics.values()
+            },
+            "pools": {
+                name: [{"node_id": e.node_id, "host": e.host, "port": e.port,
+                        "roles": sorted(e.roles)} for e in endpoints]
+                for name, endpoints in self.pools.items()
+            },
+            "routing": [{"pattern": r.pattern, "pool": r.pool} for r in self.routing],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FederationMap:
+        """Inverse of :meth:`to_dict`; raises ValueError on a bad or unknown-format document."""
+        fmt = data.get("format")
+        if fmt != MAP_FORMAT:
+            raise ValueError(f"unsupported map format {fmt!r} (this build reads {MAP_FORMAT})")
+        try:
+            _check_keys("map", data, _MAP_KEYS)
+            clusters = {}
+            for cid, c in data["clusters"].items():
+                _check_keys(f"cluster {cid!r}", c, {"bootstrap", "state", "weight", "security"})
+                clusters[cid] = PhysicalCluster(
+                    id=cid, bootstrap=c["bootstrap"], state=ClusterState(c["state"]),
+                    weight=int(c.get("weight", 1)), security=dict(c.get("security", {})),
+                )
+            topics = {}
+            for name, t in data["topics"].items():
+                _check_keys(f"topic {name!r}", t, {"topic_id", "strategy", "config", "partitions"})
+                topics[name] = LogicalTopic(
+                    name=name,
+                    topic_id=uuid.UUID(t["topic_id"]),
+                    strategy=t["strategy"],
+                    config=dict(t.get("config", {})),
+                    partitions=tuple(
+                        LogicalPartition(i, tuple(_segment_from_dict(s) for s in segments))
+                        for i, segments in enumerate(t["partitions"])
+                    ),
+                )
+            pools = {
+                name: tuple(ProxyEndpoint(int(e["node_id"]), e["host"], int(e["port"]),
+                                          frozenset(e.get("roles", ())))
+                            for e in endpoints)
+                for name, endpoints in data.get("pools", {}).items()
+            }
+            return cls(
+                version=int(data["version"]),
+                clusters=clusters,
+                topics=topics,
+                coordination_cluster=data.get("coordination_cluster"),
+                physical_topic_template=data.get("physical_topic_template", "{topic}.fk"),
+                pools=pools,
+                routing=tuple(RoutingRule(r["pattern"], r["pool"])
+                              for r in data.get("routing", ())),
+                default_pool=data.get("default_pool", DEFAULT_POOL),
+            )
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
+
+
+_MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
+                       "default_pool", "clusters", "topics", "pools", "routing"})
+_SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
+                           "sealed_end"})
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    unknown = set(data) - set(allowed)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+
+
+def _segment_to_dict(s: Segment) -> dict[str, Any]:
+    return {"cluster": s.cluster, "topic": s.topic, "partition": s.partition,
+            "logical_start": s.logical_start, "physical_start": s.physical_start,
+            "sealed_end": s.sealed_end}
+
+
+def _segment_from_dict(d: Mapping[str, Any]) -> Segment:
+    _check_keys("segment", d, _SEGMENT_KEYS)
+    end = d.get("sealed_end")
+    return Segment(d["cluster"], d["topic"], int(d["partition"]), int(d["logical_start"]),
+                   int(d["physical_start"]), None if end is None else int(end))
+
+
+# -- security: principals and authorization decisions (pure data) ----------------------------
+
+#: The mechanism passed to ``fedkafka_authenticate`` for a connection that did no SASL.
+NO_MECHANISM = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated identity, printed Kafka-style as ``User:alice``."""
+
+    name: str
+    type: str = "User"
+
+    def __str__(self) -> str:
+        return f"{self.type}:{self.name}"
+
+
+#: Kafka's principal for unauthenticated connections.
+ANONYMOUS = Principal("ANONYMOUS")
+
+
+class AuthDecision(StrEnum):
+    """An authorizer's answer; ``None`` from a hook means "not mine to decide"."""
+
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+class Operation(StrEnum):
+    """Kafka ACL operations (a ``str``: plugins may compare with plain strings)."""
+
+    READ = "Read"
+    WRITE = "Write"
+    CREATE = "Create"
+    DELETE = "Delete"
+    ALTER = "Alter"
+    DESCRIBE = "Describe"
+    CLUSTER_ACTION = "ClusterAction"
+    DESCRIBE_CONFIGS = "DescribeConfigs"
+    ALTER_CONFIGS = "AlterConfigs"
+    IDEMPOTENT_WRITE = "IdempotentWrite"
+
+
+class ResourceType(StrEnum):
+    """Kafka ACL resource types; topic and group names are logical names."""
+
+    TOPIC = "Topic"
+    GROUP = "Group"
+    CLUSTER = "Cluster"
+    TRANSACTIONAL_ID = "TransactionalId"

@@ -1,0 +1,23 @@
+"""Default security: unauthenticated connections are ``User:ANONYMOUS``; everything is allowed.
+
+No SASL mechanism is provided (no PLAIN): a deployment that needs authentication
+installs a plugin implementing ``fedkafka_sasl_mechanisms`` and ``fedkafka_authenticate``.
+Authorization is a chain in which one DENY wins, so a restricting plugin only needs to
+answer DENY where it must; these defaults run last.
+"""
+
+from __future__ import annotations
+
+from federation.model import ANONYMOUS, NO_MECHANISM, AuthDecision, Principal
+from federation.plugin import hookimpl
+
+
+@hookimpl(trylast=True)
+def fedkafka_authenticate(mechanism: str, auth_bytes: bytes) -> Principal | None:
+    return ANONYMOUS if mechanism == NO_MECHANISM else None
+
+
+@hookimpl(trylast=True)
+def fedkafka_authorize(principal: Principal, operation: str, resource_type: str,
+                       resource_name: str) -> AuthDecision | None:
+    return AuthDecision.ALLOW

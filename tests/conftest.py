@@ -1,0 +1,51 @@
+"""Session-wide fixtures: real physical Kafka clusters, started once, torn down at the end.
+
+The clusters come from the same code as ``fedkafka local up``. Environment knobs:
+
+* ``FEDKAFKA_TEST_KAFKA_VERSION`` (default: fedkafka's default Kafka release)
+* ``FEDKAFKA_TEST_BASE_PORT`` (default 29092, away from a developer's own ``local up``)
+* ``FEDKAFKA_TEST_CLUSTERS`` (default 2)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from federation.kafka_dist import DEFAULT_KAFKA_VERSION, KafkaDist, install_kafka
+from federation.local import LocalFederation
+
+KAFKA_VERSION = os.environ.get("FEDKAFKA_TEST_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
+BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_BASE_PORT", "29092"))
+CLUSTERS = int(os.environ.get("FEDKAFKA_TEST_CLUSTERS", "2"))
+
+
+@pytest.fixture(scope="session")
+def kafka_dist() -> KafkaDist:
+    dist, _ = install_kafka(KAFKA_VERSION)
+    return dist
+
+
+@pytest.fixture(scope="session")
+def local_federation(
+    tmp_path_factory: pytest.TempPathFactory, kafka_dist: KafkaDist
+) -> Iterator[dict[str, Any]]:
+    """A running local federation (physical clusters) shared by the whole session."""
+    workdir: Path = tmp_path_factory.mktemp("federation")
+    fed = LocalFederation(workdir)
+    state = fed.up(clusters=CLUSTERS, kafka_version=kafka_dist.version, base_port=BASE_PORT,
+                   heap="256m")
+    state["_fed"] = fed
+    try:
+        yield state
+    finally:
+        fed.down(grace=15)
+
+
+@pytest.fixture(scope="session")
+def clusters(local_federation: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(local_federation["clusters"])
