@@ -9,6 +9,7 @@
 #   $FEDKAFKA_CI_CACHE/kafka-<V>/libs   (Apache Kafka jars from Maven Central)
 #
 # Usage: .ci/molecule.sh [--prepare-only] [--no-lint] [--keep] [scenario ...]
+#   --no-lint: skip ansible-lint and the offline role checks (tests/ansible).
 #   default scenario: kafka_clusters.  --keep: run `molecule converge` + verify
 #   and leave the instances up for debugging (clean up later with
 #   `molecule destroy -s SCENARIO` or this script's trap by re-running).
@@ -23,7 +24,9 @@ IMAGE_RECIPE=3   # bump when build_image changes: an older image is rebuilt
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Pinned so that a run next month lints and behaves like today's.
-PY_REQS=(ansible-core==2.19.14 molecule==26.10.0 "molecule-plugins[podman]==26.10.12" ansible-lint==26.10.1)
+# pytest (+ the plugins pyproject.toml's settings name) runs tests/ansible.
+PY_REQS=(ansible-core==2.19.14 molecule==26.10.0 "molecule-plugins[podman]==26.10.12" ansible-lint==26.10.1
+         pytest==9.2.0 pytest-asyncio==1.5.0 pytest-timeout==2.4.0)
 ANSIBLE_BUNDLE=ansible==12.3.0   # only its collections are used
 COLLECTIONS=(containers/podman ansible/posix community/general)
 # Names of everything the scenarios create; the trap removes exactly these.
@@ -36,7 +39,7 @@ for arg in "$@"; do
     --prepare-only) PREPARE_ONLY=1 ;;
     --no-lint) LINT=0 ;;
     --keep) KEEP=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     -*) echo "unknown option $arg" >&2; exit 2 ;;
     *) SCENARIOS+=("$arg") ;;
   esac
@@ -170,7 +173,7 @@ make_kafka_artifact() {
   if compgen -G "$dir/libs/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null; then return 0; fi
   rm -rf "$dir"; mkdir -p "$dir"
   sed "s/@KAFKA_VERSION@/$KAFKA_VERSION/" "$REPO/tests/ansible/kafka-artifact-pom.xml" >"$dir/pom.xml"
-  mvn -q -B -f "$dir/pom.xml" dependency:copy-dependencies \
+  mvn -q -B -f "$dir/pom.xml" -Dmaven.repo.local="$CACHE/m2" dependency:copy-dependencies \
     -DoutputDirectory="$dir/libs" -DincludeScope=runtime
   rm -f "$dir/pom.xml"; rm -rf "$dir/target"
 }
@@ -191,6 +194,10 @@ cd "$REPO/ansible"
 
 if [[ $LINT == 1 ]]; then
   step "ansible-lint" ansible-lint --offline
+  # Offline role checks: layout, argument specs, preflight failures, rendering.
+  # --noconftest: the project's conftest needs the fedkafka package, not installed here.
+  step "role checks (pytest)" env FEDKAFKA_ANSIBLE_VENV="$VENV" \
+    "$VENV/bin/python" -m pytest --noconftest -p no:cacheprovider -q "$REPO/tests/ansible"
 fi
 for s in "${SCENARIOS[@]}"; do
   if [[ $KEEP == 1 ]]; then

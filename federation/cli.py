@@ -112,6 +112,8 @@ def local_up(
     base_port: Annotated[int, typer.Option(help="First port of the range the federation uses.")]
     = 19092,
     heap: Annotated[str, typer.Option(help="Max heap of each broker JVM.")] = "256m",
+    proxies: Annotated[int, typer.Option(help="Proxies (both roles) in the default pool.")]
+    = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to answer.")]
     = 180.0,
     as_json: JsonOpt = False,
@@ -129,7 +131,7 @@ def local_up(
 
         state = fed.up(clusters=clusters, brokers_per_cluster=brokers_per_cluster,
                        metadata=metadata, kafka_version=kafka_version, base_port=base_port,
-                       heap=heap, timeout=timeout, progress=progress)
+                       heap=heap, timeout=timeout, progress=progress, proxies=proxies)
     if as_json:
         _print_json(state)
         return
@@ -217,6 +219,35 @@ def local_demo(
     out.print(f"consumed: {got!r}")
     if got != text:
         raise FedKafkaError(f"consumed {got!r} but produced {text!r}")
+
+
+@app.command("proxy")
+def proxy_cmd(
+    config: Annotated[Path, typer.Option("--config", help="Proxy config (JSON).")],
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run a proxy (pproxy, cproxy or both, as its config says) until SIGTERM."""
+    import asyncio
+    import logging
+
+    from federation.proxy.config import ProxyConfig
+    from federation.proxy.server import serve
+
+    cfg = ProxyConfig.load(config)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run_loop(serve(cfg))
+
+
+def _run_loop(coro: Any) -> None:
+    import asyncio
+
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
 
 
 def main() -> None:

@@ -212,6 +212,7 @@ class LocalFederation:
         heap: str = "256m",
         timeout: float = 180.0,
         progress: Progress = _quiet,
+        proxies: int = 1,
     ) -> dict[str, Any]:
         """Start the federation and return its description (also in federation.json)."""
         if metadata not in ("file", "zookeeper"):
@@ -224,8 +225,11 @@ class LocalFederation:
                 "run `fedkafka local down` first (or pass another --workdir)"
             )
         plans = plan_clusters(clusters, brokers_per_cluster, base_port)
+        if not 0 <= proxies <= 9:
+            raise ConfigError("--proxies must be between 0 and 9")
         zk_port = base_port + 20 if metadata == "zookeeper" else None
-        self._check_ports(plans, zk_port)
+        proxy_ports = [base_port + i for i in range(proxies)]
+        self._check_ports(plans, zk_port, proxy_ports)
 
         progress(f"installing Apache Kafka {kafka_version} (cached after the first time)")
         dist, _ = install_kafka(kafka_version)
@@ -235,7 +239,7 @@ class LocalFederation:
             zk_dist, _ = install_zookeeper()
 
         # A fresh start: data of an earlier, stopped federation in this workdir is discarded.
-        for sub in ("clusters", "zookeeper", "logs", "run"):
+        for sub in ("clusters", "zookeeper", "logs", "run", "store", "proxies"):
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
         state: dict[str, Any] = {
             "format": FORMAT,
@@ -254,6 +258,9 @@ class LocalFederation:
                 for p in plans
             ],
             "metadata": {"backend": metadata},
+            "store": f"file:{self.workdir / 'store' / 'map.json'}",
+            "proxies": [{"node_id": 1000 + i, "host": HOST, "port": p}
+                        for i, p in enumerate(proxy_ports)],
             "zookeeper": f"{HOST}:{zk_port}" if zk_port else None,
             "processes": [],
         }
@@ -267,6 +274,11 @@ class LocalFederation:
             self._wait_clusters(plans, started, timeout, progress)
             if zk_port is not None:
                 self._wait_zookeeper(zk_port, started, timeout)
+            if proxy_ports:
+                self._init_map(plans, state)
+                started.extend(self._start_proxies(state, base_port, progress))
+                self._wait_proxies(state, started, timeout, progress)
+                state["bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
         except BaseException:
             progress("start failed: stopping what was started")
             procs.stop(started)
@@ -275,8 +287,81 @@ class LocalFederation:
         self._save(state)
         return state
 
-    def _check_ports(self, plans: list[ClusterPlan], zk_port: int | None) -> None:
-        wanted: list[tuple[int, str]] = []
+    def _init_map(self, plans: list[ClusterPlan], state: dict[str, Any]) -> None:
+        """Publish the first map: the clusters, the proxies' pool, no topics yet."""
+        from federation.mapstore import EMPTY_VERSION
+        from federation.model import FederationMap, PhysicalCluster, ProxyEndpoint
+        from federation.plugin import get_plugins
+
+        store = self.workdir / "store" / "map.json"
+        store.parent.mkdir(parents=True, exist_ok=True)
+        fmap = FederationMap(
+            version=0,
+            clusters={p.name: PhysicalCluster(id=p.name, bootstrap=p.bootstrap) for p in plans},
+            coordination_cluster=plans[0].name,
+            pools={"default": tuple(ProxyEndpoint(node_id=p["node_id"], host=p["host"],
+                                                  port=p["port"]) for p in state["proxies"])},
+        )
+        backend = get_plugins().backend("file", path=str(store))
+        try:
+            backend.publish(fmap, EMPTY_VERSION)
+        finally:
+            backend.close()
+
+    def _start_proxies(self, state: dict[str, Any], base_port: int, progress: Progress
+                       ) -> list[procs.ProcessRecord]:
+        import sys
+
+        out = []
+        for i, p in enumerate(state["proxies"]):
+            name = f"proxy-{i + 1}"
+            cfg_path = self.workdir / "proxies" / f"{name}.json"
+            cfg_path.parent.mkdir(parents=True, exist_ok=True)
+            metrics_port = base_port + 50 + i
+            cfg_path.write_text(json.dumps({
+                "node_id": p["node_id"], "listen": f"{HOST}:{p['port']}",
+                "advertised": f"{HOST}:{p['port']}", "store": state["store"],
+                "roles": ["producer", "consumer"], "pool": "default",
+                "metrics": f"{HOST}:{metrics_port}",
+            }, indent=2))
+            progress(f"starting {name} on {HOST}:{p['port']}")
+            rec, _ = procs.spawn(
+                name=name, kind="proxy",
+                cmd=[sys.executable, "-m", "federation.cli", "proxy", "--config", str(cfg_path)],
+                log=self.workdir / "logs" / f"{name}.log", ports=[p["port"], metrics_port],
+                marker=str(cfg_path),
+                env={"MALLOC_MMAP_THRESHOLD_": str(8 << 20),
+                     "MALLOC_TRIM_THRESHOLD_": str(64 << 20)},
+            )
+            state["processes"].append(rec.to_dict())
+            self._save(state)
+            out.append(rec)
+        return out
+
+    def _wait_proxies(self, state: dict[str, Any], started: list[procs.ProcessRecord],
+                      timeout: float, progress: Progress) -> None:
+        deadline = time.monotonic() + timeout
+        for rec in started:
+            if rec.kind != "proxy":
+                continue
+            while True:
+                if not procs.is_ours(rec):
+                    raise FedKafkaError(f"{rec.name} exited during start-up; see its log "
+                                        f"{rec.log}:\n{tail(Path(rec.log), 8)}")
+                try:
+                    probe.metadata(HOST, rec.ports[0], timeout=1.0)
+                    progress(f"{rec.name} is up at {HOST}:{rec.ports[0]}")
+                    break
+                except (OSError, probe.ProbeError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise FedKafkaError(f"{rec.name} did not answer within {timeout:.0f}s; "
+                                        f"see {rec.log}")
+                time.sleep(0.1)
+
+    def _check_ports(self, plans: list[ClusterPlan], zk_port: int | None,
+                     proxy_ports: list[int] | None = None) -> None:
+        wanted: list[tuple[int, str]] = [(p, "a proxy") for p in proxy_ports or []]
         for p in plans:
             for b in p.brokers:
                 wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))

@@ -49,6 +49,7 @@ hookimpl = pluggy.HookimplMarker(NAME)
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.strategies",
     "plugins.file_backend",
+    "plugins.zookeeper_backend",
     "plugins.auth_default",
     "plugins.routing_default",
 )

@@ -1,0 +1,91 @@
+"""Proxy configuration: a JSON file, validated with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from federation.errors import ConfigError
+
+ROLES = frozenset({"producer", "consumer"})
+
+
+def parse_hostport(value: str, name: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{name} {value!r} is not HOST:PORT; write e.g. \"127.0.0.1:9092\"")
+    return host, int(port)
+
+
+def parse_store(spec: str, name: str = "store") -> tuple[str, dict[str, Any]]:
+    """``file:/path/map.json`` or ``zookeeper:host:port[,host:port]/root`` → (backend, options)."""
+    kind, sep, rest = spec.partition(":")
+    if not sep or not rest:
+        raise ConfigError(f"{name} {spec!r} is not BACKEND:LOCATION; write "
+                          "\"file:/path/to/map.json\" or \"zookeeper:127.0.0.1:2181/fedkafka\"")
+    if kind == "file":
+        return "file", {"path": rest}
+    if kind == "zookeeper":
+        hosts, slash, root = rest.partition("/")
+        return "zookeeper", {"hosts": hosts, "root": "/" + root if slash and root else "/fedkafka"}
+    return kind, {"location": rest}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    node_id: int
+    listen: tuple[str, int]
+    advertised: tuple[str, int]
+    store: str
+    roles: frozenset[str] = ROLES
+    pool: str = "default"
+    metrics: tuple[str, int] | None = None
+    request_timeout: float = 30.0
+    max_frame_size: int = 100 << 20
+    federation_name: str = "fedkafka"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
+        known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
+                 "request_timeout", "max_frame_size", "federation_name"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"proxy config has unknown field(s) {', '.join(unknown)}; "
+                              f"known fields are {', '.join(sorted(known))}")
+        for required in ("node_id", "listen", "store"):
+            if required not in data:
+                raise ConfigError(f"proxy config is missing {required!r}")
+        node_id = data["node_id"]
+        if not isinstance(node_id, int) or node_id < 0:
+            raise ConfigError(f"node_id {node_id!r} must be a non-negative integer")
+        listen = parse_hostport(str(data["listen"]), "listen")
+        advertised = parse_hostport(str(data.get("advertised", data["listen"])), "advertised")
+        roles = frozenset(data.get("roles", sorted(ROLES)))
+        if not roles or not roles <= ROLES:
+            raise ConfigError(f"roles {sorted(roles)} must be a non-empty subset of "
+                              "[\"producer\", \"consumer\"]")
+        metrics = parse_hostport(str(data["metrics"]), "metrics") if data.get("metrics") else None
+        parse_store(str(data["store"]))
+        timeout = float(data.get("request_timeout", 30.0))
+        if timeout <= 0:
+            raise ConfigError("request_timeout must be a positive number of seconds")
+        return cls(node_id=node_id, listen=listen, advertised=advertised,
+                   store=str(data["store"]), roles=roles, pool=str(data.get("pool", "default")),
+                   metrics=metrics, request_timeout=timeout,
+                   max_frame_size=int(data.get("max_frame_size", 100 << 20)),
+                   federation_name=str(data.get("federation_name", "fedkafka")))
+
+    @classmethod
+    def load(cls, path: Path) -> ProxyConfig:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"proxy config {path} does not exist; pass --config FILE") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"proxy config {path} is not valid JSON: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"proxy config {path} must be a JSON object")
+        return cls.from_dict(data)

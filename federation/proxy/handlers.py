@@ -1,0 +1,651 @@
+"""Request handlers: one client connection's requests, split over physical brokers and merged.
+
+Each handler runs in two phases so that a client's pipelined requests reach the
+physical brokers in the order the client sent them:
+
+1. ``dispatch`` (awaited serially per client connection): resolve logical partitions to
+   segments, find leaders, and *write* every sub-request upstream;
+2. the returned awaitable (awaited concurrently) collects the answers and builds the
+   client's response in logical terms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from kio.index import load_payload_module
+from kio.static.constants import EntityType
+
+from federation.protocol import codec
+from federation.protocol.errors import ErrorCode, error_response, to_kio
+from federation.protocol.versions import ApiKey
+from federation.proxy import routing
+from federation.proxy.routing import RouteError, build, replace
+from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
+
+if TYPE_CHECKING:
+    from federation.proxy.server import ProxyState
+
+log = logging.getLogger("fedkafka.proxy")
+
+Reply = Awaitable[Any] | None
+RETRIABLE_LEADER_ERRORS = {
+    ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE,
+    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.NETWORK_EXCEPTION,
+    ErrorCode.REQUEST_TIMED_OUT,
+}
+GROUP_KEY_FIELD = {
+    ApiKey.JOIN_GROUP: "group_id", ApiKey.SYNC_GROUP: "group_id",
+    ApiKey.HEARTBEAT: "group_id", ApiKey.LEAVE_GROUP: "group_id",
+    ApiKey.OFFSET_COMMIT: "group_id",
+}
+
+
+def _resp_module(api_key: int, version: int) -> Any:
+    return load_payload_module(api_key, version, EntityType.response)
+
+
+async def _done(value: Any) -> Any:
+    return value
+
+
+@dataclass(slots=True)
+class _Part:
+    """One logical partition of a request, routed."""
+
+    topic: str  # logical name
+    partition: int  # logical index
+    seg: Any  # Segment
+    item: Any  # the request's partition entity
+
+
+@dataclass(slots=True)
+class _Group:
+    cluster: ClusterClient
+    node: int
+    parts: list[_Part] = field(default_factory=list)
+
+
+class Session:
+    """Handlers for one client connection (owns its upstream connections)."""
+
+    def __init__(self, state: ProxyState, peer: str) -> None:
+        self.state = state
+        self.peer = peer
+        self._lanes: dict[tuple[str, int], BrokerConnection] = {}
+        self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
+            ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.METADATA: self.metadata,
+            ApiKey.PRODUCE: self.produce,
+            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
+            ApiKey.FETCH: self.fetch,
+            ApiKey.LIST_OFFSETS: self.list_offsets,
+            ApiKey.FIND_COORDINATOR: self.find_coordinator,
+            ApiKey.JOIN_GROUP: self.group_forward,
+            ApiKey.SYNC_GROUP: self.group_forward,
+            ApiKey.HEARTBEAT: self.group_forward,
+            ApiKey.LEAVE_GROUP: self.group_forward,
+            ApiKey.OFFSET_COMMIT: self.group_forward,
+            ApiKey.OFFSET_FETCH: self.offset_fetch,
+            ApiKey.DESCRIBE_GROUPS: self.describe_groups,
+            ApiKey.LIST_GROUPS: self.list_groups,
+            ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
+        }
+
+    def close(self) -> None:
+        for conn in self._lanes.values():
+            conn.close()
+        self._lanes.clear()
+
+    async def lane(self, cluster: ClusterClient, node: int) -> BrokerConnection:
+        """This client connection's own upstream connection to one physical broker."""
+        key = (cluster.id, node)
+        conn = self._lanes.get(key)
+        if conn is None or not conn.alive:
+            conn = await cluster.open_to(node, f"{cluster.id}/{node}/{self.peer}")
+            self._lanes[key] = conn
+        await conn.ready()
+        return conn
+
+    @property
+    def fmap(self) -> Any:
+        return self.state.fmap
+
+    def pool(self) -> tuple[Any, ...]:
+        return self.state.pool()
+
+    # -- ApiVersions / Metadata / DescribeCluster ---------------------------------
+
+    async def api_versions(self, req: codec.Request) -> Reply:
+        mod = _resp_module(ApiKey.API_VERSIONS, req.header.api_version)
+        keys = tuple(
+            build(mod.ApiVersion, api_key=k, min_version=lo, max_version=hi)
+            for k, (lo, hi) in sorted(self.state.advertised().items())
+        )
+        return _done(build(mod.ApiVersionsResponse, error_code=to_kio(0), api_keys=keys,
+                           throttle_time=_ms(0)))
+
+    async def metadata(self, req: codec.Request) -> Reply:
+        body = req.entity
+        v = req.header.api_version
+        mod = _resp_module(ApiKey.METADATA, v)
+        fmap = self.fmap
+        pool = self.pool()
+        brokers = tuple(build(mod.MetadataResponseBroker, node_id=p.node_id, host=p.host,
+                              port=p.port, rack=None) for p in pool)
+        if body.topics is None:
+            names: list[str | None] = sorted(fmap.topics)
+        else:
+            names = []
+            for t in body.topics:
+                name = t.name
+                if name is None and routing.has_field(t, "topic_id"):
+                    found = fmap.topic_by_id(t.topic_id)
+                    name = found.name if found else None
+                names.append(name)
+        topics = []
+        for name in names:
+            topic = fmap.topics.get(name or "")
+            if topic is None:
+                topics.append(build(mod.MetadataResponseTopic,
+                                    error_code=to_kio(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                                    name=name, topic_id=_zero_uuid(), is_internal=False,
+                                    partitions=()))
+                continue
+            parts = []
+            for i in range(len(topic.partitions)):
+                leader = routing.leader_for(pool, topic.name, i).node_id
+                parts.append(build(mod.MetadataResponsePartition, error_code=to_kio(0),
+                                   partition_index=i, leader_id=leader, leader_epoch=-1,
+                                   replica_nodes=(leader,), isr_nodes=(leader,),
+                                   offline_replicas=()))
+            topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(0),
+                                name=topic.name, topic_id=topic.topic_id, is_internal=False,
+                                partitions=tuple(parts)))
+        return _done(build(mod.MetadataResponse, throttle_time=_ms(0), brokers=brokers,
+                           cluster_id=self.state.cluster_id,
+                           controller_id=pool[0].node_id if pool else -1,
+                           topics=tuple(topics)))
+
+    async def describe_cluster(self, req: codec.Request) -> Reply:
+        mod = _resp_module(ApiKey.DESCRIBE_CLUSTER, req.header.api_version)
+        pool = self.pool()
+        brokers = tuple(build(mod.DescribeClusterBroker, broker_id=p.node_id, host=p.host,
+                              port=p.port, rack=None) for p in pool)
+        return _done(build(mod.DescribeClusterResponse, throttle_time=_ms(0),
+                           error_code=to_kio(0), error_message=None, endpoint_type=1,
+                           cluster_id=self.state.cluster_id,
+                           controller_id=pool[0].node_id if pool else -1, brokers=brokers))
+
+    # -- Produce ------------------------------------------------------------------------
+
+    async def produce(self, req: codec.Request) -> Reply:
+        body = req.entity
+        v = req.header.api_version
+        if body.transactional_id is not None:
+            return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+        fmap = self.fmap
+        failed: list[tuple[str, int, int]] = []
+        groups: dict[tuple[str, int], _Group] = {}
+        for t in body.topic_data:
+            for pd in t.partition_data:
+                try:
+                    tgt = routing.produce_target(fmap, t.name, int(pd.index))
+                    cluster = self.state.cluster(tgt.segment.cluster)
+                    info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
+                except (RouteError, UpstreamError) as e:
+                    failed.append((t.name, int(pd.index), e.error_code))
+                    continue
+                key = (cluster.id, info.leader)
+                grp = groups.get(key)
+                if grp is None:
+                    grp = groups[key] = _Group(cluster, info.leader)
+                grp.parts.append(_Part(t.name, int(pd.index), tgt.segment, pd))
+                self.state.metrics.bytes_in(t.name, len(pd.records or b""))
+
+        sends: list[tuple[_Group, Any, asyncio.Future[Any] | None]] = []
+        for grp in groups.values():
+            sub = replace(body, topic_data=_regroup_produce(grp.parts))
+            try:
+                conn = await self.lane(grp.cluster, grp.node)
+                fut = conn.send(sub, expect_response=body.acks != 0)
+            except UpstreamError as e:
+                grp.cluster.invalidate()
+                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                continue
+            sends.append((grp, conn, fut))
+        if body.acks == 0:
+            return None
+        timeout = self.state.request_timeout + int(body.timeout.total_seconds())
+        return self._produce_reply(req, sends, failed, timeout)
+
+    async def _produce_reply(self, req: codec.Request, sends: list[Any],
+                             failed: list[tuple[str, int, int]], timeout: float) -> Any:
+        mod = _resp_module(ApiKey.PRODUCE, req.header.api_version)
+        results: dict[tuple[str, int], Any] = {}
+        throttle = 0
+
+        async def one(grp: _Group, conn: BrokerConnection, fut: Any) -> None:
+            nonlocal throttle
+            try:
+                resp = await conn.wait(fut, timeout)
+            except UpstreamError as e:
+                grp.cluster.invalidate()
+                for p in grp.parts:
+                    failed.append((p.topic, p.partition, e.error_code))
+                return
+            throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
+            by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
+            for tr in resp.responses:
+                for pr in tr.partition_responses:
+                    part = by_phys.get((tr.name, int(pr.index)))
+                    if part is None:
+                        continue
+                    code = int(pr.error_code)
+                    if code in RETRIABLE_LEADER_ERRORS:
+                        grp.cluster.invalidate()
+                    base = int(pr.base_offset)
+                    results[(part.topic, part.partition)] = replace(
+                        pr, index=part.partition,
+                        base_offset=part.seg.to_logical(base) if base >= 0 else base,
+                        log_start_offset=_log_start(part.seg, int(pr.log_start_offset)),
+                        current_leader=_default_of(pr, "current_leader"),
+                    )
+
+        await asyncio.gather(*(one(g, c, f) for g, c, f in sends))
+        for topic, partition, code in failed:
+            self.state.metrics.error("Produce", code)
+            results[(topic, partition)] = build(
+                mod.PartitionProduceResponse, index=partition, error_code=to_kio(code),
+                base_offset=-1, log_append_time=None, log_start_offset=-1, record_errors=(),
+                error_message=None)
+        ordered: dict[str, list[Any]] = defaultdict(list)
+        for t in req.entity.topic_data:
+            for pd in t.partition_data:
+                r = results.get((t.name, int(pd.index)))
+                if r is not None:
+                    ordered[t.name].append(r)
+        topics = tuple(build(mod.TopicProduceResponse, name=name, partition_responses=tuple(ps))
+                       for name, ps in ordered.items())
+        return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
+
+    async def init_producer_id(self, req: codec.Request) -> Reply:
+        body = req.entity
+        if body.transactional_id is not None:
+            log.info("refusing transactional producer %r from %s: transactions are not "
+                     "supported by this federation", body.transactional_id, self.peer)
+            return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+        # Producer ids are allocated by ONE physical cluster for the whole federation, so no
+        # two producers ever share an id on any physical cluster (see ADR 0007).
+        cluster = self.state.cluster(self.state.pid_cluster())
+        try:
+            conn = await cluster.any_connection()
+            return _done(await conn.request(body, self.state.request_timeout))
+        except UpstreamError as e:
+            return _done(error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
+                                        if e.error_code == ErrorCode.NETWORK_EXCEPTION
+                                        else e.error_code))
+
+    # -- Fetch --------------------------------------------------------------------------
+
+    async def fetch(self, req: codec.Request) -> Reply:
+        body = req.entity
+        fmap = self.fmap
+        failed: list[tuple[str, int, int]] = []
+        groups: dict[tuple[str, int], _Group] = {}
+        for t in body.topics:
+            for p in t.partitions:
+                try:
+                    tgt = routing.fetch_target(fmap, t.topic, int(p.partition),
+                                               int(p.fetch_offset))
+                    cluster = self.state.cluster(tgt.segment.cluster)
+                    info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
+                except (RouteError, UpstreamError) as e:
+                    failed.append((t.topic, int(p.partition), e.error_code))
+                    continue
+                key = (cluster.id, info.leader)
+                grp = groups.get(key)
+                if grp is None:
+                    grp = groups[key] = _Group(cluster, info.leader)
+                grp.parts.append(_Part(t.topic, int(p.partition), tgt.segment, p))
+        sends = []
+        for grp in groups.values():
+            sub = replace(body, topics=_regroup_fetch(grp.parts), session_id=0,
+                          session_epoch=-1, forgotten_topics_data=(), replica_id=-1)
+            try:
+                conn = await self.lane(grp.cluster, grp.node)
+                fut = conn.send(sub)
+            except UpstreamError as e:
+                grp.cluster.invalidate()
+                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                continue
+            sends.append((grp, conn, fut))
+        timeout = self.state.request_timeout + body.max_wait.total_seconds()
+        return self._fetch_reply(req, sends, failed, timeout)
+
+    async def _fetch_reply(self, req: codec.Request, sends: list[Any],
+                           failed: list[tuple[str, int, int]], timeout: float) -> Any:
+        mod = _resp_module(ApiKey.FETCH, req.header.api_version)
+        results: dict[tuple[str, int], Any] = {}
+        throttle = 0
+
+        async def one(grp: _Group, conn: BrokerConnection, fut: Any) -> None:
+            nonlocal throttle
+            try:
+                resp = await conn.wait(fut, timeout)
+            except UpstreamError as e:
+                grp.cluster.invalidate()
+                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                return
+            throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
+            top_error = int(getattr(resp, "error_code", 0) or 0)
+            if top_error:
+                failed.extend((p.topic, p.partition, top_error) for p in grp.parts)
+                return
+            by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
+            for tr in resp.responses:
+                for pr in tr.partitions:
+                    part = by_phys.get((tr.topic, int(pr.partition_index)))
+                    if part is None:
+                        continue
+                    code = int(pr.error_code)
+                    if code in RETRIABLE_LEADER_ERRORS:
+                        grp.cluster.invalidate()
+                    data = routing.translate_records(pr.records, part.seg)
+                    self.state.metrics.bytes_out(part.topic, len(data or b""))
+                    results[(part.topic, part.partition)] = replace(
+                        pr, partition_index=part.partition,
+                        high_watermark=routing.logical_offset(part.seg, int(pr.high_watermark)),
+                        last_stable_offset=routing.logical_offset(
+                            part.seg, int(pr.last_stable_offset)),
+                        log_start_offset=_log_start(part.seg, int(pr.log_start_offset)),
+                        preferred_read_replica=-1,
+                        current_leader=_default_of(pr, "current_leader"),
+                        diverging_epoch=_default_of(pr, "diverging_epoch"),
+                        records=data,
+                    )
+
+        await asyncio.gather(*(one(g, c, f) for g, c, f in sends))
+        for topic, partition, code in failed:
+            self.state.metrics.error("Fetch", code)
+            results[(topic, partition)] = build(
+                mod.PartitionData, partition_index=partition, error_code=to_kio(code),
+                high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
+                aborted_transactions=None, preferred_read_replica=-1, records=None)
+        ordered: dict[str, list[Any]] = defaultdict(list)
+        for t in req.entity.topics:
+            for p in t.partitions:
+                r = results.get((t.topic, int(p.partition)))
+                if r is not None:
+                    ordered[t.topic].append(r)
+        topics = tuple(build(mod.FetchableTopicResponse, topic=name, partitions=tuple(ps))
+                       for name, ps in ordered.items())
+        return build(mod.FetchResponse, throttle_time=_ms(throttle), error_code=to_kio(0),
+                     session_id=0, responses=topics)
+
+    # -- ListOffsets --------------------------------------------------------------------
+
+    async def list_offsets(self, req: codec.Request) -> Reply:
+        body = req.entity
+        fmap = self.fmap
+        mod = _resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
+        jobs = []
+        for t in body.topics:
+            for p in t.partitions:
+                jobs.append(self._one_offset(fmap, mod, body, t.name, p))
+        answers = await asyncio.gather(*jobs)
+        ordered: dict[str, list[Any]] = defaultdict(list)
+        for name, resp in answers:
+            ordered[name].append(resp)
+        topics = tuple(build(mod.ListOffsetsTopicResponse, name=n, partitions=tuple(ps))
+                       for n, ps in ordered.items())
+        return _done(build(mod.ListOffsetsResponse, throttle_time=_ms(0), topics=topics))
+
+    async def _one_offset(self, fmap: Any, mod: Any, body: Any, name: str, p: Any
+                          ) -> tuple[str, Any]:
+        index = int(p.partition_index)
+        ts = int(p.timestamp)
+
+        def answer(code: int, offset: int = -1, timestamp: int = -1) -> tuple[str, Any]:
+            return name, build(mod.ListOffsetsPartitionResponse, partition_index=index,
+                               error_code=to_kio(code), timestamp=timestamp, offset=offset,
+                               leader_epoch=-1, old_style_offsets=())
+        try:
+            topic = routing.logical_topic(fmap, name)
+            if not 0 <= index < len(topic.partitions):
+                raise RouteError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "no such partition")
+        except RouteError as e:
+            return answer(e.error_code)
+        segs = topic.partitions[index].segments
+        if ts == -2:  # earliest
+            candidates = list(segs)
+        elif ts in (-1, -3):  # latest, max timestamp
+            candidates = [segs[-1]]
+        else:
+            candidates = list(segs)
+        for seg in candidates:
+            try:
+                off, found_ts, code = await self._physical_offset(body, seg, ts)
+            except UpstreamError as e:
+                return answer(e.error_code)
+            if code:
+                return answer(code)
+            if off < 0:
+                continue  # nothing at/after that timestamp in this segment
+            logical = routing.logical_offset(seg, off)
+            if seg.sealed_end is not None and logical >= seg.sealed_end and seg is not segs[-1]:
+                continue
+            return answer(0, logical, found_ts)
+        return answer(0, -1, -1)
+
+    async def _physical_offset(self, body: Any, seg: Any, ts: int) -> tuple[int, int, int]:
+        cluster = self.state.cluster(seg.cluster)
+        info = await cluster.leader(seg.topic, seg.partition)
+        t = body.topics[0]
+        p = t.partitions[0]
+        sub = replace(body, replica_id=-1, topics=(replace(t, name=seg.topic, partitions=(
+            replace(p, partition_index=seg.partition, timestamp=ts, current_leader_epoch=-1),
+        )),))
+        conn = await self.lane(cluster, info.leader)
+        resp = await conn.request(sub, self.state.request_timeout)
+        pr = resp.topics[0].partitions[0]
+        code = int(pr.error_code)
+        if code in RETRIABLE_LEADER_ERRORS:
+            cluster.invalidate()
+        return int(pr.offset), int(pr.timestamp), code
+
+    # -- Groups ---------------------------------------------------------------------------
+
+    async def find_coordinator(self, req: codec.Request) -> Reply:
+        body = req.entity
+        mod = _resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
+        pool = self.pool()
+        key_type = int(getattr(body, "key_type", 0))
+        keys = list(body.coordinator_keys) if routing.has_field(body, "coordinator_keys") \
+            else [body.key]
+
+        def one(key: str) -> dict[str, Any]:
+            if key_type != 0:
+                return {"error_code": to_kio(ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED),
+                        "error_message": "transactions are not supported by this federation",
+                        "node_id": -1, "host": "", "port": -1}
+            node = routing.coordinator_for(pool, key)
+            return {"error_code": to_kio(0), "error_message": None, "node_id": node.node_id,
+                    "host": node.host, "port": node.port}
+
+        if routing.has_field(build_probe(mod.FindCoordinatorResponse), "coordinators"):
+            coords = tuple(build(mod.Coordinator, key=k, **one(k)) for k in keys)
+            return _done(build(mod.FindCoordinatorResponse, throttle_time=_ms(0),
+                               coordinators=coords))
+        return _done(build(mod.FindCoordinatorResponse, throttle_time=_ms(0), **one(keys[0])))
+
+    def _coordination_cluster(self, group_id: str) -> ClusterClient:
+        return self.state.cluster(self.state.coordination_cluster(group_id))
+
+    async def _to_coordinator(self, req: codec.Request, group_id: str) -> Any:
+        """Forward a group request to the real coordinator (retrying NOT_COORDINATOR once)."""
+        cluster = self._coordination_cluster(group_id)
+        for attempt in range(2):
+            node = await cluster.coordinator(group_id)
+            conn = await self.lane(cluster, node)
+            resp = await conn.request(req.entity, self.state.request_timeout + 300)
+            code = int(getattr(resp, "error_code", 0) or 0)
+            if code in (ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_NOT_AVAILABLE) \
+                    and attempt == 0:
+                cluster.forget_coordinator(group_id)
+                continue
+            return resp
+        return resp
+
+    async def group_forward(self, req: codec.Request) -> Reply:
+        group_id = getattr(req.entity, GROUP_KEY_FIELD[req.header.api_key])
+
+        async def go() -> Any:
+            try:
+                return await self._to_coordinator(req, group_id)
+            except UpstreamError as e:
+                self._coordination_cluster(group_id).forget_coordinator(group_id)
+                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
+                                      if e.error_code != ErrorCode.REQUEST_TIMED_OUT
+                                      else e.error_code)
+        return go()
+
+    async def offset_fetch(self, req: codec.Request) -> Reply:
+        body = req.entity
+        if routing.has_field(body, "groups") and body.groups:
+            if len(body.groups) != 1:
+                return _done(error_response(req, ErrorCode.INVALID_REQUEST))
+            group_id = body.groups[0].group_id
+        else:
+            group_id = body.group_id
+
+        async def go() -> Any:
+            try:
+                return await self._to_coordinator(req, group_id)
+            except UpstreamError:
+                self._coordination_cluster(group_id).forget_coordinator(group_id)
+                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+        return go()
+
+    async def describe_groups(self, req: codec.Request) -> Reply:
+        body = req.entity
+        if len(body.groups) != 1:
+            # One coordinator per group: ask each and merge.
+            async def many() -> Any:
+                parts = []
+                for g in body.groups:
+                    sub = codec.Request(req.header, replace(body, groups=(g,)))
+                    resp = await self._describe_one(sub, g)
+                    parts.extend(resp.groups)
+                mod = _resp_module(ApiKey.DESCRIBE_GROUPS, req.header.api_version)
+                return build(mod.DescribeGroupsResponse, throttle_time=_ms(0),
+                             groups=tuple(parts))
+            return many()
+        return self._describe_one(req, body.groups[0])
+
+    async def _describe_one(self, req: codec.Request, group_id: str) -> Any:
+        try:
+            return await self._to_coordinator(req, group_id)
+        except UpstreamError:
+            return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+
+    async def list_groups(self, req: codec.Request) -> Reply:
+        cluster_id = self.state.coordination_cluster("")
+        cluster = self.state.cluster(cluster_id)
+
+        async def go() -> Any:
+            try:
+                view = await cluster.refresh()
+                mod = _resp_module(ApiKey.LIST_GROUPS, req.header.api_version)
+                groups: list[Any] = []
+                for node in view.brokers:
+                    conn = await self.lane(cluster, node)
+                    resp = await conn.request(req.entity, self.state.request_timeout)
+                    groups.extend(resp.groups)
+                return build(mod.ListGroupsResponse, throttle_time=_ms(0), error_code=to_kio(0),
+                             groups=tuple(groups))
+            except UpstreamError:
+                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+        return go()
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _ms(value: int) -> Any:
+    import datetime
+
+    return datetime.timedelta(milliseconds=value)
+
+
+def _zero_uuid() -> Any:
+    import uuid
+
+    return uuid.UUID(int=0)
+
+
+def build_probe(cls: type[Any]) -> Any:
+    """A stand-in whose dataclass fields are those of ``cls`` (for ``has_field``)."""
+    return cls
+
+
+def _default_of(entity: Any, name: str) -> Any:
+    """The default value of a (tagged) field, to strip physical leader/endpoint hints."""
+    import dataclasses
+
+    for f in dataclasses.fields(entity):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return None
+
+
+def _log_start(seg: Any, physical: int) -> int:
+    if physical < 0:
+        return physical
+    # The earliest logical offset of this segment that is still on disk.
+    return max(seg.logical_start, seg.to_logical(physical))
+
+
+def _regroup_produce(parts: list[_Part]) -> tuple[Any, ...]:
+    by_topic: dict[str, list[Any]] = defaultdict(list)
+    template: dict[str, Any] = {}
+    for p in parts:
+        by_topic[p.seg.topic].append(replace(p.item, index=p.seg.partition))
+        template.setdefault(p.seg.topic, p)
+    out = []
+    for phys, items in by_topic.items():
+        cls = _topic_class(template[phys], "TopicProduceData")
+        out.append(build(cls, name=phys, partition_data=tuple(items)))
+    return tuple(out)
+
+
+def _regroup_fetch(parts: list[_Part]) -> tuple[Any, ...]:
+    by_topic: dict[str, list[Any]] = defaultdict(list)
+    template: dict[str, Any] = {}
+    for p in parts:
+        by_topic[p.seg.topic].append(replace(
+            p.item, partition=p.seg.partition, fetch_offset=p.seg.to_physical(
+                int(p.item.fetch_offset)), log_start_offset=-1, current_leader_epoch=-1,
+            last_fetched_epoch=-1))
+        template.setdefault(p.seg.topic, p)
+    out = []
+    for phys, items in by_topic.items():
+        cls = _topic_class(template[phys], "FetchTopic")
+        out.append(build(cls, topic=phys, partitions=tuple(items)))
+    return tuple(out)
+
+
+def _topic_class(part: _Part, name: str) -> type[Any]:
+    import sys
+
+    module = sys.modules[type(part.item).__module__]
+    cls: type[Any] = getattr(module, name)
+    return cls

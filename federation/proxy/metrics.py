@@ -1,0 +1,71 @@
+"""Prometheus metrics of a proxy (``fedkafka_proxy_*``), on their own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from federation.protocol.versions import API_NAMES
+
+MAX_TOPIC_LABELS = 2000  # logical topics are operator-created, but cap the label space anyway
+
+
+class ProxyMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("fedkafka_proxy_requests_total", "Requests served, per API.",
+                                ["api"], registry=r)
+        self.errors = Counter("fedkafka_proxy_errors_total",
+                              "Partition- or request-level errors returned, per API and code.",
+                              ["api", "error_code"], registry=r)
+        self.latency = Histogram("fedkafka_proxy_request_seconds",
+                                 "Time from a request's arrival to its response, per API.",
+                                 ["api"], registry=r,
+                                 buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5,
+                                          1, 2.5, 5, 10))
+        self.upstream_latency = Histogram("fedkafka_proxy_upstream_seconds",
+                                          "Round trip of requests to physical brokers.",
+                                          ["cluster"], registry=r,
+                                          buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1,
+                                                   .25, .5, 1, 2.5, 5, 10))
+        self.bytes_in_total = Counter("fedkafka_proxy_bytes_in_total",
+                                      "Record bytes produced, per logical topic.", ["topic"],
+                                      registry=r)
+        self.bytes_out_total = Counter("fedkafka_proxy_bytes_out_total",
+                                       "Record bytes fetched, per logical topic.", ["topic"],
+                                       registry=r)
+        self.connections = Gauge("fedkafka_proxy_connections", "Open client connections.",
+                                 registry=r)
+        self.closed_bad_frames = Counter("fedkafka_proxy_connections_closed_total",
+                                         "Client connections closed by the proxy, per reason.",
+                                         ["reason"], registry=r)
+        self.map_version = Gauge("fedkafka_proxy_map_version", "Version of the map served.",
+                                 registry=r)
+        self.map_age = Gauge("fedkafka_proxy_map_updated_timestamp_seconds",
+                             "When the served map was last updated (unix time).", registry=r)
+        self.store_healthy = Gauge("fedkafka_proxy_store_healthy",
+                                   "1 while the metadata store is reachable, 0 while the proxy "
+                                   "serves its last map without it.", registry=r)
+        self._topics: set[str] = set()
+
+    def _topic(self, topic: str) -> str:
+        if topic in self._topics:
+            return topic
+        if len(self._topics) >= MAX_TOPIC_LABELS:
+            return "_other"
+        self._topics.add(topic)
+        return topic
+
+    def request(self, api_key: int, seconds: float) -> None:
+        name = API_NAMES.get(api_key, "unknown")
+        self.requests.labels(name).inc()
+        self.latency.labels(name).observe(seconds)
+
+    def error(self, api: str, code: int) -> None:
+        self.errors.labels(api, str(int(code))).inc()
+
+    def bytes_in(self, topic: str, n: int) -> None:
+        self.bytes_in_total.labels(self._topic(topic)).inc(n)
+
+    def bytes_out(self, topic: str, n: int) -> None:
+        self.bytes_out_total.labels(self._topic(topic)).inc(n)

@@ -1,0 +1,444 @@
+"""The proxy process: a thin asyncio server around the sans-IO protocol core.
+
+One :class:`ClientConnection` per client socket: bytes → frames (bounded size) →
+decoded requests → :class:`~federation.proxy.handlers.Session` → responses written in
+request order. A malformed frame closes that one connection with a logged reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from federation.model import FederationMap, ProxyEndpoint
+from federation.plugin import Plugins, get_plugins
+from federation.protocol import codec
+from federation.protocol.errors import ErrorCode, error_response
+from federation.protocol.framing import FrameError, FrameReader
+from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
+from federation.proxy.config import ProxyConfig, parse_store
+from federation.proxy.handlers import Session
+from federation.proxy.metrics import ProxyMetrics
+from federation.proxy.upstream import ClusterClient, UpstreamError
+
+log = logging.getLogger("fedkafka.proxy")
+
+# Versions we implement end to end (further capped by the codec and by every physical
+# cluster's own ApiVersions). Produce/Fetch stay below the topic-id versions (13+) and
+# OffsetCommit/OffsetFetch below 10 for the same reason: see ADR 0008.
+CAPS: dict[int, tuple[int, int]] = {
+    ApiKey.API_VERSIONS: (0, 4),
+    ApiKey.METADATA: (0, 12),
+    ApiKey.PRODUCE: (3, 12),
+    ApiKey.INIT_PRODUCER_ID: (0, 5),
+    ApiKey.DESCRIBE_CLUSTER: (0, 1),
+    ApiKey.FETCH: (4, 12),
+    ApiKey.LIST_OFFSETS: (1, 8),
+    ApiKey.FIND_COORDINATOR: (0, 6),
+    ApiKey.JOIN_GROUP: (0, 9),
+    ApiKey.SYNC_GROUP: (0, 5),
+    ApiKey.HEARTBEAT: (0, 4),
+    ApiKey.LEAVE_GROUP: (0, 5),
+    ApiKey.OFFSET_COMMIT: (2, 9),
+    ApiKey.OFFSET_FETCH: (1, 9),
+    ApiKey.DESCRIBE_GROUPS: (0, 5),
+    ApiKey.LIST_GROUPS: (0, 5),
+}
+PRODUCER_APIS = {ApiKey.PRODUCE, ApiKey.INIT_PRODUCER_ID}
+CONSUMER_APIS = {ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.FIND_COORDINATOR,
+                 ApiKey.JOIN_GROUP, ApiKey.SYNC_GROUP, ApiKey.HEARTBEAT, ApiKey.LEAVE_GROUP,
+                 ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH, ApiKey.DESCRIBE_GROUPS,
+                 ApiKey.LIST_GROUPS}
+MAX_QUEUED_REQUESTS = 64
+
+
+class ProxyState:
+    """What every connection of one proxy shares: config, current map, upstream clients."""
+
+    def __init__(self, config: ProxyConfig, fmap: FederationMap,
+                 plugins: Plugins | None = None) -> None:
+        self.config = config
+        self.fmap = fmap
+        self.plugins = plugins or get_plugins()
+        self.metrics = ProxyMetrics()
+        self.clusters: dict[str, ClusterClient] = {}
+        self.request_timeout = config.request_timeout
+        self.cluster_id = config.federation_name
+        self.store_ok = True
+        self._advertised: dict[int, tuple[int, int]] | None = None
+        self.metrics.map_version.set(fmap.version)
+        self.metrics.map_age.set(time.time())
+        self.metrics.store_healthy.set(1)
+
+    # -- map --------------------------------------------------------------------
+
+    def set_map(self, fmap: FederationMap) -> None:
+        if fmap.version < self.fmap.version:
+            return
+        old = self.fmap
+        self.fmap = fmap
+        for cid, client in list(self.clusters.items()):
+            new = fmap.clusters.get(cid)
+            if new is None or new.bootstrap != client.cluster.bootstrap:
+                client.close()
+                del self.clusters[cid]
+            else:
+                client.cluster = new
+        self.metrics.map_version.set(fmap.version)
+        self.metrics.map_age.set(time.time())
+        if old.version != fmap.version:
+            log.info("serving map version %d (was %d)", fmap.version, old.version)
+
+    def cluster(self, cluster_id: str) -> ClusterClient:
+        client = self.clusters.get(cluster_id)
+        if client is None:
+            spec = self.fmap.clusters.get(cluster_id)
+            if spec is None:
+                raise UpstreamError(f"unknown physical cluster {cluster_id!r}",
+                                    ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+            client = ClusterClient(spec, client_id=f"fedkafka-proxy-{self.config.node_id}",
+                                   request_timeout=self.request_timeout)
+            client.on_latency = lambda s, c=cluster_id: (
+                self.metrics.upstream_latency.labels(c).observe(s))
+            self.clusters[cluster_id] = client
+        return client
+
+    def pool(self) -> tuple[ProxyEndpoint, ...]:
+        members = self.fmap.pools.get(self.config.pool)
+        if members:
+            return tuple(members)
+        host, port = self.config.advertised
+        return (ProxyEndpoint(node_id=self.config.node_id, host=host, port=port),)
+
+    def pid_cluster(self) -> str:
+        if self.fmap.coordination_cluster:
+            return self.fmap.coordination_cluster
+        return sorted(self.fmap.clusters)[0]
+
+    def coordination_cluster(self, group_id: str) -> str:
+        chosen = self.plugins.coordination_cluster(group_id, self.fmap)
+        return chosen or self.pid_cluster()
+
+    # -- versions -----------------------------------------------------------------
+
+    async def load_cluster_versions(self) -> None:
+        """Ask every physical cluster for its ApiVersions (the advertised ranges intersect)."""
+        for cid in list(self.fmap.clusters):
+            try:
+                await self.cluster(cid).refresh()
+            except UpstreamError as e:
+                log.warning("cluster %s not reachable at start: %s", cid, e)
+        self._advertised = None
+
+    def advertised(self) -> dict[int, tuple[int, int]]:
+        if self._advertised is not None:
+            return self._advertised
+        keys = set(CAPS)
+        if "producer" not in self.config.roles:
+            keys -= PRODUCER_APIS
+        if "consumer" not in self.config.roles:
+            keys -= CONSUMER_APIS
+        out: dict[int, tuple[int, int]] = {}
+        for key in sorted(keys):
+            lo, hi = CAPS[key]
+            if key not in SUPPORTED:
+                continue
+            rng = clamp(key, lo, hi)
+            if rng is None:
+                continue
+            lo, hi = rng
+            for client in self.clusters.values():
+                if key == ApiKey.API_VERSIONS or not client.api_versions:
+                    continue
+                theirs = client.api_versions.get(key)
+                if theirs is None:
+                    lo, hi = 1, 0
+                    break
+                lo, hi = max(lo, theirs[0]), min(hi, theirs[1])
+            if lo <= hi:
+                out[key] = (lo, hi)
+        if any(c.api_versions for c in self.clusters.values()):
+            self._advertised = out
+        return out
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client socket: frames in, responses out in request order."""
+
+    def __init__(self, state: ProxyState) -> None:
+        self.state = state
+        self.reader = FrameReader(state.config.max_frame_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.session: Session | None = None
+        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._replies: deque[tuple[codec.RequestHeader, Any, float]] = deque()
+        self._reply_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._paused_reading = False
+        self._closing = False
+        self._write_ok = asyncio.Event()
+        self._write_ok.set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.session = Session(self.state, self.peer)
+        self.state.metrics.connections.inc()
+        self._tasks = [asyncio.create_task(self._dispatch_loop()),
+                       asyncio.create_task(self._reply_loop())]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.reader.feed(data)
+        except FrameError as e:
+            self.abort("bad_frame", e.reason)
+            return
+        for frame in frames:
+            self._frames.put_nowait(frame)
+        if self._frames.qsize() + len(self._replies) > MAX_QUEUED_REQUESTS and (
+                self.transport and not self._paused_reading):
+            self.transport.pause_reading()
+            self._paused_reading = True
+
+    def _maybe_resume(self) -> None:
+        if self._paused_reading and self.transport and (
+                self._frames.qsize() + len(self._replies) <= MAX_QUEUED_REQUESTS // 2):
+            self.transport.resume_reading()
+            self._paused_reading = False
+
+    def pause_writing(self) -> None:
+        self._write_ok.clear()
+
+    def resume_writing(self) -> None:
+        self._write_ok.set()
+
+    def abort(self, reason: str, detail: str) -> None:
+        if self._closing:
+            return
+        log.warning("closing connection from %s: %s", self.peer, detail)
+        self.state.metrics.closed_bad_frames.labels(reason).inc()
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.state.metrics.connections.dec()
+        for t in self._tasks:
+            t.cancel()
+        if self.session is not None:
+            self.session.close()
+
+    async def _dispatch_loop(self) -> None:
+        assert self.session is not None
+        while True:
+            frame = await self._frames.get()
+            if frame is None or self._closing:
+                return
+            started = time.monotonic()
+            try:
+                reply = await self._dispatch(frame)
+            except codec.CodecError as e:
+                self.abort("undecodable", f"undecodable request: {e.reason}")
+                return
+            except Exception:  # a bug must not take the other clients down
+                log.exception("internal error handling a request from %s", self.peer)
+                self.abort("internal_error", "internal error (see the traceback above)")
+                return
+            self._maybe_resume()
+            if reply is None:
+                continue
+            header, awaitable = reply
+            self._replies.append((header, asyncio.ensure_future(awaitable), started))
+            self._reply_ready.set()
+
+    async def _dispatch(self, frame: bytes) -> tuple[codec.RequestHeader, Any] | None:
+        assert self.session is not None
+        header, _ = codec.parse_request_header(frame)
+        advertised = self.state.advertised()
+        rng = advertised.get(header.api_key)
+        if header.api_key == ApiKey.API_VERSIONS and (rng is None or header.api_version > rng[1]):
+            # A broker answers an ApiVersions it can't parse with a v0 error listing ranges.
+            data = codec.api_versions_fallback_response(header, advertised)
+            return header, _raw(data)
+        if rng is None or not rng[0] <= header.api_version <= rng[1]:
+            name = API_NAMES.get(header.api_key, f"key {header.api_key}")
+            try:
+                req = codec.decode_request(frame)
+            except codec.CodecError:
+                raise codec.DecodeError(f"{name} v{header.api_version} is not served by this "
+                                        f"proxy (client {header.client_id!r})",
+                                        header) from None
+            log.info("%s sent %s v%d which is not advertised; answering UNSUPPORTED_VERSION",
+                     self.peer, name, header.api_version)
+            self.state.metrics.error(name, ErrorCode.UNSUPPORTED_VERSION)
+            return header, _value(error_response(req, ErrorCode.UNSUPPORTED_VERSION))
+        req = codec.decode_request(frame)
+        handler = self.session.handlers[header.api_key]
+        awaitable = await handler(req)
+        if awaitable is None:
+            self.state.metrics.request(header.api_key, 0.0)
+            return None
+        return header, awaitable
+
+    async def _reply_loop(self) -> None:
+        while True:
+            while not self._replies:
+                self._reply_ready.clear()
+                await self._reply_ready.wait()
+            header, fut, started = self._replies[0]
+            try:
+                entity = await fut
+            except Exception:
+                log.exception("internal error answering %s from %s",
+                              API_NAMES.get(header.api_key), self.peer)
+                self.abort("internal_error", "internal error while answering")
+                return
+            self._replies.popleft()
+            if self.transport is None or self._closing:
+                return
+            if isinstance(entity, _RawBytes):
+                self.transport.write(entity.data)
+            else:
+                self.transport.writelines(codec.encode_response(header, entity))
+            self.state.metrics.request(header.api_key, time.monotonic() - started)
+            self._maybe_resume()
+            await self._write_ok.wait()
+
+
+class _RawBytes:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+async def _raw_coro(data: bytes) -> _RawBytes:
+    return _RawBytes(data)
+
+
+def _raw(data: bytes) -> Any:
+    return _raw_coro(data)
+
+
+async def _value_coro(v: Any) -> Any:
+    return v
+
+
+def _value(v: Any) -> Any:
+    return _value_coro(v)
+
+
+# -- process ------------------------------------------------------------------------------
+
+
+class MapFollower:
+    """Keeps a ProxyState's map current from the metadata store (watch → event loop)."""
+
+    def __init__(self, state: ProxyState, loop: asyncio.AbstractEventLoop) -> None:
+        self.state = state
+        self.loop = loop
+        backend_name, options = parse_store(state.config.store)
+        self.backend = state.plugins.backend(backend_name, **options)
+        self._handle: Any = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        self._handle = self.backend.watch(
+            lambda fmap: self.loop.call_soon_threadsafe(self.state.set_map, fmap))
+        host, port = self.state.config.advertised
+        with contextlib.suppress(Exception):
+            self.backend.register_member("proxy", f"{host}:{port}", {
+                "node_id": self.state.config.node_id, "host": host, "port": port,
+                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool})
+        threading.Thread(target=self._health_loop, daemon=True, name="store-health").start()
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                ok = bool(self.backend.health().get("ok", True))
+            except Exception:  # a broken backend means "not ok", never a dead proxy
+                ok = False
+            self.loop.call_soon_threadsafe(self._set_health, ok)
+
+    def _set_health(self, ok: bool) -> None:
+        if ok != self.state.store_ok:
+            if ok:
+                log.info("metadata store reachable again")
+            else:
+                log.warning("metadata store unreachable: serving the last map (version %d)",
+                            self.state.fmap.version)
+        self.state.store_ok = ok
+        self.state.metrics.store_healthy.set(1 if ok else 0)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._handle is not None:
+            self._handle.cancel()
+        with contextlib.suppress(Exception):
+            self.backend.close()
+
+
+async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> None:
+    """Run one proxy until ``stop`` is set (or SIGTERM/SIGINT)."""
+    loop = asyncio.get_running_loop()
+    plugins = get_plugins()
+    backend_name, options = parse_store(config.store)
+    backend = plugins.backend(backend_name, **options)
+    fmap = backend.load()
+    backend.close()
+    if fmap is None:
+        from federation.errors import FedKafkaError
+
+        raise FedKafkaError(f"the metadata store {config.store} holds no map yet; "
+                            "initialise the federation first (e.g. `fedkafka local up`)")
+    state = ProxyState(config, fmap, plugins)
+    follower = MapFollower(state, loop)
+    follower.start()
+    await state.load_cluster_versions()
+
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    server = await loop.create_server(lambda: ClientConnection(state), config.listen[0],
+                                      config.listen[1], reuse_address=True, backlog=1024)
+    metrics_server = None
+    if config.metrics is not None:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(config.metrics[1], addr=config.metrics[0],
+                                              registry=state.metrics.registry)
+    log.info("proxy %d listening on %s:%d (advertised %s:%d), roles %s, map version %d",
+             config.node_id, *config.listen, *config.advertised, sorted(config.roles),
+             fmap.version)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("proxy %d stopping", config.node_id)
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await server.wait_closed()
+        follower.stop()
+        for client in state.clusters.values():
+            client.close()
+        if metrics_server is not None:
+            metrics_server.shutdown()

@@ -1,0 +1,454 @@
+"""Our own pipelined connections to physical brokers.
+
+* :class:`BrokerConnection` — one TCP connection: requests are framed and written at
+  once (pipelined), in-flight requests wait in a dict keyed by correlation id, every
+  wait has a timeout, and ``close()`` fails every pending request with a reason.
+* :class:`ClusterClient` — one physical cluster: its brokers, partition leaders and
+  topic ids (refreshed via Metadata, and again whenever a leader moves), its ApiVersions,
+  group coordinators, and connections per broker in *lanes* so that a long-polling
+  Fetch never sits in front of a Produce on the same socket (a broker handles one
+  request per connection at a time).
+
+Requests are forwarded at the client's own version: nothing is downgraded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from collections.abc import Callable
+from typing import Any
+
+from kio.index import load_request_schema
+
+from federation.model import PhysicalCluster
+from federation.protocol import codec
+from federation.protocol.errors import ErrorCode
+from federation.protocol.framing import FrameError, FrameReader
+
+log = logging.getLogger("fedkafka.upstream")
+
+MAX_RESPONSE = 256 << 20
+METADATA_VERSION = 12
+API_VERSIONS_VERSION = 3
+FIND_COORDINATOR_VERSION = 4
+
+
+class CloseReason(enum.Enum):
+    LOCAL = "closed locally"
+    PEER = "closed by broker"
+    TIMEOUT = "request timed out"
+    PROTOCOL = "protocol error"
+    CONNECT = "could not connect"
+
+
+class UpstreamError(Exception):
+    """A request could not be completed on a physical broker (retriable for the client)."""
+
+    def __init__(self, reason: str, error_code: int = ErrorCode.NETWORK_EXCEPTION) -> None:
+        super().__init__(reason)
+        self.error_code = error_code
+
+
+@dataclass(slots=True)
+class _Pending:
+    api_key: int
+    api_version: int
+    future: asyncio.Future[Any]
+    sent_at: float
+
+
+class BrokerConnection(asyncio.Protocol):
+    """One pipelined connection to a physical broker."""
+
+    def __init__(self, host: str, port: int, client_id: str, label: str) -> None:
+        self.on_latency: Callable[[float], None] | None = None
+        self.host = host
+        self.port = port
+        self.client_id = client_id
+        self.label = label
+        self._transport: asyncio.Transport | None = None
+        self._reader = FrameReader(MAX_RESPONSE)
+        self._pending: dict[int, _Pending] = {}
+        self._correlation = itertools.count(1)
+        self._closed: CloseReason | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._paused = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    async def open(cls, host: str, port: int, client_id: str, label: str,
+                   timeout: float = 10.0) -> BrokerConnection:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _, proto = await loop.create_connection(
+                    lambda: cls(host, port, client_id, label), host, port)
+        except (OSError, TimeoutError) as e:
+            raise UpstreamError(f"{label}: cannot connect to {host}:{port}: {e}") from e
+        return proto
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=4 << 20)
+
+    @property
+    def alive(self) -> bool:
+        return self._closed is None and self._transport is not None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def close(self, reason: CloseReason = CloseReason.LOCAL) -> None:
+        if self._closed is None:
+            self._closed = reason
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_all(f"{self.label}: connection {self._closed.value}")
+
+    def _fail_all(self, message: str) -> None:
+        pending, self._pending = self._pending, {}
+        for p in pending.values():
+            if not p.future.done():
+                p.future.set_exception(UpstreamError(message))
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_exception(UpstreamError(message))
+        self._drain_waiters.clear()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closed is None:
+            self._closed = CloseReason.PEER
+        self._fail_all(f"{self.label}: connection {self._closed.value}"
+                       + (f" ({exc})" if exc else ""))
+
+    # -- flow control --------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        for w in self._drain_waiters:
+            if not w.done():
+                w.set_result(None)
+        self._drain_waiters.clear()
+
+    async def _drain(self) -> None:
+        if self._paused:
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    # -- requests --------------------------------------------------------------
+
+    def send(self, entity: Any, expect_response: bool = True) -> asyncio.Future[Any] | None:
+        """Write ``entity`` now (pipelined); returns the future of its response entity."""
+        if not self.alive or self._transport is None:
+            raise UpstreamError(f"{self.label}: connection is closed")
+        cid = next(self._correlation) & 0x7FFFFFFF
+        parts = codec.encode_request(entity, cid, self.client_id)
+        self._transport.writelines(parts)
+        if not expect_response:
+            return None
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = _Pending(int(entity.__api_key__), int(entity.__version__), fut,
+                                      time.monotonic())
+        return fut
+
+    async def wait(self, fut: asyncio.Future[Any], timeout: float) -> Any:
+        """Wait for a response sent with :meth:`send`; a timeout closes the connection."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await fut
+        except TimeoutError:
+            # The broker answers in order: a lost answer means this connection is unusable.
+            self.close(CloseReason.TIMEOUT)
+            raise UpstreamError(f"{self.label}: no answer within {timeout:.1f}s",
+                                ErrorCode.REQUEST_TIMED_OUT) from None
+
+    async def ready(self) -> None:
+        """Wait while the socket's write buffer is over its limit (backpressure)."""
+        await self._drain()
+
+    async def request(self, entity: Any, timeout: float) -> Any:
+        """Send ``entity`` and wait for its response entity (at most ``timeout`` s)."""
+        await self._drain()
+        fut = self.send(entity)
+        assert fut is not None
+        return await self.wait(fut, timeout)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except FrameError as e:
+            log.error("%s: bad frame from broker: %s", self.label, e.reason)
+            self.close(CloseReason.PROTOCOL)
+            return
+        for frame in frames:
+            try:
+                cid = codec.peek_correlation_id(frame)
+            except codec.CodecError as e:
+                log.error("%s: undecodable response: %s", self.label, e.reason)
+                self.close(CloseReason.PROTOCOL)
+                return
+            pending = self._pending.pop(cid, None)
+            if pending is None or pending.future.done():
+                continue  # the waiter gave up (timeout/cancel); drop the late answer
+            if self.on_latency is not None:
+                self.on_latency(time.monotonic() - pending.sent_at)
+            try:
+                _, entity = codec.decode_response(pending.api_key, pending.api_version, frame)
+            except codec.CodecError as e:
+                pending.future.set_exception(UpstreamError(
+                    f"{self.label}: undecodable response: {e.reason}"))
+                continue
+            pending.future.set_result(entity)
+
+
+@dataclass(slots=True)
+class PartitionInfo:
+    leader: int
+    leader_epoch: int
+
+
+@dataclass(slots=True)
+class ClusterView:
+    """What the last Metadata answer said about a physical cluster."""
+
+    brokers: dict[int, tuple[str, int]] = field(default_factory=dict)
+    partitions: dict[tuple[str, int], PartitionInfo] = field(default_factory=dict)
+    topic_ids: dict[str, uuid.UUID] = field(default_factory=dict)
+    topic_names: dict[uuid.UUID, str] = field(default_factory=dict)
+    refreshed_at: float = 0.0
+
+
+class ClusterClient:
+    """Connections to and knowledge of one physical cluster."""
+
+    def __init__(self, cluster: PhysicalCluster, client_id: str = "fedkafka-proxy",
+                 request_timeout: float = 30.0) -> None:
+        self.cluster = cluster
+        self.client_id = client_id
+        self.request_timeout = request_timeout
+        self.view = ClusterView()
+        self.api_versions: dict[int, tuple[int, int]] = {}
+        self._conns: dict[tuple[int, str], BrokerConnection] = {}
+        self._connecting: dict[tuple[int, str], asyncio.Future[BrokerConnection]] = {}
+        self._refresh_lock = asyncio.Lock()
+        self._coordinators: dict[str, int] = {}
+        self.last_error: str | None = None
+        self.on_latency: Callable[[float], None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.cluster.id
+
+    def bootstrap_addresses(self) -> list[tuple[str, int]]:
+        out = []
+        for item in self.cluster.bootstrap.split(","):
+            host, _, port = item.strip().rpartition(":")
+            out.append((host, int(port)))
+        return out
+
+    # -- connections ---------------------------------------------------------
+
+    async def _bootstrap_conn(self) -> BrokerConnection:
+        errors = []
+        for host, port in self.bootstrap_addresses():
+            try:
+                return await BrokerConnection.open(host, port, self.client_id,
+                                                   f"{self.id}/bootstrap", timeout=5.0)
+            except UpstreamError as e:
+                errors.append(str(e))
+        raise UpstreamError(f"cluster {self.id} unreachable: {'; '.join(errors)}")
+
+    async def connection(self, node_id: int, lane: str = "main") -> BrokerConnection:
+        key = (node_id, lane)
+        conn = self._conns.get(key)
+        if conn is not None and conn.alive:
+            return conn
+        waiting = self._connecting.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting)
+        fut: asyncio.Future[BrokerConnection] = asyncio.get_running_loop().create_future()
+        self._connecting[key] = fut
+        try:
+            if node_id not in self.view.brokers:
+                await self.refresh()
+            if node_id not in self.view.brokers:
+                raise UpstreamError(f"cluster {self.id} has no broker {node_id}",
+                                    ErrorCode.NOT_LEADER_OR_FOLLOWER)
+            host, port = self.view.brokers[node_id]
+            conn = await BrokerConnection.open(host, port, self.client_id,
+                                               f"{self.id}/{node_id}/{lane}")
+            self._conns[key] = conn
+            fut.set_result(conn)
+            return conn
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()  # mark retrieved
+            raise
+        finally:
+            del self._connecting[key]
+
+    def dedicated(self) -> _DedicatedLanes:
+        """Connections owned by one client connection (for long-polling Fetch)."""
+        return _DedicatedLanes(self)
+
+    async def open_to(self, node_id: int, label: str) -> BrokerConnection:
+        if node_id not in self.view.brokers:
+            await self.refresh()
+        if node_id not in self.view.brokers:
+            raise UpstreamError(f"cluster {self.id} has no broker {node_id}",
+                                ErrorCode.NOT_LEADER_OR_FOLLOWER)
+        host, port = self.view.brokers[node_id]
+        conn = await BrokerConnection.open(host, port, self.client_id, label)
+        conn.on_latency = self.on_latency
+        return conn
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    # -- metadata ------------------------------------------------------------
+
+    async def refresh(self, force: bool = True) -> ClusterView:
+        """Re-read brokers, leaders and topic ids (coalesced when called concurrently)."""
+        started = time.monotonic()
+        async with self._refresh_lock:
+            if self.view.refreshed_at >= started and not force:
+                return self.view
+            if self.view.refreshed_at >= started:
+                return self.view
+            conn = await self._any_conn()
+            try:
+                if not self.api_versions:
+                    await self._load_api_versions(conn)
+                schema = load_request_schema(3, METADATA_VERSION)
+                req = schema(topics=None, allow_auto_topic_creation=False,
+                             include_topic_authorized_operations=False)
+                resp = await conn.request(req, self.request_timeout)
+            except UpstreamError as e:
+                self.last_error = str(e)
+                raise
+            view = ClusterView(refreshed_at=time.monotonic())
+            for b in resp.brokers:
+                view.brokers[int(b.node_id)] = (b.host, int(b.port))
+            for t in resp.topics:
+                if t.name is None:
+                    continue
+                view.topic_ids[t.name] = t.topic_id
+                view.topic_names[t.topic_id] = t.name
+                for p in t.partitions:
+                    view.partitions[(t.name, int(p.partition_index))] = PartitionInfo(
+                        int(p.leader_id), int(p.leader_epoch))
+            self.view = view
+            self.last_error = None
+            return view
+
+    async def any_connection(self) -> BrokerConnection:
+        """A shared connection to any live broker of this cluster."""
+        return await self._any_conn()
+
+    async def _any_conn(self) -> BrokerConnection:
+        for key, conn in self._conns.items():
+            if conn.alive and key[1] == "main":
+                return conn
+        for node_id in list(self.view.brokers):
+            try:
+                return await self.connection(node_id, "main")
+            except UpstreamError:
+                continue
+        conn = await self._bootstrap_conn()
+        self._conns[(-1, "main")] = conn
+        return conn
+
+    async def _load_api_versions(self, conn: BrokerConnection) -> None:
+        schema = load_request_schema(18, API_VERSIONS_VERSION)
+        req = schema(client_software_name="fedkafka", client_software_version="0.1.0")
+        resp = await conn.request(req, self.request_timeout)
+        self.api_versions = {int(k.api_key): (int(k.min_version), int(k.max_version))
+                             for k in resp.api_keys}
+
+    async def leader(self, topic: str, partition: int) -> PartitionInfo:
+        info = self.view.partitions.get((topic, partition))
+        if info is None or info.leader < 0:
+            await self.refresh()
+            info = self.view.partitions.get((topic, partition))
+        if info is None:
+            raise UpstreamError(f"{self.id}: no partition {topic}-{partition}",
+                                ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        if info.leader < 0:
+            raise UpstreamError(f"{self.id}: {topic}-{partition} has no leader",
+                                ErrorCode.LEADER_NOT_AVAILABLE)
+        return info
+
+    def invalidate(self) -> None:
+        """Forget leaders (after NOT_LEADER and similar): the next lookup refreshes."""
+        self.view.refreshed_at = 0.0
+        for info in self.view.partitions.values():
+            info.leader = -1
+
+    # -- group coordinators ----------------------------------------------------
+
+    async def coordinator(self, key: str, key_type: int = 0) -> int:
+        """Node id of the coordinator for group ``key`` on this cluster (cached)."""
+        cached = self._coordinators.get(key)
+        if cached is not None:
+            return cached
+        conn = await self._any_conn()
+        schema = load_request_schema(10, FIND_COORDINATOR_VERSION)
+        req = schema(key_type=key_type, coordinator_keys=(key,))
+        deadline = time.monotonic() + self.request_timeout
+        while True:
+            resp = await conn.request(req, self.request_timeout)
+            c = resp.coordinators[0]
+            if int(c.error_code) == 0:
+                self.view.brokers.setdefault(int(c.node_id), (c.host, int(c.port)))
+                self._coordinators[key] = int(c.node_id)
+                return int(c.node_id)
+            if int(c.error_code) != ErrorCode.COORDINATOR_NOT_AVAILABLE or (
+                    time.monotonic() > deadline):
+                raise UpstreamError(f"{self.id}: FindCoordinator({key}) failed: "
+                                    f"{c.error_code}", int(c.error_code))
+            await asyncio.sleep(0.2)
+
+    def forget_coordinator(self, key: str) -> None:
+        self._coordinators.pop(key, None)
+
+
+class _DedicatedLanes:
+    """Per-client-connection upstream connections (one per broker), closed with it."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        self.client = client
+        self._conns: dict[int, BrokerConnection] = {}
+
+    async def get(self, node_id: int) -> BrokerConnection:
+        conn = self._conns.get(node_id)
+        if conn is not None and conn.alive:
+            return conn
+        conn = await self.client.open_to(node_id, f"{self.client.id}/{node_id}/fetch")
+        self._conns[node_id] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
