@@ -38,7 +38,7 @@ def local_federation(
     workdir: Path = tmp_path_factory.mktemp("federation")
     fed = LocalFederation(workdir)
     state = fed.up(clusters=CLUSTERS, kafka_version=kafka_dist.version, base_port=BASE_PORT,
-                   heap="256m")
+                   heap="256m", proxies=2)
     state["_fed"] = fed
     try:
         yield state
