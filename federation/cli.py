@@ -185,6 +185,20 @@ def _status_table(fed: Any) -> None:
     out.print(table)
 
 
+@local_app.command("restart")
+def local_restart(
+    name: Annotated[str, typer.Argument(help="Component name, as in `fedkafka local status`.")],
+    workdir: WorkdirOpt = None,
+    kill: Annotated[bool, typer.Option(help="SIGKILL instead of a graceful stop.")] = False,
+) -> None:
+    """Restart one component (a broker, a proxy, ZooKeeper…) and wait until it answers."""
+    from federation.local import LocalFederation
+
+    with err.status(f"restarting {name}…"):
+        rec = LocalFederation(workdir).restart_component(name, kill=kill)
+    out.print(f"{name}: running again (pid {rec.pid})")
+
+
 @local_app.command("logs")
 def local_logs(
     name: Annotated[str, typer.Argument(help="Component name, as in `fedkafka local status`.")],

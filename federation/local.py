@@ -530,6 +530,57 @@ class LocalFederation:
             })
         return rows
 
+    def _record(self, state: dict[str, Any], name: str) -> tuple[int, procs.ProcessRecord]:
+        for i, p in enumerate(state.get("processes", [])):
+            if p["name"] == name:
+                return i, procs.ProcessRecord.from_dict(p)
+        names = ", ".join(p["name"] for p in state.get("processes", [])) or "none"
+        raise ConfigError(f"no component named {name!r} in {self.workdir}; known: {names}")
+
+    def stop_component(self, name: str, grace: float = 20.0, kill: bool = False) -> None:
+        """Stop one component (SIGTERM, or SIGKILL at once with ``kill``)."""
+        state = self.load()
+        if state is None:
+            raise FedKafkaError(f"no local federation in {self.workdir}")
+        _, rec = self._record(state, name)
+        procs.stop([rec], grace=0.0 if kill else grace)
+
+    def start_component(self, name: str, wait: float = 120.0) -> procs.ProcessRecord:
+        """Start a stopped component again with the same command line, ports and log."""
+        state = self.load()
+        if state is None:
+            raise FedKafkaError(f"no local federation in {self.workdir}")
+        i, rec = self._record(state, name)
+        if procs.is_ours(rec):
+            raise FedKafkaError(f"{name} is already running (pid {rec.pid})")
+        env = None
+        if rec.kind == "proxy":
+            env = {"MALLOC_MMAP_THRESHOLD_": str(8 << 20), "MALLOC_TRIM_THRESHOLD_": str(64 << 20)}
+        new, _ = procs.spawn(rec.name, rec.kind, rec.cmd, Path(rec.log), rec.ports, rec.marker,
+                             env=env)
+        new.extra = rec.extra
+        state["processes"][i] = new.to_dict()
+        self._save(state)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not procs.is_ours(new):
+                raise FedKafkaError(f"{name} exited during start-up; see {new.log}")
+            if rec.kind == "zookeeper":
+                if zookeeper_ok(HOST, new.ports[0]):
+                    return new
+            else:
+                try:
+                    probe.metadata(HOST, new.ports[0], timeout=1.0)
+                    return new
+                except (OSError, probe.ProbeError):
+                    pass
+            time.sleep(0.2)
+        raise FedKafkaError(f"{name} did not answer within {wait:.0f}s; see {new.log}")
+
+    def restart_component(self, name: str, kill: bool = False) -> procs.ProcessRecord:
+        self.stop_component(name, kill=kill)
+        return self.start_component(name)
+
     def log_path(self, name: str) -> Path:
         for rec in self.records():
             if rec.name == name:

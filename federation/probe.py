@@ -93,7 +93,7 @@ def metadata(host: str, port: int, timeout: float = 2.0, client_id: str = "fedka
             r.take(">h")
             r.take(">i")
             r.take(">i")
-            for _ in range(3):  # replicas, isr, offline replicas
+            for _ in range(2):  # replicas, isr (offline replicas only from v5)
                 for _ in range(r.take(">i")):
                     r.take(">i")
         if name is not None:

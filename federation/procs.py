@@ -39,6 +39,9 @@ class ProcessRecord:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
 def spawn(
     name: str,
     kind: str,
@@ -61,6 +64,7 @@ def spawn(
             env={**os.environ, **(env or {})},
             cwd=cwd,
         )
+    _children[proc.pid] = proc  # keep the handle: it reaps the child and avoids warnings
     record = ProcessRecord(name=name, kind=kind, pid=proc.pid, ports=ports, log=str(log),
                            cmd=cmd, marker=marker)
     return record, proc
@@ -91,6 +95,11 @@ def is_ours(record: ProcessRecord) -> bool:
 
 
 def _reap(pid: int) -> None:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            del _children[pid]
+        return
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
 

@@ -1,0 +1,670 @@
+"""``fedkafka bench``: direct-to-Kafka versus through-the-proxy, same client, same records.
+
+One run measures both paths with confluent-kafka (librdkafka does the work in C, so the
+Python client is not the bottleneck):
+
+* **produce**: ``--records`` records of ``--record-size`` bytes (no key, no compression,
+  ``acks=all``) as fast as the client can send them; records/s and MB/s from the first
+  ``produce()`` to the last acknowledgement, and p50/p99 of each record's latency
+  (librdkafka's own ``produce()`` → acknowledgement time) *under that load*;
+* **latency**: ``--latency-records`` records sent at a steady ``--latency-rate`` with
+  ``linger.ms=0``: p50/p99 of a lightly loaded round trip;
+* **consume**: every produced record read back from the beginning (manual assignment),
+  records/s and MB/s from ``assign()`` to the last record, and the count read.
+
+The direct path writes to a physical topic with the logical topic's partition count on
+cluster ``c1``; the proxy path writes to a logical topic laid out over every cluster.
+Each path is warmed up first on its own throw-away topic. ``--java`` adds Kafka's own
+``ProducerPerformance``/``ConsumerPerformance`` on fresh topics, both paths.
+
+Nothing here asserts on timing: numbers are reported, not judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation.errors import ConfigError, FedKafkaError
+
+HOST = "127.0.0.1"
+err = Console(stderr=True)
+
+# (key, label, higher is better) for every metric, in table order.
+METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("produce_records_per_s", "produce records/s", True),
+    ("produce_mb_per_s", "produce MB/s", True),
+    ("produce_p50_ms", "produce p50 latency under load (ms)", False),
+    ("produce_p99_ms", "produce p99 latency under load (ms)", False),
+    ("latency_p50_ms", "produce p50 latency at --latency-rate (ms)", False),
+    ("latency_p99_ms", "produce p99 latency at --latency-rate (ms)", False),
+    ("consume_records_per_s", "consume records/s", True),
+    ("consume_mb_per_s", "consume MB/s", True),
+)
+JAVA_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("produce_records_per_s", "Java produce records/s", True),
+    ("produce_mb_per_s", "Java produce MB/s", True),
+    ("produce_avg_ms", "Java produce avg latency (ms)", False),
+    ("produce_p50_ms", "Java produce p50 latency (ms)", False),
+    ("produce_p99_ms", "Java produce p99 latency (ms)", False),
+    ("consume_records_per_s", "Java consume records/s", True),
+    ("consume_mb_per_s", "Java consume MB/s", True),
+)
+MB = 1024 * 1024  # MB/s as Kafka's perf tools print it (MiB)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    records: int
+    record_size: int
+    partitions: int
+    latency_records: int
+    latency_rate: int
+    warmup_records: int
+    linger_ms: int
+
+
+# -- topics --------------------------------------------------------------------------
+
+
+def _admin(bootstrap: str) -> Any:
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "fk-bench-admin"})
+
+
+def create_physical_topic(bootstrap: str, name: str, partitions: int) -> None:
+    """Create ``name`` on one physical cluster (the cluster's default replication)."""
+    from confluent_kafka.cimpl import NewTopic
+
+    admin = _admin(bootstrap)  # kept alive until the answer: destroying it fails the future
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=-1)],
+        request_timeout=30)
+    futures[name].result(timeout=60)
+    del admin
+
+
+def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
+                         strategy: str = "contiguous") -> None:
+    """Lay out a logical topic, create its physical topics and publish it in the map.
+
+    The same steps as the integration tests' set-up: physical ``<name>.fk`` topics where
+    the strategy puts segments, a same-named topic on the coordination cluster, then the
+    topic in the map (the proxies pick it up through their store watch).
+    """
+    from federation.mapstore import update
+    from federation.model import FederationMap, LogicalTopic, new_topic_id
+    from federation.plugin import get_plugins
+    from federation.proxy.config import parse_store
+
+    plugins = get_plugins()
+    kind, opts = parse_store(state["store"])
+    backend = plugins.backend(kind, **opts)
+    try:
+        fmap = backend.load()
+        if fmap is None:
+            raise FedKafkaError(f"the federation map in {state['store']} is empty")
+        phys = fmap.physical_topic_name(name)
+        parts = plugins.strategy(strategy).layout(name, partitions,
+                                                  list(fmap.writable_clusters()), phys)
+        topic = LogicalTopic(name=name, topic_id=new_topic_id(name), partitions=parts,
+                             strategy=strategy)
+        needed: dict[tuple[str, str], int] = {}
+        for lp in parts:
+            for seg in lp.segments:
+                key = (seg.cluster, seg.topic)
+                needed[key] = max(needed.get(key, 0), seg.partition + 1)
+        for (cluster, ptopic), count in needed.items():
+            create_physical_topic(fmap.clusters[cluster].bootstrap, ptopic, count)
+        if fmap.coordination_cluster:
+            create_physical_topic(fmap.clusters[fmap.coordination_cluster].bootstrap, name,
+                                  partitions)
+
+        def change(current: FederationMap | None) -> FederationMap:
+            if current is None:
+                raise FedKafkaError("the federation map disappeared")
+            return current.with_topic(topic)
+
+        update(backend, change)
+    finally:
+        backend.close()
+
+
+def wait_topic(bootstrap: str, name: str, partitions: int, timeout: float = 60.0) -> None:
+    """Wait until ``bootstrap`` reports ``name`` with ``partitions`` partitions and leaders."""
+    admin = _admin(bootstrap)
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            md = admin.list_topics(topic=name, timeout=5)
+            t = md.topics.get(name)
+            if t is not None and t.error is None and len(t.partitions) == partitions and all(
+                    p.leader >= 0 and p.error is None for p in t.partitions.values()):
+                return
+            last = f"{t.error if t is not None else 'missing'}"
+        except Exception as e:  # noqa: BLE001 - a KafkaException while topics appear
+            last = str(e)
+        time.sleep(0.2)
+    raise FedKafkaError(f"topic {name} did not appear at {bootstrap} within {timeout:.0f}s "
+                        f"({last})")
+
+
+# -- measurements -------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    idx = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values) + 0.5) - 1))
+    return sorted_values[idx]
+
+
+def _producer(bootstrap: str, linger_ms: int) -> Any:
+    from confluent_kafka import Producer
+
+    return Producer({
+        "bootstrap.servers": bootstrap, "acks": "all", "linger.ms": linger_ms,
+        "enable.idempotence": False, "compression.type": "none",
+        "client.id": "fk-bench",
+    })
+
+
+def produce(bootstrap: str, topic: str, count: int, size: int, *, linger_ms: int,
+            rate: float | None = None) -> dict[str, Any]:
+    """Send ``count`` records of ``size`` bytes; at most ``rate`` per second when given."""
+    producer = _producer(bootstrap, linger_ms)
+    value = os.urandom(size)
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    def on_delivery(error: Any, msg: Any) -> None:
+        if error is not None:
+            errors.append(str(error))
+        else:
+            latencies.append(msg.latency())
+
+    # Connections and metadata first, so they do not count as throughput or latency.
+    producer.list_topics(topic=topic, timeout=30)
+    t0 = time.perf_counter()
+    for i in range(count):
+        if rate is not None:
+            due = t0 + i / rate
+            while (now := time.perf_counter()) < due:
+                producer.poll(due - now)
+        while True:
+            try:
+                producer.produce(topic, value=value, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    remaining = producer.flush(300)
+    elapsed = time.perf_counter() - t0
+    latencies.sort()
+    acked = len(latencies)
+    if remaining or errors:
+        err.print(f"[yellow]{topic}: {remaining} undelivered, {len(errors)} failed "
+                  f"{errors[:3]}[/]")
+    return {
+        "records": acked, "failed": len(errors) + remaining, "seconds": round(elapsed, 3),
+        "records_per_s": acked / elapsed if elapsed else 0.0,
+        "mb_per_s": acked * size / MB / elapsed if elapsed else 0.0,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+    }
+
+
+def consume(bootstrap: str, topic: str, partitions: int, expected: int, size: int,
+            idle_timeout: float = 30.0) -> dict[str, Any]:
+    """Read ``topic`` from the beginning until ``expected`` records (or nothing for a while)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": f"fk-bench-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "auto.offset.reset": "earliest",
+        "client.id": "fk-bench",
+    })
+    got = 0
+    try:
+        consumer.list_topics(topic=topic, timeout=30)
+        t0 = time.perf_counter()
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        last = t0
+        while got < expected:
+            batch = consumer.consume(num_messages=10_000, timeout=0.5)
+            now = time.perf_counter()
+            n = sum(1 for m in batch if m.error() is None)
+            if n:
+                got += n
+                last = now
+            elif now - last > idle_timeout:
+                err.print(f"[yellow]{topic}: nothing for {idle_timeout:.0f}s after "
+                          f"{got} of {expected} records[/]")
+                break
+        elapsed = last - t0
+    finally:
+        consumer.close()
+    return {
+        "records": got, "seconds": round(elapsed, 3),
+        "records_per_s": got / elapsed if elapsed > 0 else 0.0,
+        "mb_per_s": got * size / MB / elapsed if elapsed > 0 else 0.0,
+    }
+
+
+# -- proxy CPU ------------------------------------------------------------------------
+
+
+def _cpu_seconds(pids: list[int]) -> float | None:
+    """User+system CPU time of ``pids`` so far (Linux /proc), None when unknown."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+@contextmanager
+def _cpu_meter(pids: list[int], into: dict[str, Any]) -> Iterator[None]:
+    before = _cpu_seconds(pids) if pids else None
+    yield
+    after = _cpu_seconds(pids) if pids else None
+    if before is not None and after is not None:
+        into["proxy_cpu_s"] = round(after - before, 2)
+        if into.get("seconds"):
+            into["proxy_cpu_util"] = round((after - before) / into["seconds"], 2)
+
+
+# -- Java tools -------------------------------------------------------------------------
+
+_PRODUCER_RE = re.compile(
+    r"(?P<n>\d+) records sent, (?P<rps>[\d.]+) records/sec \((?P<mbs>[\d.]+) MB/sec\), "
+    r"(?P<avg>[\d.]+) ms avg latency, (?P<max>[\d.]+) ms max latency, (?P<p50>\d+) ms 50th, "
+    r"(?P<p95>\d+) ms 95th, (?P<p99>\d+) ms 99th")
+
+
+def java_produce(dist: Any, bootstrap: str, topic: str, count: int, size: int) -> dict[str, Any]:
+    cmd = dist.java_command(
+        dist.producer_perf, "--topic", topic, "--num-records", str(count),
+        "--record-size", str(size), "--throughput", "-1",
+        "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all",
+        "client.id=fk-bench-java", heap="512m")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    match = None
+    for line in proc.stdout.splitlines():
+        match = _PRODUCER_RE.search(line) or match
+    if proc.returncode != 0 or match is None:
+        raise FedKafkaError(f"ProducerPerformance failed (exit {proc.returncode}):\n"
+                            f"{(proc.stdout + proc.stderr)[-1500:]}")
+    return {
+        "records": int(match["n"]), "records_per_s": float(match["rps"]),
+        "mb_per_s": float(match["mbs"]), "avg_ms": float(match["avg"]),
+        "p50_ms": float(match["p50"]), "p99_ms": float(match["p99"]),
+        "max_ms": float(match["max"]), "summary": match.group(0),
+    }
+
+
+def java_consume(dist: Any, bootstrap: str, topic: str, count: int) -> dict[str, Any]:
+    cmd = dist.java_command(
+        dist.consumer_perf, "--bootstrap-server", bootstrap, "--topic", topic,
+        "--messages", str(count), "--timeout", "60000", "--hide-header",
+        heap="512m")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+    row: list[str] | None = None
+    for line in proc.stdout.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 6 and re.match(r"^\d{4}-", fields[0]):
+            row = fields
+    if proc.returncode != 0 or row is None:
+        raise FedKafkaError(f"ConsumerPerformance failed (exit {proc.returncode}):\n"
+                            f"{(proc.stdout + proc.stderr)[-1500:]}")
+    # start, end, MB, MB/s, records, records/s[, rebalance ms, fetch ms, fetch MB/s, fetch rec/s]
+    out: dict[str, Any] = {"records": int(row[4]), "mb_per_s": float(row[3]),
+                           "records_per_s": float(row[5]), "row": ", ".join(row)}
+    if len(row) >= 10:
+        out["rebalance_ms"] = float(row[6])
+        out["fetch_mb_per_s"] = float(row[8])
+        out["fetch_records_per_s"] = float(row[9])
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cores": os.cpu_count(), "cpu": model, "system": platform.platform(),
+            "python": platform.python_version()}
+
+
+def _ratio(proxy: float, direct: float) -> float | None:
+    if not direct or direct != direct or proxy != proxy:  # zero or NaN
+        return None
+    return round(proxy / direct, 3)
+
+
+def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
+              progress: Callable[[str], None]) -> dict[str, Any]:
+    """Measure both paths on the running federation described by ``state``."""
+    import confluent_kafka
+
+    direct_bs: str = state["clusters"][0]["bootstrap"]
+    direct_cluster: str = state["clusters"][0]["name"]
+    proxy_bs: str = state["bootstrap"]
+    proxy_pids = [int(p["pid"]) for p in state.get("processes", []) if p.get("kind") == "proxy"]
+    tag = uuid.uuid4().hex[:6]
+    n = settings.partitions
+
+    def topics(suffix: str) -> tuple[str, str]:
+        direct, logical = f"bench-{tag}-{suffix}-direct", f"bench-{tag}-{suffix}"
+        progress(f"creating topics {direct} (on {direct_cluster}) and {logical} (logical)")
+        create_physical_topic(direct_bs, direct, n)
+        create_logical_topic(state, logical, n)
+        wait_topic(direct_bs, direct, n)
+        wait_topic(proxy_bs, logical, n)
+        return direct, logical
+
+    main_topics = topics("main")
+    warm_topics = topics("warm")
+    paths = {"direct": (direct_bs, main_topics[0], warm_topics[0]),
+             "proxy": (proxy_bs, main_topics[1], warm_topics[1])}
+    size = settings.record_size
+    results: dict[str, dict[str, Any]] = {"direct": {}, "proxy": {}}
+
+    for name, (bs, _, warm) in paths.items():
+        if settings.warmup_records:
+            progress(f"{name}: warm-up, {settings.warmup_records:,} records")
+            produce(bs, warm, settings.warmup_records, size, linger_ms=settings.linger_ms)
+    for phase in ("produce", "latency", "consume"):
+        for name, (bs, topic, _) in paths.items():
+            pids = proxy_pids if name == "proxy" else []
+            res: dict[str, Any]
+            if phase == "produce":
+                progress(f"{name}: producing {settings.records:,} x {size} B to {topic}")
+                res = {}
+                with _cpu_meter(pids, res):
+                    res.update(produce(bs, topic, settings.records, size,
+                                       linger_ms=settings.linger_ms))
+            elif phase == "latency":
+                if not settings.latency_records:
+                    continue
+                progress(f"{name}: {settings.latency_records:,} records at "
+                         f"{settings.latency_rate}/s for latency")
+                res = {}
+                with _cpu_meter(pids, res):
+                    res.update(produce(bs, topic, settings.latency_records, size, linger_ms=0,
+                                       rate=settings.latency_rate))
+            else:
+                expected = results[name]["produce"]["records"] + (
+                    results[name]["latency"]["records"] if "latency" in results[name] else 0)
+                progress(f"{name}: consuming {expected:,} records from {topic}")
+                res = {"expected": expected}
+                with _cpu_meter(pids, res):
+                    res.update(consume(bs, topic, n, expected, size))
+            results[name][phase] = res
+
+    summary: dict[str, dict[str, float]] = {}
+    for name, r in results.items():
+        summary[name] = {
+            "produce_records_per_s": r["produce"]["records_per_s"],
+            "produce_mb_per_s": r["produce"]["mb_per_s"],
+            "produce_p50_ms": r["produce"]["p50_ms"],
+            "produce_p99_ms": r["produce"]["p99_ms"],
+            "latency_p50_ms": r.get("latency", {}).get("p50_ms", float("nan")),
+            "latency_p99_ms": r.get("latency", {}).get("p99_ms", float("nan")),
+            "consume_records_per_s": r["consume"]["records_per_s"],
+            "consume_mb_per_s": r["consume"]["mb_per_s"],
+        }
+    report: dict[str, Any] = {
+        "machine": machine(),
+        "kafka_version": state.get("kafka_version"),
+        "client": f"confluent-kafka {confluent_kafka.version()[0]} "
+                  f"(librdkafka {confluent_kafka.libversion()[0]})",
+        "settings": {
+            "records": settings.records, "record_size": size, "partitions": n,
+            "acks": "all", "linger_ms": settings.linger_ms, "compression": "none",
+            "latency_records": settings.latency_records,
+            "latency_rate": settings.latency_rate, "warmup_records": settings.warmup_records,
+        },
+        "topics": {
+            "direct": {"name": main_topics[0], "cluster": direct_cluster,
+                       "bootstrap": direct_bs},
+            "proxy": {"name": main_topics[1], "clusters": len(state["clusters"]),
+                      "bootstrap": proxy_bs},
+        },
+        "results": results,
+        "summary": summary,
+        "ratio": {k: _ratio(summary["proxy"][k], summary["direct"][k]) for k, _, _ in METRICS},
+        "java": None,
+    }
+    if java:
+        report["java"] = run_java(state, settings, topics, progress)
+    return report
+
+
+def run_java(state: dict[str, Any], settings: Settings,
+             topics: Callable[[str], tuple[str, str]],
+             progress: Callable[[str], None]) -> dict[str, Any]:
+    from federation.kafka_dist import install_kafka
+
+    dist, _ = install_kafka(state.get("kafka_version") or "4.1.1")
+    direct, logical = topics("java")
+    paths = {"direct": (state["clusters"][0]["bootstrap"], direct),
+             "proxy": (state["bootstrap"], logical)}
+    out: dict[str, Any] = {"direct": {}, "proxy": {}}
+    for name, (bs, topic) in paths.items():
+        progress(f"{name}: Java ProducerPerformance, {settings.records:,} records")
+        out[name]["produce"] = java_produce(dist, bs, topic, settings.records,
+                                            settings.record_size)
+    for name, (bs, topic) in paths.items():
+        progress(f"{name}: Java ConsumerPerformance")
+        out[name]["consume"] = java_consume(dist, bs, topic, out[name]["produce"]["records"])
+    summary = {}
+    for name in ("direct", "proxy"):
+        p, c = out[name]["produce"], out[name]["consume"]
+        summary[name] = {
+            "produce_records_per_s": p["records_per_s"], "produce_mb_per_s": p["mb_per_s"],
+            "produce_avg_ms": p["avg_ms"], "produce_p50_ms": p["p50_ms"],
+            "produce_p99_ms": p["p99_ms"], "consume_records_per_s": c["records_per_s"],
+            "consume_mb_per_s": c["mb_per_s"],
+        }
+    out["summary"] = summary
+    out["ratio"] = {k: _ratio(summary["proxy"][k], summary["direct"][k])
+                    for k, _, _ in JAVA_METRICS}
+    return out
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or value != value:
+        return "-"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with NaN floats as None (strict JSON has no NaN)."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
+
+
+def render(report: dict[str, Any], console: Console) -> None:
+    s = report["settings"]
+    m = report["machine"]
+    table = Table(title=f"fedkafka bench: {s['records']:,} records x {s['record_size']} B, "
+                        f"{s['partitions']} partitions, acks=all")
+    table.add_column("metric")
+    table.add_column("direct", justify="right")
+    table.add_column("proxy", justify="right")
+    table.add_column("proxy/direct", justify="right")
+    rows: list[tuple[dict[str, Any], tuple[tuple[str, str, bool], ...]]] = [
+        (report, METRICS)]
+    if report.get("java"):
+        rows.append((report["java"], JAVA_METRICS))
+    for part, metrics in rows:
+        for key, label, _ in metrics:
+            table.add_row(label, _fmt(part["summary"]["direct"][key]),
+                          _fmt(part["summary"]["proxy"][key]), _fmt(part["ratio"][key]))
+    r = report["results"]
+    table.add_row("records consumed / produced",
+                  f"{r['direct']['consume']['records']:,} / {r['direct']['consume']['expected']:,}",
+                  f"{r['proxy']['consume']['records']:,} / {r['proxy']['consume']['expected']:,}",
+                  "")
+    cpu = [r["proxy"][ph].get("proxy_cpu_util") for ph in ("produce", "consume")]
+    if all(c is not None for c in cpu):
+        table.add_row("proxy CPU (cores busy) produce / consume", "",
+                      f"{cpu[0]:.2f} / {cpu[1]:.2f}", "")
+    console.print(table)
+    console.print(f"machine: {m['cores']} cores ({m['cpu']}), {m['system']}, "
+                  f"Python {m['python']}")
+    console.print(f"Kafka {report['kafka_version']}; client {report['client']}; "
+                  f"direct = {report['topics']['direct']['cluster']} "
+                  f"({report['topics']['direct']['bootstrap']}), proxy = "
+                  f"{report['topics']['proxy']['bootstrap']} over "
+                  f"{report['topics']['proxy']['clusters']} clusters")
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+@contextmanager
+def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
+                   progress: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """An existing running federation (``workdir``), or a new one stopped at the end."""
+    from federation.local import LocalFederation
+
+    if workdir is not None:
+        fed = LocalFederation(workdir)
+        state = fed.load()
+        if state is None or not fed.running():
+            raise ConfigError(f"no running local federation in {fed.workdir}; start one with "
+                              "`fedkafka local up` or leave out --workdir")
+        if not state.get("proxies"):
+            raise ConfigError(f"the federation in {fed.workdir} has no proxy to measure")
+        yield state
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="fedkafka-bench-"))
+    fed = LocalFederation(tmp)
+    ok = False
+    try:
+        progress(f"starting a local federation (2 clusters, 1 proxy) in {tmp}")
+        state = fed.up(clusters=2, proxies=1, base_port=base_port, kafka_version=kafka_version,
+                       heap="512m", progress=progress)
+        yield state
+        ok = True
+    finally:
+        if fed.running():
+            progress("stopping the local federation")
+            fed.down(grace=20)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            progress(f"logs kept in {tmp / 'logs'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``bench`` to ``app``."""
+    from federation.kafka_dist import DEFAULT_KAFKA_VERSION
+
+    @app.command("bench")
+    def bench(
+        records: Annotated[int, typer.Option(help="Records per path and phase.")] = 200_000,
+        record_size: Annotated[int, typer.Option(help="Bytes per record value.")] = 1024,
+        partitions: Annotated[int, typer.Option(help="Partitions of both topics.")] = 8,
+        latency_records: Annotated[int, typer.Option(
+            help="Records sent at --latency-rate for the light-load latency (0: skip).")]
+        = 5000,
+        latency_rate: Annotated[int, typer.Option(help="Records/s of the latency phase.")]
+        = 1000,
+        warmup: Annotated[int | None, typer.Option(
+            help="Warm-up records per path [default: min(records, 20000)].")] = None,
+        linger_ms: Annotated[int, typer.Option(help="Producer linger.ms.")] = 5,
+        java: Annotated[bool, typer.Option(
+            "--java", help="Also run Kafka's ProducerPerformance/ConsumerPerformance.")]
+        = False,
+        workdir: Annotated[Path | None, typer.Option(
+            help="Use the running `fedkafka local up` in this directory instead of "
+                 "starting one.")] = None,
+        base_port: Annotated[int, typer.Option(
+            help="Base port of the federation started for the run.")] = 25092,
+        kafka_version: Annotated[str, typer.Option(
+            help="Kafka release of the federation started for the run.")]
+        = DEFAULT_KAFKA_VERSION,
+        as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
+        = False,
+    ) -> None:
+        """Throughput and latency, direct to Kafka versus through the proxy (one run)."""
+        if records < 1 or record_size < 1 or partitions < 1 or latency_records < 0 or (
+                latency_rate < 1):
+            raise typer.BadParameter("counts and sizes must be positive")
+        settings = Settings(records=records, record_size=record_size, partitions=partitions,
+                            latency_records=latency_records, latency_rate=latency_rate,
+                            warmup_records=min(records, 20_000) if warmup is None else warmup,
+                            linger_ms=linger_ms)
+
+        def progress(msg: str) -> None:
+            err.print(f"[dim]{msg}[/]")
+
+        try:
+            with federation_for(workdir, base_port, kafka_version, progress) as state:
+                report = run_bench(state, settings, java=java, progress=progress)
+        except FedKafkaError as e:
+            err.print(f"[red]error:[/] {e}")
+            raise typer.Exit(1) from e
+        if as_json:
+            sys.stdout.write(json.dumps(_no_nan(report), indent=2) + "\n")
+        else:
+            render(report, Console())
+
+
+def main() -> None:
+    """``python -m federation.bench``: the same command without the rest of the CLI."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    register(app)
+    app()
+
+
+if __name__ == "__main__":
+    main()
