@@ -7,8 +7,8 @@ Python client is not the bottleneck):
   ``acks=all``) as fast as the client can send them; records/s and MB/s from the first
   ``produce()`` to the last acknowledgement, and p50/p99 of each record's latency
   (librdkafka's own ``produce()`` → acknowledgement time) *under that load*;
-* **latency**: ``--latency-records`` records sent at a steady ``--latency-rate`` with
-  ``linger.ms=0``: p50/p99 of a lightly loaded round trip;
+* **latency**: ``--latency-records`` records sent at a steady ``--latency-rate`` (same
+  producer settings): p50/p99 of a lightly loaded round trip, ``linger.ms`` included;
 * **consume**: every produced record read back from the beginning (manual assignment),
   records/s and MB/s from ``assign()`` to the last record, and the count read.
 
@@ -22,6 +22,7 @@ Nothing here asserts on timing: numbers are reported, not judged.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import platform
@@ -51,23 +52,24 @@ err = Console(stderr=True)
 METRICS: tuple[tuple[str, str, bool], ...] = (
     ("produce_records_per_s", "produce records/s", True),
     ("produce_mb_per_s", "produce MB/s", True),
-    ("produce_p50_ms", "produce p50 latency under load (ms)", False),
-    ("produce_p99_ms", "produce p99 latency under load (ms)", False),
-    ("latency_p50_ms", "produce p50 latency at --latency-rate (ms)", False),
-    ("latency_p99_ms", "produce p99 latency at --latency-rate (ms)", False),
+    ("produce_p50_ms", "produce p50 ms, full load", False),
+    ("produce_p99_ms", "produce p99 ms, full load", False),
+    ("latency_p50_ms", "produce p50 ms, paced", False),
+    ("latency_p99_ms", "produce p99 ms, paced", False),
     ("consume_records_per_s", "consume records/s", True),
     ("consume_mb_per_s", "consume MB/s", True),
 )
 JAVA_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("produce_records_per_s", "Java produce records/s", True),
     ("produce_mb_per_s", "Java produce MB/s", True),
-    ("produce_avg_ms", "Java produce avg latency (ms)", False),
-    ("produce_p50_ms", "Java produce p50 latency (ms)", False),
-    ("produce_p99_ms", "Java produce p99 latency (ms)", False),
+    ("produce_avg_ms", "Java produce avg ms", False),
+    ("produce_p50_ms", "Java produce p50 ms", False),
+    ("produce_p99_ms", "Java produce p99 ms", False),
     ("consume_records_per_s", "Java consume records/s", True),
     ("consume_mb_per_s", "Java consume MB/s", True),
 )
 MB = 1024 * 1024  # MB/s as Kafka's perf tools print it (MiB)
+PRIMING = 64  # records sent (and counted as produced) before each timed produce
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,14 +204,21 @@ def produce(bootstrap: str, topic: str, count: int, size: int, *, linger_ms: int
         else:
             latencies.append(msg.latency())
 
-    # Connections and metadata first, so they do not count as throughput or latency.
+    # Connections and metadata first, so they do not count as throughput or latency:
+    # a few records to every partition leader, acknowledged before the clock starts.
     producer.list_topics(topic=topic, timeout=30)
+    for _ in range(PRIMING):
+        producer.produce(topic, value=value, on_delivery=on_delivery)
+    producer.flush(60)
+    primed = len(latencies)
+    latencies.clear()
     t0 = time.perf_counter()
     for i in range(count):
         if rate is not None:
+            # Sleep (not a short poll(), which spins) so the brokers keep their CPU.
             due = t0 + i / rate
-            while (now := time.perf_counter()) < due:
-                producer.poll(due - now)
+            if (wait := due - time.perf_counter()) > 0:
+                time.sleep(wait)
         while True:
             try:
                 producer.produce(topic, value=value, on_delivery=on_delivery)
@@ -225,7 +234,8 @@ def produce(bootstrap: str, topic: str, count: int, size: int, *, linger_ms: int
         err.print(f"[yellow]{topic}: {remaining} undelivered, {len(errors)} failed "
                   f"{errors[:3]}[/]")
     return {
-        "records": acked, "failed": len(errors) + remaining, "seconds": round(elapsed, 3),
+        "records": acked, "primed": primed, "failed": len(errors) + remaining,
+        "seconds": round(elapsed, 3),
         "records_per_s": acked / elapsed if elapsed else 0.0,
         "mb_per_s": acked * size / MB / elapsed if elapsed else 0.0,
         "p50_ms": _percentile(latencies, 0.50) * 1000,
@@ -251,6 +261,7 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, size: in
         t0 = time.perf_counter()
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         last = t0
+        first: float | None = None
         while got < expected:
             batch = consumer.consume(num_messages=10_000, timeout=0.5)
             now = time.perf_counter()
@@ -258,6 +269,8 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, size: in
             if n:
                 got += n
                 last = now
+                if first is None:
+                    first = now - t0
             elif now - last > idle_timeout:
                 err.print(f"[yellow]{topic}: nothing for {idle_timeout:.0f}s after "
                           f"{got} of {expected} records[/]")
@@ -267,6 +280,7 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, size: in
         consumer.close()
     return {
         "records": got, "seconds": round(elapsed, 3),
+        "first_record_s": round(first, 3) if first is not None else None,
         "records_per_s": got / elapsed if elapsed > 0 else 0.0,
         "mb_per_s": got * size / MB / elapsed if elapsed > 0 else 0.0,
     }
@@ -289,15 +303,33 @@ def _cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds spent not idle by the whole machine so far (Linux /proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except (OSError, IndexError):
+        return None
+    ticks = [int(f) for f in fields[:8]]
+    idle = ticks[3] + ticks[4]  # idle + iowait
+    return (sum(ticks) - idle) / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+
+
 @contextmanager
 def _cpu_meter(pids: list[int], into: dict[str, Any]) -> Iterator[None]:
+    """Record the proxy's CPU (``pids``) and the machine's during the block, in cores busy."""
     before = _cpu_seconds(pids) if pids else None
+    busy_before = _machine_busy_seconds()
+    t0 = time.perf_counter()
     yield
+    wall = time.perf_counter() - t0
     after = _cpu_seconds(pids) if pids else None
+    busy_after = _machine_busy_seconds()
     if before is not None and after is not None:
         into["proxy_cpu_s"] = round(after - before, 2)
         if into.get("seconds"):
             into["proxy_cpu_util"] = round((after - before) / into["seconds"], 2)
+    if busy_before is not None and busy_after is not None and wall > 0:
+        into["machine_cpu_util"] = round((busy_after - busy_before) / wall, 2)
 
 
 # -- Java tools -------------------------------------------------------------------------
@@ -424,11 +456,11 @@ def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
                          f"{settings.latency_rate}/s for latency")
                 res = {}
                 with _cpu_meter(pids, res):
-                    res.update(produce(bs, topic, settings.latency_records, size, linger_ms=0,
+                    res.update(produce(bs, topic, settings.latency_records, size,
+                                       linger_ms=settings.linger_ms,
                                        rate=settings.latency_rate))
             else:
-                expected = results[name]["produce"]["records"] + (
-                    results[name]["latency"]["records"] if "latency" in results[name] else 0)
+                expected = sum(r["records"] + r["primed"] for r in results[name].values())
                 progress(f"{name}: consuming {expected:,} records from {topic}")
                 res = {"expected": expected}
                 with _cpu_meter(pids, res):
@@ -450,7 +482,7 @@ def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
     report: dict[str, Any] = {
         "machine": machine(),
         "kafka_version": state.get("kafka_version"),
-        "client": f"confluent-kafka {confluent_kafka.version()[0]} "
+        "client": f"confluent-kafka {importlib.metadata.version('confluent-kafka')} "
                   f"(librdkafka {confluent_kafka.libversion()[0]})",
         "settings": {
             "records": settings.records, "record_size": size, "partitions": n,
@@ -548,15 +580,21 @@ def render(report: dict[str, Any], console: Console) -> None:
             table.add_row(label, _fmt(part["summary"]["direct"][key]),
                           _fmt(part["summary"]["proxy"][key]), _fmt(part["ratio"][key]))
     r = report["results"]
-    table.add_row("records consumed / produced",
+    table.add_row("consumed / produced",
                   f"{r['direct']['consume']['records']:,} / {r['direct']['consume']['expected']:,}",
                   f"{r['proxy']['consume']['records']:,} / {r['proxy']['consume']['expected']:,}",
                   "")
-    cpu = [r["proxy"][ph].get("proxy_cpu_util") for ph in ("produce", "consume")]
-    if all(c is not None for c in cpu):
-        table.add_row("proxy CPU (cores busy) produce / consume", "",
-                      f"{cpu[0]:.2f} / {cpu[1]:.2f}", "")
+
+    def cores(path: str, key: str) -> str:
+        vals = [r[path][ph].get(key) for ph in ("produce", "consume")]
+        return "-" if None in vals else f"{vals[0]:.2f} / {vals[1]:.2f}"
+
+    table.add_row("machine CPU, prod/cons", cores("direct", "machine_cpu_util"),
+                  cores("proxy", "machine_cpu_util"), "")
+    table.add_row("proxy CPU, prod/cons", "", cores("proxy", "proxy_cpu_util"), "")
     console.print(table)
+    console.print(f"paced = {s['latency_records']:,} records at {s['latency_rate']:,}/s; "
+                  "CPU in cores busy; MB = 2^20 bytes")
     console.print(f"machine: {m['cores']} cores ({m['cpu']}), {m['system']}, "
                   f"Python {m['python']}")
     console.print(f"Kafka {report['kafka_version']}; client {report['client']}; "

@@ -241,7 +241,6 @@ def proxy_cmd(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Run a proxy (pproxy, cproxy or both, as its config says) until SIGTERM."""
-    import asyncio
     import logging
 
     from federation.proxy.config import ProxyConfig

@@ -143,6 +143,11 @@ def stop(records: list[ProcessRecord], grace: float = 20.0) -> list[tuple[str, s
                 break
             time.sleep(0.1)
         outcomes[rec.name] = "killed"
+    for rec in records:
+        child = _children.pop(rec.pid, None)
+        if child is not None and not is_ours(rec):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
     return [(rec.name, outcomes[rec.name]) for rec in records]
 
 

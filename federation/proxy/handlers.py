@@ -131,7 +131,7 @@ class Session:
                            throttle_time=_ms(0)))
 
     async def metadata(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         v = req.header.api_version
         mod = _resp_module(ApiKey.METADATA, v)
         fmap = self.fmap
@@ -185,8 +185,7 @@ class Session:
     # -- Produce ------------------------------------------------------------------------
 
     async def produce(self, req: codec.Request) -> Reply:
-        body = req.entity
-        v = req.header.api_version
+        body: Any = req.entity
         if body.transactional_id is not None:
             return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
         fmap = self.fmap
@@ -199,7 +198,7 @@ class Session:
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
-                    failed.append((t.name, int(pd.index), e.error_code))
+                    failed.append((t.name, int(pd.index), _not_sent(e.error_code)))
                     continue
                 key = (cluster.id, info.leader)
                 grp = groups.get(key)
@@ -216,7 +215,8 @@ class Session:
                 fut = conn.send(sub, expect_response=body.acks != 0)
             except UpstreamError as e:
                 grp.cluster.invalidate()
-                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                failed.extend((p.topic, p.partition, _not_sent(e.error_code))
+                              for p in grp.parts)
                 continue
             sends.append((grp, conn, fut))
         if body.acks == 0:
@@ -234,10 +234,12 @@ class Session:
             nonlocal throttle
             try:
                 resp = await conn.wait(fut, timeout)
-            except UpstreamError as e:
+            except UpstreamError:
+                # Sent, outcome unknown: a retriable "timed out" (idempotent producers'
+                # retries are de-duplicated by the broker's sequence numbers).
                 grp.cluster.invalidate()
                 for p in grp.parts:
-                    failed.append((p.topic, p.partition, e.error_code))
+                    failed.append((p.topic, p.partition, ErrorCode.REQUEST_TIMED_OUT))
                 return
             throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
             by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
@@ -265,7 +267,8 @@ class Session:
                 base_offset=-1, log_append_time=None, log_start_offset=-1, record_errors=(),
                 error_message=None)
         ordered: dict[str, list[Any]] = defaultdict(list)
-        for t in req.entity.topic_data:
+        entity: Any = req.entity
+        for t in entity.topic_data:
             for pd in t.partition_data:
                 r = results.get((t.name, int(pd.index)))
                 if r is not None:
@@ -275,7 +278,7 @@ class Session:
         return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
 
     async def init_producer_id(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         if body.transactional_id is not None:
             log.info("refusing transactional producer %r from %s: transactions are not "
                      "supported by this federation", body.transactional_id, self.peer)
@@ -294,7 +297,7 @@ class Session:
     # -- Fetch --------------------------------------------------------------------------
 
     async def fetch(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         fmap = self.fmap
         failed: list[tuple[str, int, int]] = []
         groups: dict[tuple[str, int], _Group] = {}
@@ -306,7 +309,7 @@ class Session:
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
-                    failed.append((t.topic, int(p.partition), e.error_code))
+                    failed.append((t.topic, int(p.partition), _not_sent(e.error_code)))
                     continue
                 key = (cluster.id, info.leader)
                 grp = groups.get(key)
@@ -322,7 +325,8 @@ class Session:
                 fut = conn.send(sub)
             except UpstreamError as e:
                 grp.cluster.invalidate()
-                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                failed.extend((p.topic, p.partition, _not_sent(e.error_code))
+                              for p in grp.parts)
                 continue
             sends.append((grp, conn, fut))
         timeout = self.state.request_timeout + body.max_wait.total_seconds()
@@ -340,7 +344,8 @@ class Session:
                 resp = await conn.wait(fut, timeout)
             except UpstreamError as e:
                 grp.cluster.invalidate()
-                failed.extend((p.topic, p.partition, e.error_code) for p in grp.parts)
+                failed.extend((p.topic, p.partition, _not_sent(e.error_code))
+                              for p in grp.parts)
                 return
             throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
             top_error = int(getattr(resp, "error_code", 0) or 0)
@@ -378,7 +383,8 @@ class Session:
                 high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
                 aborted_transactions=None, preferred_read_replica=-1, records=None)
         ordered: dict[str, list[Any]] = defaultdict(list)
-        for t in req.entity.topics:
+        entity: Any = req.entity
+        for t in entity.topics:
             for p in t.partitions:
                 r = results.get((t.topic, int(p.partition)))
                 if r is not None:
@@ -391,7 +397,7 @@ class Session:
     # -- ListOffsets --------------------------------------------------------------------
 
     async def list_offsets(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         fmap = self.fmap
         mod = _resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
         jobs = []
@@ -462,7 +468,7 @@ class Session:
     # -- Groups ---------------------------------------------------------------------------
 
     async def find_coordinator(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         mod = _resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
         pool = self.pool()
         key_type = int(getattr(body, "key_type", 0))
@@ -516,7 +522,7 @@ class Session:
         return go()
 
     async def offset_fetch(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         if routing.has_field(body, "groups") and body.groups:
             if len(body.groups) != 1:
                 return _done(error_response(req, ErrorCode.INVALID_REQUEST))
@@ -533,7 +539,7 @@ class Session:
         return go()
 
     async def describe_groups(self, req: codec.Request) -> Reply:
-        body = req.entity
+        body: Any = req.entity
         if len(body.groups) != 1:
             # One coordinator per group: ask each and merge.
             async def many() -> Any:
@@ -607,11 +613,18 @@ def _default_of(entity: Any, name: str) -> Any:
     return None
 
 
+def _not_sent(code: int) -> int:
+    """Map an upstream failure before/without an answer to a retriable leader error."""
+    if code in (ErrorCode.NETWORK_EXCEPTION, ErrorCode.REQUEST_TIMED_OUT):
+        return ErrorCode.NOT_LEADER_OR_FOLLOWER
+    return code
+
+
 def _log_start(seg: Any, physical: int) -> int:
     if physical < 0:
         return physical
     # The earliest logical offset of this segment that is still on disk.
-    return max(seg.logical_start, seg.to_logical(physical))
+    return max(int(seg.logical_start), int(seg.to_logical(physical)))
 
 
 def _regroup_produce(parts: list[_Part]) -> tuple[Any, ...]:

@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 from federation.model import FederationMap, ProxyEndpoint
 from federation.plugin import Plugins, get_plugins
@@ -187,7 +187,7 @@ class ClientConnection(asyncio.Protocol):
         self._write_ok.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         sock = transport.get_extra_info("socket")
@@ -358,8 +358,10 @@ class MapFollower:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        self._handle = self.backend.watch(
-            lambda fmap: self.loop.call_soon_threadsafe(self.state.set_map, fmap))
+        def on_map(fmap: FederationMap) -> None:
+            self.loop.call_soon_threadsafe(self.state.set_map, fmap)
+
+        self._handle = self.backend.watch(on_map)
         host, port = self.state.config.advertised
         with contextlib.suppress(Exception):
             self.backend.register_member("proxy", f"{host}:{port}", {
@@ -371,7 +373,7 @@ class MapFollower:
         while not self._stop.wait(1.0):
             try:
                 ok = bool(self.backend.health().get("ok", True))
-            except Exception:  # a broken backend means "not ok", never a dead proxy
+            except Exception:  # noqa: BLE001 - a broken backend means "not ok", never a dead proxy
                 ok = False
             self.loop.call_soon_threadsafe(self._set_health, ok)
 

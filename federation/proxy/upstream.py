@@ -21,9 +21,9 @@ import itertools
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 from kio.index import load_request_schema
 
@@ -96,14 +96,14 @@ class BrokerConnection(asyncio.Protocol):
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             import socket
 
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        transport.set_write_buffer_limits(high=4 << 20)
+        self._transport.set_write_buffer_limits(high=4 << 20)
 
     @property
     def alive(self) -> bool:
@@ -340,7 +340,7 @@ class ClusterClient:
             try:
                 if not self.api_versions:
                     await self._load_api_versions(conn)
-                schema = load_request_schema(3, METADATA_VERSION)
+                schema: Any = load_request_schema(3, METADATA_VERSION)
                 req = schema(topics=None, allow_auto_topic_creation=False,
                              include_topic_authorized_operations=False)
                 resp = await conn.request(req, self.request_timeout)
@@ -380,7 +380,7 @@ class ClusterClient:
         return conn
 
     async def _load_api_versions(self, conn: BrokerConnection) -> None:
-        schema = load_request_schema(18, API_VERSIONS_VERSION)
+        schema: Any = load_request_schema(18, API_VERSIONS_VERSION)
         req = schema(client_software_name="fedkafka", client_software_version="0.1.0")
         resp = await conn.request(req, self.request_timeout)
         self.api_versions = {int(k.api_key): (int(k.min_version), int(k.max_version))
@@ -413,7 +413,7 @@ class ClusterClient:
         if cached is not None:
             return cached
         conn = await self._any_conn()
-        schema = load_request_schema(10, FIND_COORDINATOR_VERSION)
+        schema: Any = load_request_schema(10, FIND_COORDINATOR_VERSION)
         req = schema(key_type=key_type, coordinator_keys=(key,))
         deadline = time.monotonic() + self.request_timeout
         while True:

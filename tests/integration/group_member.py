@@ -30,7 +30,7 @@ def main() -> None:
         running = False
 
     signal.signal(signal.SIGTERM, stop)
-    out = open(args.out, "a", buffering=1)  # noqa: SIM115 - line-buffered log for the test
+    out = open(args.out, "a", buffering=1)
     consumer = Consumer({
         "bootstrap.servers": args.bootstrap, "group.id": args.group,
         "auto.offset.reset": "earliest", "enable.auto.commit": False,
