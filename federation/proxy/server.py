@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 from federation.model import FederationMap, ProxyEndpoint
@@ -71,6 +72,8 @@ class ProxyState:
         self.request_timeout = config.request_timeout
         self.cluster_id = config.federation_name
         self.store_ok = True
+        self.sessions: set[Session] = set()
+        self.connections: set[ClientConnection] = set()
         self._advertised: dict[int, tuple[int, int]] | None = None
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
@@ -197,6 +200,8 @@ class ClientConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.session = Session(self.state, self.peer)
+        self.state.sessions.add(self.session)
+        self.state.connections.add(self)
         self.state.metrics.connections.inc()
         self._tasks = [asyncio.create_task(self._dispatch_loop()),
                        asyncio.create_task(self._reply_loop())]
@@ -241,6 +246,8 @@ class ClientConnection(asyncio.Protocol):
         for t in self._tasks:
             t.cancel()
         if self.session is not None:
+            self.state.sessions.discard(self.session)
+            self.state.connections.discard(self)
             self.session.close()
 
     async def _dispatch_loop(self) -> None:
@@ -396,7 +403,8 @@ class MapFollower:
 
 
 async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None,
+                on_state: Callable[[ProxyState], None] | None = None) -> None:
     """Run one proxy until ``stop`` is set (or SIGTERM/SIGINT)."""
     loop = asyncio.get_running_loop()
     plugins = get_plugins()
@@ -410,6 +418,8 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
         raise FedKafkaError(f"the metadata store {config.store} holds no map yet; "
                             "initialise the federation first (e.g. `fedkafka local up`)")
     state = ProxyState(config, fmap, plugins)
+    if on_state is not None:
+        on_state(state)
     follower = MapFollower(state, loop)
     follower.start()
     await state.load_cluster_versions()
@@ -436,6 +446,12 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     finally:
         log.info("proxy %d stopping", config.node_id)
         server.close()
+        for conn in list(state.connections):
+            if conn.transport is not None:
+                conn.transport.abort()
+        for session in list(state.sessions):
+            session.close()
+        await asyncio.sleep(0)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await server.wait_closed()

@@ -1,0 +1,750 @@
+"""Operations on the federation: topics, clusters, pools. Used by the controller, the
+admin CLI and the proxy (CreateTopics, DeleteTopics, CreatePartitions).
+
+Two layers:
+
+- ``plan_*`` functions are pure: map in, new topic or map out, :class:`AdminError` for
+  anything the caller must fix. They are what the unit tests exercise.
+- the ``async`` operations do the I/O: physical topics through :class:`ClusterAdmin`
+  (aiokafka's admin client by default, injectable for tests) and the map through
+  :func:`federation.mapstore.update` (compare-and-set, retried on conflicts).
+
+Topic creation creates the physical data topics, then the metadata-only *shadow* topic
+(logical name, logical partition count) on the coordination cluster, then publishes the
+map. If any step fails, the topics it created are deleted again: nothing is left
+half-created. Partitions Kafka added to an existing topic cannot be removed; they stay
+unused until a later ``add_partitions`` places segments on them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import structlog
+
+from federation import mapstore, probe
+from federation.errors import FedKafkaError
+from federation.mapstore import MetadataBackend
+from federation.model import (
+    DEFAULT_POOL,
+    ClusterState,
+    FederationMap,
+    LogicalTopic,
+    PhysicalCluster,
+    ProxyEndpoint,
+    new_topic_id,
+)
+from federation.plugin import PluginError, Plugins, get_plugins
+
+__all__ = [
+    "AdminError",
+    "ClusterAdmin",
+    "ClusterUnreachableError",
+    "Connect",
+    "InvalidRequestError",
+    "MapExistsError",
+    "NoMapError",
+    "TopicExistsError",
+    "UnknownClusterError",
+    "UnknownTopicError",
+    "add_cluster",
+    "add_partitions",
+    "aiokafka_admin",
+    "create_topic",
+    "delete_topic",
+    "describe_topic",
+    "init_map",
+    "list_topics",
+    "physical_needs",
+    "plan_add_cluster",
+    "plan_add_partitions",
+    "plan_create_topic",
+    "plan_remove_cluster",
+    "plan_set_cluster_state",
+    "remove_cluster",
+    "set_cluster_state",
+    "set_pool",
+]
+
+log = structlog.get_logger(__name__)
+
+#: Seconds one physical admin request (connect, create, delete, describe) may take.
+REQUEST_TIMEOUT = 15.0
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+class AdminError(FedKafkaError):
+    """A refused admin operation. ``error_code`` is the Kafka protocol error to answer with."""
+
+    error_code: int = -1  # UNKNOWN_SERVER_ERROR
+
+
+class InvalidRequestError(AdminError):
+    error_code = 42  # INVALID_REQUEST
+
+
+class InvalidTopicError(InvalidRequestError):
+    error_code = 17  # INVALID_TOPIC_EXCEPTION
+
+
+class InvalidPartitionsError(InvalidRequestError):
+    error_code = 37  # INVALID_PARTITIONS
+
+
+class TopicExistsError(AdminError):
+    error_code = 36  # TOPIC_ALREADY_EXISTS
+
+
+class UnknownTopicError(AdminError):
+    error_code = 3  # UNKNOWN_TOPIC_OR_PARTITION
+
+
+class UnknownClusterError(AdminError):
+    error_code = 42
+
+
+class ClusterUnreachableError(AdminError):
+    error_code = 8  # BROKER_NOT_AVAILABLE
+
+
+class NoMapError(AdminError):
+    """The store holds no map yet."""
+
+
+class MapExistsError(AdminError):
+    """``init_map`` on a store that already holds a map."""
+
+
+class _Refused(Exception):
+    """Carries an AdminError out of a mapstore.update change function."""
+
+
+def _no_map() -> NoMapError:
+    return NoMapError("the metadata store holds no map yet; add a first cluster with "
+                      "`fedkafka cluster add ID BOOTSTRAP` (it becomes the coordination cluster)")
+
+
+# -- pure planning ---------------------------------------------------------------------------
+
+
+def _strategy(plugins: Plugins, name: str) -> Any:
+    try:
+        return plugins.strategy(name)
+    except PluginError as e:
+        raise InvalidRequestError(str(e)) from None
+
+
+def plan_create_topic(fmap: FederationMap, name: str, partitions: int, strategy: str = "contiguous",
+                      config: Mapping[str, str] | None = None, *,
+                      plugins: Plugins | None = None) -> LogicalTopic:
+    """The new topic laid out over ``fmap``'s writable clusters (no I/O)."""
+    plugins = plugins or get_plugins()
+    impl = _strategy(plugins, strategy)
+    if name in fmap.topics:
+        raise TopicExistsError(f"topic {name!r} already exists")
+    if partitions < 1:
+        raise InvalidPartitionsError(f"topic {name!r}: partitions must be >= 1, got {partitions}")
+    probe_topic = LogicalTopic(name, new_topic_id(name), ())
+    try:
+        probe_topic.validate()
+    except ValueError as e:
+        if "has no partition" not in str(e):
+            raise InvalidTopicError(f"{e}; use 1-249 of a-z A-Z 0-9 . _ -") from None
+    physical = fmap.physical_topic_name(name)
+    if physical in fmap.topics or any(physical == s.topic for t in fmap.topics.values()
+                                      for p in t.partitions for s in p.segments):
+        raise InvalidTopicError(f"topic {name!r}: its physical name {physical!r} is taken")
+    clusters = fmap.writable_clusters()
+    if not clusters:
+        raise InvalidRequestError("no cluster is active (writable); add one with "
+                                  "`fedkafka cluster add` or set one active")
+    try:
+        layout = impl.layout(name, partitions, clusters, physical)
+        topic = LogicalTopic(name, new_topic_id(name), layout, strategy, dict(config or {}))
+        fmap.with_topic(topic).validate()
+    except ValueError as e:
+        raise InvalidRequestError(f"topic {name!r}: {e}") from None
+    return topic
+
+
+def plan_add_partitions(fmap: FederationMap, name: str, new_count: int, *,
+                        plugins: Plugins | None = None) -> LogicalTopic:
+    """The topic grown to ``new_count`` partitions by its own strategy (no I/O)."""
+    topic = _topic(fmap, name)
+    if new_count <= topic.partition_count:
+        raise InvalidPartitionsError(
+            f"topic {name!r} has {topic.partition_count} partitions; the new count must be "
+            f"larger, got {new_count}")
+    impl = _strategy(plugins or get_plugins(), topic.strategy)
+    clusters = fmap.writable_clusters()
+    if not clusters:
+        raise InvalidRequestError("no cluster is active (writable) to place new partitions on")
+    try:
+        grown = impl.grow(topic, new_count, clusters, fmap.physical_topic_name(name))
+        new = dataclasses.replace(topic, partitions=grown)
+        fmap.with_topic(new).validate()
+    except ValueError as e:
+        raise InvalidRequestError(f"topic {name!r}: {e}") from None
+    return new
+
+
+def physical_needs(fmap: FederationMap, topic: LogicalTopic) -> dict[str, dict[str, int]]:
+    """cluster → {physical topic → partition count} that ``topic`` needs, shadow included."""
+    needs: dict[str, dict[str, int]] = {}
+    for partition in topic.partitions:
+        for s in partition.segments:
+            per = needs.setdefault(s.cluster, {})
+            per[s.topic] = max(per.get(s.topic, 0), s.partition + 1)
+    if fmap.coordination_cluster is not None:
+        needs.setdefault(fmap.coordination_cluster, {})[topic.name] = topic.partition_count
+    return needs
+
+
+def _topic(fmap: FederationMap, name: str) -> LogicalTopic:
+    try:
+        return fmap.topics[name]
+    except KeyError:
+        raise UnknownTopicError(f"topic {name!r} does not exist") from None
+
+
+def _cluster(fmap: FederationMap, cluster_id: str) -> PhysicalCluster:
+    try:
+        return fmap.clusters[cluster_id]
+    except KeyError:
+        known = ", ".join(sorted(fmap.clusters)) or "none"
+        raise UnknownClusterError(f"cluster {cluster_id!r} does not exist; known: {known}"
+                                  ) from None
+
+
+def _segments_on(fmap: FederationMap, cluster_id: str) -> list[str]:
+    return sorted({f"{t.name}[{p.index}]" for t in fmap.topics.values() for p in t.partitions
+                   for s in p.segments if s.cluster == cluster_id})
+
+
+def plan_add_cluster(fmap: FederationMap | None, cluster: PhysicalCluster, *,
+                     coordination: bool = False) -> FederationMap:
+    """``fmap`` with ``cluster`` added (a first cluster starts a map and coordinates groups)."""
+    try:
+        cluster.validate()
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from None
+    if fmap is None:
+        fmap = FederationMap(version=0)
+        coordination = True
+    if cluster.id in fmap.clusters:
+        raise InvalidRequestError(f"cluster {cluster.id!r} already exists")
+    for other in fmap.clusters.values():
+        shared = set(other.bootstrap_servers) & set(cluster.bootstrap_servers)
+        if shared:
+            raise InvalidRequestError(
+                f"cluster {cluster.id!r}: {', '.join(sorted(shared))} already belongs to "
+                f"cluster {other.id!r}")
+    new = fmap.with_cluster(cluster)
+    if coordination:
+        new = dataclasses.replace(new, coordination_cluster=cluster.id)
+    return new
+
+
+def plan_set_cluster_state(fmap: FederationMap, cluster_id: str,
+                           state: ClusterState | str) -> FederationMap:
+    try:
+        new_state = ClusterState(state)
+    except ValueError:
+        valid = ", ".join(s.value for s in ClusterState)
+        raise InvalidRequestError(f"unknown cluster state {state!r}; valid: {valid}") from None
+    cluster = _cluster(fmap, cluster_id)
+    if new_state is ClusterState.RETIRED:
+        live = _segments_on(fmap, cluster_id)
+        if live:
+            raise InvalidRequestError(
+                f"cluster {cluster_id!r} still holds segments of {', '.join(live[:5])}"
+                f"{' …' if len(live) > 5 else ''}; drain it before retiring it")
+        if fmap.coordination_cluster == cluster_id:
+            raise InvalidRequestError(f"cluster {cluster_id!r} coordinates consumer groups; "
+                                      "it cannot be retired")
+    return fmap.with_cluster(cluster.with_state(new_state))
+
+
+def plan_remove_cluster(fmap: FederationMap, cluster_id: str) -> FederationMap:
+    _cluster(fmap, cluster_id)
+    live = _segments_on(fmap, cluster_id)
+    if live:
+        raise InvalidRequestError(
+            f"cluster {cluster_id!r} still holds segments of {', '.join(live[:5])}"
+            f"{' …' if len(live) > 5 else ''}; drain it first (set it draining and move "
+            "its segments), then remove it")
+    if fmap.coordination_cluster == cluster_id:
+        raise InvalidRequestError(f"cluster {cluster_id!r} coordinates consumer groups "
+                                  "(and holds the shadow topics); it cannot be removed")
+    return dataclasses.replace(fmap, clusters={k: v for k, v in fmap.clusters.items()
+                                               if k != cluster_id})
+
+
+# -- physical cluster I/O -------------------------------------------------------------------
+
+
+class ClusterAdmin(Protocol):
+    """Admin operations on one physical cluster, as the federation needs them."""
+
+    async def topics(self) -> dict[str, int]:
+        """Every topic of the cluster → its partition count."""
+        ...
+
+    async def create(self, topics: Mapping[str, int], replication: int | None = None,
+                     config: Mapping[str, str] | None = None) -> None:
+        """Create topics (name → partitions). :raises AdminError: naming the topic."""
+        ...
+
+    async def grow(self, topic: str, partitions: int) -> None:
+        """Raise ``topic``'s partition count to ``partitions``."""
+        ...
+
+    async def delete(self, topics: Iterable[str]) -> None:
+        """Delete topics; unknown ones are ignored."""
+        ...
+
+
+#: Opens a :class:`ClusterAdmin` on a cluster (an async context manager factory).
+Connect = Callable[[PhysicalCluster], contextlib.AbstractAsyncContextManager[ClusterAdmin]]
+
+
+class _AIOKafkaClusterAdmin:
+    def __init__(self, cluster: PhysicalCluster, client: Any, timeout: float) -> None:
+        self.cluster = cluster
+        self._client = client
+        self._timeout = timeout
+
+    async def _call(self, what: str, awaitable: Any) -> Any:
+        try:
+            return await asyncio.wait_for(awaitable, self._timeout)
+        except AdminError:
+            raise
+        except Exception as e:  # every client failure becomes one clear error
+            raise ClusterUnreachableError(
+                f"cluster {self.cluster.id!r} ({self.cluster.bootstrap}) failed to {what}: "
+                f"{type(e).__name__}: {e}") from e
+
+    async def topics(self) -> dict[str, int]:
+        described = await self._call("describe its topics", self._client.describe_topics())
+        return {t["topic"]: len(t["partitions"]) for t in described
+                if t.get("error_code", 0) == 0}
+
+    async def _replication(self, wanted: int | None) -> int:
+        if wanted is not None:
+            return wanted
+        info = await self._call("describe the cluster", self._client.describe_cluster())
+        return max(1, min(3, len(info.get("brokers", ())) or 1))
+
+    async def create(self, topics: Mapping[str, int], replication: int | None = None,
+                     config: Mapping[str, str] | None = None) -> None:
+        from aiokafka.admin import NewTopic
+
+        rf = await self._replication(replication)
+        new = [NewTopic(name, count, rf, topic_configs=dict(config or {}))
+               for name, count in topics.items()]
+        response = await self._call(f"create {', '.join(topics)}",
+                                    self._client.create_topics(new, timeout_ms=10_000))
+        errors = []
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            message = entry[2] if len(entry) > 2 else None
+            if code == 36:
+                raise TopicExistsError(f"topic {name!r} already exists on cluster "
+                                       f"{self.cluster.id!r}")
+            if code:
+                errors.append(f"{name}: error {code} {message or ''}".strip())
+        if errors:
+            raise AdminError(f"cluster {self.cluster.id!r} refused to create topics: "
+                             + "; ".join(errors))
+
+    async def grow(self, topic: str, partitions: int) -> None:
+        from aiokafka.admin import NewPartitions
+
+        await self._call(f"grow {topic} to {partitions} partitions",
+                         self._client.create_partitions({topic: NewPartitions(partitions)}))
+
+    async def delete(self, topics: Iterable[str]) -> None:
+        names = list(topics)
+        if not names:
+            return
+        response = await self._call(f"delete {', '.join(names)}",
+                                    self._client.delete_topics(names, timeout_ms=10_000))
+        for name, code in (tuple(e)[:2] for e in response.topic_error_codes):
+            if code not in (0, 3):  # 3 = already gone
+                raise AdminError(f"cluster {self.cluster.id!r} refused to delete {name!r}: "
+                                 f"error {code}")
+
+
+@contextlib.asynccontextmanager
+async def aiokafka_admin(cluster: PhysicalCluster, *, timeout: float = REQUEST_TIMEOUT
+                         ) -> AsyncIterator[ClusterAdmin]:
+    """The default :data:`Connect`: aiokafka's admin client on ``cluster``'s bootstrap."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(bootstrap_servers=list(cluster.bootstrap_servers),
+                                 client_id="fedkafka-admin",
+                                 request_timeout_ms=int(timeout * 1000),
+                                 **dict(cluster.security))
+    try:
+        try:
+            await asyncio.wait_for(client.start(), timeout)
+        except Exception as e:
+            raise ClusterUnreachableError(
+                f"cluster {cluster.id!r} cannot be reached at {cluster.bootstrap} "
+                f"({type(e).__name__}: {e}); check that it runs, or set it down with "
+                f"`fedkafka cluster set-state {cluster.id} down`") from e
+        yield _AIOKafkaClusterAdmin(cluster, client, timeout)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.close()
+
+
+# -- map I/O ---------------------------------------------------------------------------------
+
+
+async def _load(backend: MetadataBackend) -> FederationMap:
+    fmap = await asyncio.to_thread(backend.load)
+    if fmap is None:
+        raise _no_map()
+    return fmap
+
+
+async def _publish(backend: MetadataBackend,
+                   change: Callable[[FederationMap | None], FederationMap | None],
+                   plugins: Plugins | None = None) -> FederationMap:
+    """mapstore.update with AdminErrors from ``change`` passed through, observers notified."""
+    before: list[FederationMap | None] = []
+
+    def wrapped(current: FederationMap | None) -> FederationMap | None:
+        before[:] = [current]
+        try:
+            return change(current)
+        except AdminError as e:
+            raise _Refused() from e
+
+    try:
+        new = await asyncio.to_thread(mapstore.update, backend, wrapped)
+    except _Refused as e:
+        assert isinstance(e.__cause__, AdminError)
+        raise e.__cause__ from None
+    if new is None:
+        raise AssertionError("admin changes always publish")
+    (plugins or get_plugins()).notify_map_published(before[0] if before else None, new)
+    return new
+
+
+# -- operations ------------------------------------------------------------------------------
+
+
+async def _rollback(connect: Connect, fmap: FederationMap,
+                    created: Mapping[str, Sequence[str]]) -> None:
+    for cluster_id, names in created.items():
+        if not names:
+            continue
+        try:
+            async with connect(fmap.clusters[cluster_id]) as admin:
+                await admin.delete(names)
+            log.info("rolled back physical topics", cluster=cluster_id, topics=list(names))
+        except Exception:  # report, keep rolling back the others
+            log.exception("rollback failed; delete these topics by hand", cluster=cluster_id,
+                          topics=list(names))
+
+
+async def create_topic(backend: MetadataBackend, name: str, partitions: int,
+                       strategy: str = "contiguous", config: Mapping[str, str] | None = None,
+                       replication: int | None = None, *, connect: Connect = aiokafka_admin,
+                       plugins: Plugins | None = None) -> LogicalTopic:
+    """Create a logical topic: physical topics, shadow topic, then the published map.
+
+    :param replication: replication factor of the physical topics (default:
+        min(3, brokers of each cluster)).
+    :raises AdminError: (TopicExistsError, InvalidRequestError, ClusterUnreachableError…)
+        after deleting whatever this call created.
+    """
+    fmap = await _load(backend)
+    topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
+    needs = physical_needs(fmap, topic)
+    created: dict[str, list[str]] = {}
+    try:
+        async def create_on(cluster_id: str, wanted: dict[str, int]) -> None:
+            async with connect(fmap.clusters[cluster_id]) as admin:
+                existing = await admin.topics()
+                taken = sorted(set(wanted) & set(existing))
+                if taken:
+                    raise TopicExistsError(
+                        f"topic {name!r}: {', '.join(taken)} already exist(s) on cluster "
+                        f"{cluster_id!r} (left over from an earlier topic?); delete it there "
+                        "or choose another name")
+                # One by one, so a failure leaves an exact record of what exists.
+                for physical, count in wanted.items():
+                    is_shadow = physical == name and cluster_id == fmap.coordination_cluster
+                    await admin.create({physical: count}, replication,
+                                       None if is_shadow else config)
+                    created.setdefault(cluster_id, []).append(physical)
+
+        results = await asyncio.gather(*(create_on(c, w) for c, w in needs.items()),
+                                       return_exceptions=True)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        for failure in failures:
+            if not isinstance(failure, Exception):
+                raise failure
+        if failures:
+            raise failures[0]
+
+        def change(current: FederationMap | None) -> FederationMap:
+            if current is None:
+                raise _no_map()
+            if name in current.topics:
+                raise TopicExistsError(f"topic {name!r} already exists")
+            missing = sorted(set(needs) - set(current.clusters))
+            if missing:
+                raise InvalidRequestError(f"cluster(s) {', '.join(missing)} were removed "
+                                          f"while topic {name!r} was being created")
+            return current.with_topic(topic)
+
+        await _publish(backend, change, plugins)
+    except BaseException:
+        await _rollback(connect, fmap, created)
+        raise
+    log.info("topic created", topic=name, partitions=partitions, strategy=strategy,
+             clusters=sorted(needs))
+    return topic
+
+
+async def add_partitions(backend: MetadataBackend, name: str, new_count: int, *,
+                         replication: int | None = None, connect: Connect = aiokafka_admin,
+                         plugins: Plugins | None = None) -> LogicalTopic:
+    """Grow ``name`` to ``new_count`` logical partitions (and the shadow topic with it)."""
+    fmap = await _load(backend)
+    old = _topic(fmap, name)
+    topic = plan_add_partitions(fmap, name, new_count, plugins=plugins)
+    needs = physical_needs(fmap, topic)
+    created: dict[str, list[str]] = {}
+    try:
+        for cluster_id, wanted in needs.items():
+            async with connect(fmap.clusters[cluster_id]) as admin:
+                existing = await admin.topics()
+                for physical, count in wanted.items():
+                    if physical not in existing:
+                        await admin.create({physical: count}, replication, old.config)
+                        created.setdefault(cluster_id, []).append(physical)
+                    elif existing[physical] < count:
+                        await admin.grow(physical, count)
+
+        def change(current: FederationMap | None) -> FederationMap:
+            if current is None:
+                raise _no_map()
+            if current.topics.get(name) != old:
+                raise InvalidRequestError(f"topic {name!r} changed while growing it; retry")
+            return current.with_topic(topic)
+
+        await _publish(backend, change, plugins)
+    except BaseException:
+        await _rollback(connect, fmap, created)
+        raise
+    log.info("partitions added", topic=name, old=old.partition_count, new=new_count)
+    return topic
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """A deleted topic and the physical topics that could not be deleted (cluster, topic)."""
+
+    topic: LogicalTopic
+    leftovers: tuple[tuple[str, str], ...] = ()
+
+
+async def delete_topic(backend: MetadataBackend, name: str, *, connect: Connect = aiokafka_admin,
+                       plugins: Plugins | None = None) -> Deleted:
+    """Unpublish ``name``, then delete its physical and shadow topics.
+
+    The map goes first, so no client is routed to a topic being deleted. Clusters that
+    cannot be reached keep their physical topics; they are listed in ``leftovers``.
+    """
+    removed: list[LogicalTopic] = []
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        removed[:] = [_topic(current, name)]
+        return current.without_topic(name)
+
+    new = await _publish(backend, change, plugins)
+    topic = removed[0]
+    still_used = {(s.cluster, s.topic) for t in new.topics.values() for p in t.partitions
+                  for s in p.segments}
+    leftovers: list[tuple[str, str]] = []
+    for cluster_id, wanted in physical_needs(new, topic).items():
+        names = [t for t in wanted if (cluster_id, t) not in still_used]
+        cluster = new.clusters.get(cluster_id)
+        if cluster is None or not names:
+            continue
+        try:
+            async with connect(cluster) as admin:
+                await admin.delete(names)
+        except AdminError as e:
+            log.warning("physical topics left behind", cluster=cluster_id, topics=names,
+                        error=str(e))
+            leftovers.extend((cluster_id, t) for t in names)
+    log.info("topic deleted", topic=name, leftovers=leftovers)
+    return Deleted(topic, tuple(leftovers))
+
+
+async def describe_topic(backend: MetadataBackend, name: str) -> LogicalTopic:
+    return _topic(await _load(backend), name)
+
+
+async def list_topics(backend: MetadataBackend) -> list[LogicalTopic]:
+    fmap = await asyncio.to_thread(backend.load)
+    return [] if fmap is None else [fmap.topics[n] for n in sorted(fmap.topics)]
+
+
+async def probe_cluster(cluster: PhysicalCluster, timeout: float = 3.0) -> str | None:
+    """The Kafka cluster id answering at ``cluster``'s bootstrap.
+
+    :raises ClusterUnreachableError: if no bootstrap server answers Metadata.
+    """
+    errors = []
+    for server in cluster.bootstrap_servers:
+        host, _, port = server.rpartition(":")
+        try:
+            answer = await asyncio.to_thread(probe.metadata, host, int(port), timeout)
+        except (OSError, probe.ProbeError) as e:
+            errors.append(f"{server}: {e}")
+            continue
+        return answer.cluster_id
+    raise ClusterUnreachableError(
+        f"cluster {cluster.id!r}: no bootstrap server answers Kafka Metadata "
+        f"({'; '.join(errors)}); check the address and that the cluster runs")
+
+
+async def add_cluster(backend: MetadataBackend, cluster_id: str, bootstrap: str, weight: int = 1,
+                      *, state: ClusterState | str = ClusterState.ACTIVE,
+                      security: Mapping[str, str] | None = None, coordination: bool = False,
+                      probe_first: bool = True, plugins: Plugins | None = None
+                      ) -> PhysicalCluster:
+    """Add a physical cluster (probed first: an unreachable cluster is refused).
+
+    The first cluster of an empty store starts the map and coordinates consumer groups.
+    """
+    try:
+        cluster = PhysicalCluster(cluster_id, bootstrap, ClusterState(state), weight,
+                                  dict(security or {}))
+    except ValueError:
+        valid = ", ".join(s.value for s in ClusterState)
+        raise InvalidRequestError(f"unknown cluster state {state!r}; valid: {valid}") from None
+    plan_add_cluster(None, cluster)  # validates before any network call
+    if probe_first:
+        await probe_cluster(cluster)
+    await _publish(backend, lambda current: plan_add_cluster(current, cluster,
+                                                              coordination=coordination),
+                   plugins)
+    (plugins or get_plugins()).notify_cluster_state_changed(cluster_id, None, cluster.state)
+    return cluster
+
+
+async def set_cluster_state(backend: MetadataBackend, cluster_id: str,
+                            state: ClusterState | str, *, plugins: Plugins | None = None
+                            ) -> PhysicalCluster:
+    old: list[ClusterState] = []
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        old[:] = [_cluster(current, cluster_id).state]
+        return plan_set_cluster_state(current, cluster_id, state)
+
+    new = await _publish(backend, change, plugins)
+    cluster = new.clusters[cluster_id]
+    if old and old[0] != cluster.state:
+        (plugins or get_plugins()).notify_cluster_state_changed(cluster_id, old[0],
+                                                                cluster.state)
+    return cluster
+
+
+async def remove_cluster(backend: MetadataBackend, cluster_id: str, *,
+                         plugins: Plugins | None = None) -> None:
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        return plan_remove_cluster(current, cluster_id)
+
+    await _publish(backend, change, plugins)
+
+
+async def set_pool(backend: MetadataBackend, name: str, endpoints: Sequence[ProxyEndpoint], *,
+                   plugins: Plugins | None = None) -> FederationMap:
+    """Replace pool ``name``'s endpoints (an empty list removes the pool)."""
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        pools = {k: v for k, v in current.pools.items() if k != name}
+        if endpoints:
+            pools[name] = tuple(endpoints)
+        try:
+            new = dataclasses.replace(current, pools=pools)
+            new.validate()
+        except ValueError as e:
+            raise InvalidRequestError(f"pool {name!r}: {e}") from None
+        return new
+
+    return await _publish(backend, change, plugins)
+
+
+async def init_map(backend: MetadataBackend, clusters: Sequence[PhysicalCluster],
+                   coordination_cluster: str, *,
+                   pools: Mapping[str, Sequence[ProxyEndpoint]] | None = None,
+                   default_pool: str = DEFAULT_POOL,
+                   physical_topic_template: str = "{topic}.fk", exist_ok: bool = False,
+                   probe_first: bool = True, plugins: Plugins | None = None) -> FederationMap:
+    """Publish the first map (version 1).
+
+    :param exist_ok: return the stored map instead of failing when there is one.
+    :raises MapExistsError: if the store already holds a map (and not ``exist_ok``).
+    """
+    if probe_first:
+        await asyncio.gather(*(probe_cluster(c) for c in clusters))
+    try:
+        fmap = FederationMap(
+            version=0, clusters={c.id: c for c in clusters},
+            coordination_cluster=coordination_cluster,
+            physical_topic_template=physical_topic_template,
+            pools={k: tuple(v) for k, v in (pools or {}).items()}, default_pool=default_pool)
+        fmap.validate()
+    except ValueError as e:
+        raise InvalidRequestError(f"initial map: {e}") from None
+    if len({c.id for c in clusters}) != len(clusters):
+        raise InvalidRequestError("initial map: duplicate cluster ids")
+    existing: list[FederationMap] = []
+
+    def change(current: FederationMap | None) -> FederationMap | None:
+        if current is not None:
+            if exist_ok:
+                existing[:] = [current]
+                return None
+            raise MapExistsError(f"the store already holds map version {current.version}; "
+                                 "change it with `fedkafka cluster`/`topic`/`pool` commands")
+        return fmap
+
+    def publish_first(current: FederationMap | None) -> FederationMap | None:
+        try:
+            return change(current)
+        except AdminError as e:
+            raise _Refused() from e
+
+    try:
+        new = await asyncio.to_thread(mapstore.update, backend, publish_first)
+    except _Refused as e:
+        assert isinstance(e.__cause__, AdminError)
+        raise e.__cause__ from None
+    if new is None:
+        return existing[0]
+    (plugins or get_plugins()).notify_map_published(None, new)
+    return new
