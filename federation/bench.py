@@ -89,7 +89,8 @@ class Settings:
 def _admin(bootstrap: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "fk-bench-admin"})
+    return AdminClient({"bootstrap.servers": bootstrap, "client.id": "fk-bench-admin",
+                        "log_level": 3})
 
 
 def create_physical_topic(bootstrap: str, name: str, partitions: int) -> None:
@@ -108,12 +109,13 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
                          strategy: str = "contiguous") -> None:
     """Lay out a logical topic, create its physical topics and publish it in the map.
 
-    The same steps as the integration tests' set-up: physical ``<name>.fk`` topics where
-    the strategy puts segments, a same-named topic on the coordination cluster, then the
-    topic in the map (the proxies pick it up through their store watch).
+    Physical ``<name>.fk`` topics where the strategy puts segments, the same-named shadow
+    topic on the coordination cluster, then the topic in the map (the proxies pick it up
+    through their store watch). Through :func:`federation.admin.create_topic` when the
+    package has it, else with the same steps done here.
     """
-    from federation.mapstore import update
-    from federation.model import FederationMap, LogicalTopic, new_topic_id
+    import asyncio
+
     from federation.plugin import get_plugins
     from federation.proxy.config import parse_store
 
@@ -121,33 +123,46 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
     kind, opts = parse_store(state["store"])
     backend = plugins.backend(kind, **opts)
     try:
-        fmap = backend.load()
-        if fmap is None:
-            raise FedKafkaError(f"the federation map in {state['store']} is empty")
-        phys = fmap.physical_topic_name(name)
-        parts = plugins.strategy(strategy).layout(name, partitions,
-                                                  list(fmap.writable_clusters()), phys)
-        topic = LogicalTopic(name=name, topic_id=new_topic_id(name), partitions=parts,
-                             strategy=strategy)
-        needed: dict[tuple[str, str], int] = {}
-        for lp in parts:
-            for seg in lp.segments:
-                key = (seg.cluster, seg.topic)
-                needed[key] = max(needed.get(key, 0), seg.partition + 1)
-        for (cluster, ptopic), count in needed.items():
-            create_physical_topic(fmap.clusters[cluster].bootstrap, ptopic, count)
-        if fmap.coordination_cluster:
-            create_physical_topic(fmap.clusters[fmap.coordination_cluster].bootstrap, name,
-                                  partitions)
-
-        def change(current: FederationMap | None) -> FederationMap:
-            if current is None:
-                raise FedKafkaError("the federation map disappeared")
-            return current.with_topic(topic)
-
-        update(backend, change)
+        try:
+            from federation import admin
+        except ImportError:
+            _create_logical_topic_here(backend, plugins, state, name, partitions, strategy)
+        else:
+            asyncio.run(admin.create_topic(backend, name, partitions, strategy))
     finally:
         backend.close()
+
+
+def _create_logical_topic_here(backend: Any, plugins: Any, state: dict[str, Any], name: str,
+                               partitions: int, strategy: str) -> None:
+    from federation.mapstore import update
+    from federation.model import FederationMap, LogicalTopic, new_topic_id
+
+    fmap = backend.load()
+    if fmap is None:
+        raise FedKafkaError(f"the federation map in {state['store']} is empty")
+    phys = fmap.physical_topic_name(name)
+    parts = plugins.strategy(strategy).layout(name, partitions,
+                                              list(fmap.writable_clusters()), phys)
+    topic = LogicalTopic(name=name, topic_id=new_topic_id(name), partitions=parts,
+                         strategy=strategy)
+    needed: dict[tuple[str, str], int] = {}
+    for lp in parts:
+        for seg in lp.segments:
+            key = (seg.cluster, seg.topic)
+            needed[key] = max(needed.get(key, 0), seg.partition + 1)
+    for (cluster, ptopic), count in needed.items():
+        create_physical_topic(fmap.clusters[cluster].bootstrap, ptopic, count)
+    if fmap.coordination_cluster:
+        create_physical_topic(fmap.clusters[fmap.coordination_cluster].bootstrap, name,
+                              partitions)
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise FedKafkaError("the federation map disappeared")
+        return current.with_topic(topic)
+
+    update(backend, change)
 
 
 def wait_topic(bootstrap: str, name: str, partitions: int, timeout: float = 60.0) -> None:
@@ -642,6 +657,13 @@ def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
             progress(f"logs kept in {tmp / 'logs'}")
 
 
+def _logs_to_stderr() -> None:
+    """Library log lines (e.g. "map published") on stderr: stdout is the report."""
+    import structlog
+
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+
+
 def register(app: typer.Typer) -> None:
     """Add ``bench`` to ``app``."""
     from federation.kafka_dist import DEFAULT_KAFKA_VERSION
@@ -684,6 +706,8 @@ def register(app: typer.Typer) -> None:
 
         def progress(msg: str) -> None:
             err.print(f"[dim]{msg}[/]")
+
+        _logs_to_stderr()
 
         try:
             with federation_for(workdir, base_port, kafka_version, progress) as state:

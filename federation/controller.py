@@ -1,0 +1,510 @@
+"""The controller: one active per federation, the others standing by.
+
+The active controller, every ``health_interval`` seconds:
+
+1. observes each physical cluster (one Metadata round trip: reachable? which topics,
+   with how many partitions?);
+2. marks a cluster ``down`` after ``down_after`` failed observations in a row, and
+   restores its previous state at the first successful one (observers of
+   ``fedkafka_cluster_state_changed`` are told);
+3. repairs: creates missing physical and shadow topics, grows short ones;
+4. publishes the map when something changed (compare-and-set).
+
+Decisions are pure functions (:func:`decide_states`, :func:`plan_repairs`) tested
+without sockets; :class:`Controller` does the I/O around them. Leadership comes from
+:func:`federation.election.elect_leader` (ZooKeeper: ephemeral sequential nodes;
+file backend: an flock).
+
+Run it with ``fedkafka controller --config FILE`` or ``python -m federation.controller
+--config FILE``; the config is described in :func:`load_config`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+
+from federation import admin
+from federation.election import LeaderElection, elect_leader
+from federation.errors import ConfigError, FedKafkaError
+from federation.mapstore import MetadataBackend
+from federation.model import ClusterState, FederationMap, PhysicalCluster
+from federation.plugin import PluginError, Plugins, get_plugins
+
+__all__ = [
+    "ClusterObservation",
+    "Controller",
+    "ControllerConfig",
+    "Repair",
+    "StateChange",
+    "apply_state_changes",
+    "decide_states",
+    "load_config",
+    "main",
+    "plan_repairs",
+]
+
+log = structlog.get_logger(__name__)
+
+MEMBER_KIND = "controller"
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    """``fedkafka controller`` settings (see :func:`load_config`)."""
+
+    backend: str
+    backend_options: Mapping[str, Any]
+    member_id: str
+    metrics_port: int | None = 0  #: None = no metrics endpoint; 0 = any free port
+    metrics_host: str = "127.0.0.1"
+    health_interval: float = 2.0
+    down_after: int = 3
+    request_timeout: float = 5.0
+    repair: bool = True
+
+
+_FIELDS = {"metadata", "metrics_port", "metrics_host", "health_interval", "down_after",
+           "request_timeout", "member_id", "repair"}
+
+
+def _default_member_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def load_config(path: str | os.PathLike[str]) -> ControllerConfig:
+    """Read a controller config file::
+
+        {"metadata": {"backend": "zookeeper", "hosts": "127.0.0.1:2181", "root": "/fedkafka"},
+         "metrics_port": 9308, "health_interval": 2.0, "member_id": "ctl-1"}
+
+    ``metadata`` is ``{"backend": NAME, ...options}`` (``file`` takes ``path``); the
+    other fields are optional: ``metrics_port`` (0 = any free port, null = none),
+    ``metrics_host``, ``health_interval`` (s), ``down_after`` (failed observations before
+    a cluster is down), ``request_timeout`` (s), ``member_id`` (default host-pid),
+    ``repair`` (create missing physical topics, default true).
+
+    :raises ConfigError: naming the file, the field and the fix.
+    """
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"controller config {p} does not exist; pass --config FILE") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"controller config {p} is not readable JSON ({e}); fix the file"
+                          ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the config must be a JSON object like "
+                          '{"metadata": {"backend": "file", "path": "map.json"}}')
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{p}: unknown field(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(_FIELDS))}")
+
+    def bad(name: str, want: str) -> ConfigError:
+        return ConfigError(f"{p}: field {name!r} must be {want}, got {data.get(name)!r}")
+
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("backend"), str):
+        raise ConfigError(f"{p}: field 'metadata' must be an object with a 'backend' name, "
+                          'e.g. {"backend": "zookeeper", "hosts": "127.0.0.1:2181"} or '
+                          '{"backend": "file", "path": "/var/lib/fedkafka/map.json"}')
+    backends = get_plugins().backends
+    if metadata["backend"] not in backends:
+        raise ConfigError(f"{p}: field 'metadata.backend' is {metadata['backend']!r}; "
+                          f"valid: {', '.join(sorted(backends))}")
+    options = {k: v for k, v in metadata.items() if k != "backend"}
+    if metadata["backend"] == "file" and not isinstance(options.get("path"), str):
+        raise ConfigError(f"{p}: field 'metadata.path' (the map file) is required for the "
+                          "file backend")
+
+    port = data.get("metrics_port", 0)
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool)
+                             or not 0 <= port < 65536):
+        raise bad("metrics_port", "an integer 0..65535 (0 = any free port) or null (none)")
+    interval = data.get("health_interval", 2.0)
+    if not isinstance(interval, int | float) or isinstance(interval, bool) or interval <= 0:
+        raise bad("health_interval", "a number of seconds > 0")
+    down_after = data.get("down_after", 3)
+    if not isinstance(down_after, int) or isinstance(down_after, bool) or down_after < 1:
+        raise bad("down_after", "an integer >= 1")
+    timeout = data.get("request_timeout", 5.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise bad("request_timeout", "a number of seconds > 0")
+    member_id = data.get("member_id") or _default_member_id()
+    if not isinstance(member_id, str) or "/" in member_id:
+        raise bad("member_id", "a string without '/'")
+    host = data.get("metrics_host", "127.0.0.1")
+    if not isinstance(host, str) or not host:
+        raise bad("metrics_host", "an address to bind, e.g. '127.0.0.1' or '0.0.0.0'")
+    repair = data.get("repair", True)
+    if not isinstance(repair, bool):
+        raise bad("repair", "true or false")
+    return ControllerConfig(backend=metadata["backend"], backend_options=options,
+                            member_id=member_id, metrics_port=port, metrics_host=host,
+                            health_interval=float(interval), down_after=down_after,
+                            request_timeout=float(timeout), repair=repair)
+
+
+# -- pure decisions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterObservation:
+    """What one health check saw of one cluster."""
+
+    cluster: str
+    reachable: bool
+    topics: Mapping[str, int] | None = None  #: topic → partition count, when reachable
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    cluster: str
+    old: ClusterState
+    new: ClusterState
+
+
+@dataclass(slots=True)
+class HealthMemory:
+    """What the controller remembers between rounds (lost on failover: see the ADR)."""
+
+    failures: dict[str, int] = field(default_factory=dict)  #: consecutive failed checks
+    before_down: dict[str, ClusterState] = field(default_factory=dict)  #: state to restore
+
+
+def decide_states(fmap: FederationMap, observations: Sequence[ClusterObservation],
+                  memory: HealthMemory, down_after: int = 3) -> list[StateChange]:
+    """Which clusters change state after this round; updates ``memory``.
+
+    - a cluster that failed ``down_after`` checks in a row goes ``down`` (from any state
+      but ``down`` and ``retired``), and its state is remembered;
+    - a ``down`` cluster that answers goes back to the remembered state, or ``active``
+      when none is remembered (a new controller after failover).
+    """
+    changes = []
+    for obs in observations:
+        cluster = fmap.clusters.get(obs.cluster)
+        if cluster is None:
+            continue
+        if obs.reachable:
+            memory.failures.pop(obs.cluster, None)
+            if cluster.state is ClusterState.DOWN:
+                back = memory.before_down.pop(obs.cluster, ClusterState.ACTIVE)
+                changes.append(StateChange(obs.cluster, cluster.state, back))
+            continue
+        count = memory.failures.get(obs.cluster, 0) + 1
+        memory.failures[obs.cluster] = count
+        if count >= down_after and cluster.state not in (ClusterState.DOWN,
+                                                         ClusterState.RETIRED):
+            memory.before_down[obs.cluster] = cluster.state
+            changes.append(StateChange(obs.cluster, cluster.state, ClusterState.DOWN))
+    return changes
+
+
+def apply_state_changes(fmap: FederationMap, changes: Sequence[StateChange]
+                        ) -> tuple[FederationMap | None, list[StateChange]]:
+    """``fmap`` with those changes whose ``old`` state still holds (for compare-and-set).
+
+    :returns: the new map (None if nothing applies) and the changes applied.
+    """
+    applied = []
+    for change in changes:
+        cluster = fmap.clusters.get(change.cluster)
+        if cluster is not None and cluster.state is change.old:
+            fmap = fmap.with_cluster(cluster.with_state(change.new))
+            applied.append(change)
+    return (fmap if applied else None), applied
+
+
+@dataclass(frozen=True, slots=True)
+class Repair:
+    """A physical topic to create (``existing == 0``) or to grow on one cluster."""
+
+    cluster: str
+    topic: str
+    partitions: int
+    existing: int = 0
+    shadow: bool = False
+
+
+def plan_repairs(fmap: FederationMap, observations: Sequence[ClusterObservation]
+                 ) -> list[Repair]:
+    """Physical and shadow topics the map needs that the reachable clusters lack."""
+    needed: dict[str, dict[str, int]] = {}
+    shadows: set[tuple[str, str]] = set()
+    for topic in fmap.topics.values():
+        for cluster_id, wanted in admin.physical_needs(fmap, topic).items():
+            per = needed.setdefault(cluster_id, {})
+            for name, count in wanted.items():
+                per[name] = max(per.get(name, 0), count)
+        if fmap.coordination_cluster is not None:
+            shadows.add((fmap.coordination_cluster, topic.name))
+    repairs = []
+    for obs in observations:
+        if not obs.reachable or obs.topics is None:
+            continue
+        for name, count in sorted(needed.get(obs.cluster, {}).items()):
+            have = obs.topics.get(name, 0)
+            if have < count:
+                repairs.append(Repair(obs.cluster, name, count, have,
+                                      (obs.cluster, name) in shadows))
+    return repairs
+
+
+# -- the process -----------------------------------------------------------------------------
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.map_version = Gauge("fedkafka_controller_map_version",
+                                 "Version of the map this controller last saw or published.",
+                                 registry=self.registry)
+        self.publish_seconds = Histogram("fedkafka_controller_publish_seconds",
+                                         "Time to publish a map (compare-and-set included).",
+                                         registry=self.registry)
+        self.cluster_up = Gauge("fedkafka_controller_cluster_up",
+                                "1 if the physical cluster answered the last health check.",
+                                ["cluster"], registry=self.registry)
+        self.is_leader = Gauge("fedkafka_controller_is_leader",
+                               "1 while this controller is the active one.",
+                               registry=self.registry)
+
+
+class Controller:
+    """The controller loop; :meth:`run` until :meth:`stop`.
+
+    :param backend: the metadata store (the controller does not close it).
+    :param connect: opens an admin client on a physical cluster (tests inject fakes).
+    """
+
+    def __init__(self, config: ControllerConfig, backend: MetadataBackend, *,
+                 plugins: Plugins | None = None, connect: admin.Connect | None = None) -> None:
+        self.config = config
+        self.backend = backend
+        self.plugins = plugins or get_plugins()
+        self.connect: admin.Connect = connect or (
+            lambda cluster: admin.aiokafka_admin(cluster, timeout=config.request_timeout))
+        self.memory = HealthMemory()
+        self.metrics = _Metrics()
+        self.metrics_address: tuple[str, int] | None = None
+        self.election: LeaderElection | None = None
+        self._stopping = asyncio.Event()
+        self._leading = False
+        self._http: Any = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics_port is None:
+            return
+        try:
+            server, _thread = start_http_server(self.config.metrics_port,
+                                                addr=self.config.metrics_host,
+                                                registry=self.metrics.registry)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {self.config.metrics_host}:"
+                              f"{self.config.metrics_port} ({e.strerror}); change "
+                              "'metrics_port' (0 = any free port)") from None
+        self._http = server
+        self.metrics_address = (self.config.metrics_host, int(server.server_address[1]))
+
+    def _member_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid(),
+                                "leader": self._leading, "started_at": self._started_at}
+        if self.metrics_address is not None:
+            data["metrics"] = f"{self.metrics_address[0]}:{self.metrics_address[1]}"
+        return data
+
+    async def _register(self) -> None:
+        try:
+            await asyncio.to_thread(self.backend.register_member, MEMBER_KIND,
+                                    self.config.member_id, self._member_data())
+        except FedKafkaError as e:
+            log.warning("could not register as a member", error=str(e))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`: contend for leadership, act while leading."""
+        self._started_at = time.time()
+        self._start_metrics()
+        try:
+            await self._register()
+            self.election = await asyncio.to_thread(elect_leader, self.backend,
+                                                    self.config.member_id)
+            log.info("controller started", member_id=self.config.member_id,
+                     metrics=self.metrics_address)
+            while not self._stopping.is_set():
+                leading = self.election.is_leader
+                if leading != self._leading:
+                    self._leading = leading
+                    self.metrics.is_leader.set(1 if leading else 0)
+                    log.info("leadership", member_id=self.config.member_id, is_leader=leading)
+                    if leading:
+                        self.memory = HealthMemory()  # start afresh as the new leader
+                    await self._register()
+                if leading:
+                    try:
+                        await self.round()
+                    except FedKafkaError as e:
+                        log.warning("controller round failed", error=str(e))
+                    except Exception:
+                        log.exception("controller round failed")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.config.health_interval)
+        finally:
+            await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        if self.election is not None:
+            await asyncio.to_thread(self.election.cancel)
+        self._leading = False
+        self.metrics.is_leader.set(0)
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+        log.info("controller stopped", member_id=self.config.member_id)
+
+    # -- one round -------------------------------------------------------------------------
+
+    async def observe(self, cluster: PhysicalCluster) -> ClusterObservation:
+        try:
+            async with self.connect(cluster) as client:
+                topics = await client.topics()
+        except admin.AdminError as e:
+            return ClusterObservation(cluster.id, False, error=str(e))
+        return ClusterObservation(cluster.id, True, topics)
+
+    async def round(self) -> FederationMap | None:
+        """One health/repair/publish round; returns the map published, if any."""
+        fmap = await asyncio.to_thread(self.backend.load)
+        if fmap is None:
+            return None
+        self.metrics.map_version.set(fmap.version)
+        watched = [c for c in fmap.clusters.values() if c.state is not ClusterState.RETIRED]
+        observations = list(await asyncio.gather(*(self.observe(c) for c in watched)))
+        for obs in observations:
+            self.metrics.cluster_up.labels(cluster=obs.cluster).set(1 if obs.reachable else 0)
+            if not obs.reachable:
+                log.info("cluster not reachable", cluster=obs.cluster, error=obs.error)
+        published = None
+        changes = decide_states(fmap, observations, self.memory, self.config.down_after)
+        if changes:
+            published = await self._publish_states(changes)
+        if self.config.repair:
+            await self._repair(published or fmap, observations)
+        return published
+
+    async def _publish_states(self, changes: list[StateChange]) -> FederationMap | None:
+        applied: list[StateChange] = []
+
+        def change(current: FederationMap | None) -> FederationMap | None:
+            if current is None or not (self.election and self.election.is_leader):
+                return None  # lost leadership meanwhile: leave it to the new leader
+            new, done = apply_state_changes(current, changes)
+            applied[:] = done
+            return new
+
+        t0 = time.perf_counter()
+        old = await asyncio.to_thread(self.backend.load)
+        from federation import mapstore
+
+        new = await asyncio.to_thread(mapstore.update, self.backend, change)
+        if new is None:
+            return None
+        self.metrics.publish_seconds.observe(time.perf_counter() - t0)
+        self.metrics.map_version.set(new.version)
+        for c in applied:
+            log.info("cluster state changed", cluster=c.cluster, old=c.old.value,
+                     new=c.new.value, version=new.version)
+            self.plugins.notify_cluster_state_changed(c.cluster, c.old, c.new)
+        self.plugins.notify_map_published(old, new)
+        return new
+
+    async def _repair(self, fmap: FederationMap, observations: list[ClusterObservation]
+                      ) -> None:
+        repairs = plan_repairs(fmap, observations)
+        for r in repairs:
+            cluster = fmap.clusters[r.cluster]
+            topic = fmap.topics.get(r.topic)
+            config = None if r.shadow or topic is None else topic.config
+            try:
+                async with self.connect(cluster) as client:
+                    if r.existing == 0:
+                        await client.create({r.topic: r.partitions}, None, config)
+                    else:
+                        await client.grow(r.topic, r.partitions)
+            except admin.TopicExistsError:
+                continue  # created meanwhile (e.g. by an admin command)
+            except admin.AdminError as e:
+                log.warning("repair failed", cluster=r.cluster, topic=r.topic, error=str(e))
+                continue
+            log.info("repaired physical topic", cluster=r.cluster, topic=r.topic,
+                     partitions=r.partitions, was=r.existing, shadow=r.shadow)
+
+
+async def serve(config: ControllerConfig) -> None:
+    """Build the backend, run a :class:`Controller` until SIGTERM/SIGINT, clean up."""
+    plugins = get_plugins()
+    try:
+        backend = await asyncio.to_thread(plugins.backend, config.backend,
+                                          **dict(config.backend_options))
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    except TypeError as e:
+        raise ConfigError(f"metadata backend {config.backend!r} rejects its options: {e}"
+                          ) from None
+    controller = Controller(config, backend, plugins=plugins)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, controller.stop)
+    try:
+        await controller.run()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await asyncio.to_thread(backend.close)
+
+
+def run_from_file(path: str | os.PathLike[str]) -> None:
+    """``fedkafka controller --config FILE``."""
+    asyncio.run(serve(load_config(path)))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m federation.controller",
+                                     description="Run a fedkafka controller.")
+    parser.add_argument("--config", required=True, help="controller config JSON file")
+    args = parser.parse_args(argv)
+    try:
+        run_from_file(args.config)
+    except FedKafkaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()
