@@ -670,7 +670,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("bench")
     def bench(
-        records: Annotated[int, typer.Option(help="Records per path and phase.")] = 200_000,
+        records: Annotated[int, typer.Option(
+            help="Records per path for the throughput phases.")] = 200_000,
         record_size: Annotated[int, typer.Option(help="Bytes per record value.")] = 1024,
         partitions: Annotated[int, typer.Option(help="Partitions of both topics.")] = 8,
         latency_records: Annotated[int, typer.Option(
@@ -679,7 +680,7 @@ def register(app: typer.Typer) -> None:
         latency_rate: Annotated[int, typer.Option(help="Records/s of the latency phase.")]
         = 1000,
         warmup: Annotated[int | None, typer.Option(
-            help="Warm-up records per path [default: min(records, 20000)].")] = None,
+            help="Warm-up records per path (default: min(records, 20000)).")] = None,
         linger_ms: Annotated[int, typer.Option(help="Producer linger.ms.")] = 5,
         java: Annotated[bool, typer.Option(
             "--java", help="Also run Kafka's ProducerPerformance/ConsumerPerformance.")]

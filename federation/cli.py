@@ -252,6 +252,24 @@ def proxy_cmd(
     _run_loop(serve(cfg))
 
 
+@app.command("nameservice")
+def nameservice_cmd(
+    config: Annotated[Path, typer.Option("--config", help="Name-service config (JSON).")],
+    log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+) -> None:
+    """Run the name service: the bootstrap endpoint that routes clients to proxy pools."""
+    import dataclasses
+    import logging
+
+    from federation.proxy.config import ProxyConfig
+    from federation.proxy.server import serve
+
+    cfg = dataclasses.replace(ProxyConfig.load(config), route_by_client_id=True)
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _run_loop(serve(cfg))
+
+
 def _run_loop(coro: Any) -> None:
     import asyncio
 

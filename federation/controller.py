@@ -38,7 +38,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 
-from federation import admin
+from federation import admin, mapstore
 from federation.election import LeaderElection, elect_leader
 from federation.errors import ConfigError, FedKafkaError
 from federation.mapstore import MetadataBackend
@@ -312,6 +312,7 @@ class Controller:
         self._stopping = asyncio.Event()
         self._leading = False
         self._http: Any = None
+        self._started_at = time.time()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -348,7 +349,6 @@ class Controller:
 
     async def run(self) -> None:
         """Serve until :meth:`stop`: contend for leadership, act while leading."""
-        self._started_at = time.time()
         self._start_metrics()
         try:
             await self._register()
@@ -430,8 +430,6 @@ class Controller:
 
         t0 = time.perf_counter()
         old = await asyncio.to_thread(self.backend.load)
-        from federation import mapstore
-
         new = await asyncio.to_thread(mapstore.update, self.backend, change)
         if new is None:
             return None

@@ -277,8 +277,11 @@ class LocalFederation:
             if proxy_ports:
                 self._init_map(plans, state)
                 started.extend(self._start_proxies(state, base_port, progress))
+                started.append(self._start_nameservice(state, base_port, progress))
                 self._wait_proxies(state, started, timeout, progress)
-                state["bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
+                state["proxy_bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
+                state["bootstrap"] = f"{HOST}:{base_port + 10}"
+                state["nameservice_http"] = f"http://{HOST}:{base_port + 11}"
         except BaseException:
             progress("start failed: stopping what was started")
             procs.stop(started)
@@ -338,11 +341,32 @@ class LocalFederation:
             out.append(rec)
         return out
 
+    def _start_nameservice(self, state: dict[str, Any], base_port: int, progress: Progress
+                           ) -> procs.ProcessRecord:
+        import sys
+
+        port, http = base_port + 10, base_port + 11
+        cfg_path = self.workdir / "proxies" / "nameservice.json"
+        cfg_path.write_text(json.dumps({
+            "node_id": 999, "listen": f"{HOST}:{port}", "advertised": f"{HOST}:{port}",
+            "store": state["store"], "pool": "default", "http": f"{HOST}:{http}",
+        }, indent=2))
+        progress(f"starting the name service on {HOST}:{port} (HTTP {http})")
+        rec, _ = procs.spawn(
+            name="nameservice", kind="nameservice",
+            cmd=[sys.executable, "-m", "federation.cli", "nameservice", "--config",
+                 str(cfg_path)],
+            log=self.workdir / "logs" / "nameservice.log", ports=[port, http],
+            marker=str(cfg_path))
+        state["processes"].append(rec.to_dict())
+        self._save(state)
+        return rec
+
     def _wait_proxies(self, state: dict[str, Any], started: list[procs.ProcessRecord],
                       timeout: float, progress: Progress) -> None:
         deadline = time.monotonic() + timeout
         for rec in started:
-            if rec.kind != "proxy":
+            if rec.kind not in ("proxy", "nameservice"):
                 continue
             while True:
                 if not procs.is_ours(rec):
@@ -362,6 +386,10 @@ class LocalFederation:
     def _check_ports(self, plans: list[ClusterPlan], zk_port: int | None,
                      proxy_ports: list[int] | None = None) -> None:
         wanted: list[tuple[int, str]] = [(p, "a proxy") for p in proxy_ports or []]
+        if proxy_ports:
+            base = proxy_ports[0]
+            wanted += [(base + 10, "the name service"), (base + 11, "the name service HTTP")]
+            wanted += [(base + 50 + i, "proxy metrics") for i in range(len(proxy_ports))]
         for p in plans:
             for b in p.brokers:
                 wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))

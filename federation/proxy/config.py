@@ -45,12 +45,15 @@ class ProxyConfig:
     request_timeout: float = 30.0
     max_frame_size: int = 100 << 20
     federation_name: str = "fedkafka"
+    route_by_client_id: bool = False  # the name service: pool chosen per client.id
+    http: tuple[str, int] | None = None  # the name service's HTTP API
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
-                 "request_timeout", "max_frame_size", "federation_name"}
+                 "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
+                 "http"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"proxy config has unknown field(s) {', '.join(unknown)}; "
@@ -76,7 +79,9 @@ class ProxyConfig:
                    store=str(data["store"]), roles=roles, pool=str(data.get("pool", "default")),
                    metrics=metrics, request_timeout=timeout,
                    max_frame_size=int(data.get("max_frame_size", 100 << 20)),
-                   federation_name=str(data.get("federation_name", "fedkafka")))
+                   federation_name=str(data.get("federation_name", "fedkafka")),
+                   route_by_client_id=bool(data.get("route_by_client_id", False)),
+                   http=parse_hostport(str(data["http"]), "http") if data.get("http") else None)
 
     @classmethod
     def load(cls, path: Path) -> ProxyConfig:

@@ -24,7 +24,7 @@ from kio.static.constants import EntityType
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy import routing
+from federation.proxy import admin_handlers, routing
 from federation.proxy.routing import RouteError, build, replace
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
 
@@ -77,6 +77,7 @@ class Session:
     def __init__(self, state: ProxyState, peer: str) -> None:
         self.state = state
         self.peer = peer
+        self.client_id: str | None = None
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -95,7 +96,17 @@ class Session:
             ApiKey.DESCRIBE_GROUPS: self.describe_groups,
             ApiKey.LIST_GROUPS: self.list_groups,
             ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
+            ApiKey.CREATE_TOPICS: self._admin(admin_handlers.create_topics),
+            ApiKey.DELETE_TOPICS: self._admin(admin_handlers.delete_topics),
+            ApiKey.CREATE_PARTITIONS: self._admin(admin_handlers.create_partitions),
+            ApiKey.DESCRIBE_CONFIGS: self._admin(admin_handlers.describe_configs),
         }
+
+    def _admin(self, fn: Callable[[ProxyState, codec.Request], Awaitable[Any]]
+               ) -> Callable[[codec.Request], Awaitable[Reply]]:
+        async def handler(req: codec.Request) -> Reply:
+            return fn(self.state, req)
+        return handler
 
     def close(self) -> None:
         for conn in self._lanes.values():
@@ -117,7 +128,7 @@ class Session:
         return self.state.fmap
 
     def pool(self) -> tuple[Any, ...]:
-        return self.state.pool()
+        return self.state.pool(self.client_id)
 
     # -- ApiVersions / Metadata / DescribeCluster ---------------------------------
 

@@ -46,6 +46,9 @@ class ProxyMetrics:
         self.store_healthy = Gauge("fedkafka_proxy_store_healthy",
                                    "1 while the metadata store is reachable, 0 while the proxy "
                                    "serves its last map without it.", registry=r)
+        self.routing = Counter("fedkafka_nameservice_routing_decisions_total",
+                               "Clients routed to a pool by the name service, per pool.",
+                               ["pool"], registry=r)
         self._topics: set[str] = set()
 
     def _topic(self, topic: str) -> str:
@@ -60,6 +63,9 @@ class ProxyMetrics:
         name = API_NAMES.get(api_key, "unknown")
         self.requests.labels(name).inc()
         self.latency.labels(name).observe(seconds)
+
+    def routed(self, pool: str) -> None:
+        self.routing.labels(self._topic(pool)).inc()
 
     def error(self, api: str, code: int) -> None:
         self.errors.labels(api, str(int(code))).inc()

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
+from federation.mapstore import MetadataBackend
 from federation.model import FederationMap, ProxyEndpoint
 from federation.plugin import Plugins, get_plugins
 from federation.protocol import codec
@@ -50,6 +51,10 @@ CAPS: dict[int, tuple[int, int]] = {
     ApiKey.OFFSET_FETCH: (1, 9),
     ApiKey.DESCRIBE_GROUPS: (0, 5),
     ApiKey.LIST_GROUPS: (0, 5),
+    ApiKey.CREATE_TOPICS: (2, 7),
+    ApiKey.DELETE_TOPICS: (1, 6),
+    ApiKey.CREATE_PARTITIONS: (0, 3),
+    ApiKey.DESCRIBE_CONFIGS: (1, 4),
 }
 PRODUCER_APIS = {ApiKey.PRODUCE, ApiKey.INIT_PRODUCER_ID}
 CONSUMER_APIS = {ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.FIND_COORDINATOR,
@@ -63,10 +68,15 @@ class ProxyState:
     """What every connection of one proxy shares: config, current map, upstream clients."""
 
     def __init__(self, config: ProxyConfig, fmap: FederationMap,
-                 plugins: Plugins | None = None) -> None:
+                 plugins: Plugins | None = None, backend: MetadataBackend | None = None
+                 ) -> None:
         self.config = config
         self.fmap = fmap
         self.plugins = plugins or get_plugins()
+        if backend is None:
+            name, options = parse_store(config.store)
+            backend = self.plugins.backend(name, **options)
+        self.backend: MetadataBackend = backend
         self.metrics = ProxyMetrics()
         self.clusters: dict[str, ClusterClient] = {}
         self.request_timeout = config.request_timeout
@@ -112,8 +122,18 @@ class ProxyState:
             self.clusters[cluster_id] = client
         return client
 
-    def pool(self) -> tuple[ProxyEndpoint, ...]:
-        members = self.fmap.pools.get(self.config.pool)
+    def pool_name(self, client_id: str | None = None) -> str:
+        """The pool a client is served by: routed by client.id (name service and proxies
+        alike, so a metadata refresh from any proxy keeps the client in its pool)."""
+        name = self.plugins.route(client_id, self.fmap)
+        if not self.fmap.pools.get(name):
+            name = self.config.pool
+        if self.config.route_by_client_id:
+            self.metrics.routed(name)
+        return name
+
+    def pool(self, client_id: str | None = None) -> tuple[ProxyEndpoint, ...]:
+        members = self.fmap.pools.get(self.pool_name(client_id))
         if members:
             return tuple(members)
         host, port = self.config.advertised
@@ -276,6 +296,7 @@ class ClientConnection(asyncio.Protocol):
     async def _dispatch(self, frame: bytes) -> tuple[codec.RequestHeader, Any] | None:
         assert self.session is not None
         header, _ = codec.parse_request_header(frame)
+        self.session.client_id = header.client_id
         advertised = self.state.advertised()
         rng = advertised.get(header.api_key)
         if header.api_key == ApiKey.API_VERSIONS and (rng is None or header.api_version > rng[1]):
@@ -359,8 +380,7 @@ class MapFollower:
     def __init__(self, state: ProxyState, loop: asyncio.AbstractEventLoop) -> None:
         self.state = state
         self.loop = loop
-        backend_name, options = parse_store(state.config.store)
-        self.backend = state.plugins.backend(backend_name, **options)
+        self.backend = state.backend
         self._handle: Any = None
         self._stop = threading.Event()
 
@@ -411,13 +431,13 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     backend_name, options = parse_store(config.store)
     backend = plugins.backend(backend_name, **options)
     fmap = backend.load()
-    backend.close()
     if fmap is None:
+        backend.close()
         from federation.errors import FedKafkaError
 
         raise FedKafkaError(f"the metadata store {config.store} holds no map yet; "
                             "initialise the federation first (e.g. `fedkafka local up`)")
-    state = ProxyState(config, fmap, plugins)
+    state = ProxyState(config, fmap, plugins, backend)
     if on_state is not None:
         on_state(state)
     follower = MapFollower(state, loop)
@@ -439,11 +459,18 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     log.info("proxy %d listening on %s:%d (advertised %s:%d), roles %s, map version %d",
              config.node_id, *config.listen, *config.advertised, sorted(config.roles),
              fmap.version)
+    http_server = None
+    if config.http is not None:
+        from federation.nameservice import start_http
+
+        http_server = await start_http(state, *config.http)
     if ready is not None:
         ready.set()
     try:
         await stop.wait()
     finally:
+        if http_server is not None:
+            http_server.close()
         log.info("proxy %d stopping", config.node_id)
         server.close()
         for conn in list(state.connections):

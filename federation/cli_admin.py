@@ -1,0 +1,468 @@
+"""Admin commands of the ``fedkafka`` CLI: clusters, topics, pools, status, controller.
+
+The main app adds them with :func:`register`. Every command finds the metadata store
+through ``--store`` (``file:/path/map.json`` or ``zookeeper:host:port[,host:port]/root``),
+else ``$FEDKAFKA_STORE``, else the ``"store"`` of the local federation's
+``federation.json`` (``--workdir`` / ``$FEDKAFKA_WORKDIR``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import sys
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation import admin
+from federation.errors import ConfigError
+from federation.mapstore import MetadataBackend
+from federation.model import (
+    ROLE_CONSUMER,
+    ROLE_PRODUCER,
+    ClusterState,
+    FederationMap,
+    LogicalTopic,
+    PhysicalCluster,
+    ProxyEndpoint,
+)
+from federation.plugin import PluginError, get_plugins
+
+__all__ = ["endpoint_from_text", "parse_store", "register", "resolve_store"]
+
+T = TypeVar("T")
+
+out = Console()
+err = Console(stderr=True)
+
+STORE_ENV = "FEDKAFKA_STORE"
+_STORE_FORMAT = ("--store must look like file:/path/to/map.json or "
+                 "zookeeper:HOST:PORT[,HOST:PORT]/ROOT (e.g. zookeeper:127.0.0.1:2181/fedkafka)")
+
+StoreOpt = Annotated[str | None, typer.Option(
+    "--store", help="Metadata store: file:/path/map.json or zookeeper:host:port/root "
+    f"[default: ${STORE_ENV} or the local federation's store]")]
+WorkdirOpt = Annotated[Path | None, typer.Option(
+    "--workdir", help="Local federation whose store to use when --store is not given "
+    "[default: $FEDKAFKA_WORKDIR or ./.fedkafka/local]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+# -- finding the store -----------------------------------------------------------------------
+
+
+def parse_store(spec: str) -> tuple[str, dict[str, Any]]:
+    """``file:/p`` → ("file", {"path": "/p"}); ``zookeeper:h:p/root`` → ("zookeeper", {...}).
+
+    :raises ConfigError: naming ``--store`` and the format, or listing valid backends.
+    """
+    name, sep, rest = spec.partition(":")
+    if not sep or not name or not rest:
+        raise ConfigError(f"bad --store {spec!r}: {_STORE_FORMAT}")
+    if name == "file":
+        return "file", {"path": rest}
+    if name == "zookeeper":
+        m = re.fullmatch(r"([^/]+?)(/.*)?", rest)
+        hosts = m.group(1) if m else ""
+        if not hosts or not all(re.fullmatch(r"[\w.\-\[\]:]+:\d+", h) for h in hosts.split(",")):
+            raise ConfigError(f"bad --store {spec!r}: {_STORE_FORMAT}")
+        root = (m.group(2) if m else None) or "/fedkafka"
+        return "zookeeper", {"hosts": hosts, "root": root.rstrip("/") or "/"}
+    backends = sorted(get_plugins().backends)
+    raise ConfigError(f"bad --store {spec!r}: unknown metadata backend {name!r}; valid: "
+                      f"{', '.join(backends)}. {_STORE_FORMAT}")
+
+
+def resolve_store(store: str | None, workdir: Path | None = None) -> str:
+    """The store spec from the flag, the environment or the local federation."""
+    if store:
+        return store
+    if os.environ.get(STORE_ENV):
+        return os.environ[STORE_ENV]
+    from federation.local import LocalFederation
+
+    fed = LocalFederation(workdir)
+    state = fed.load()
+    if state and isinstance(state.get("store"), str):
+        return str(state["store"])
+    raise ConfigError(f"no metadata store given: pass --store (e.g. --store file:map.json), "
+                      f"set ${STORE_ENV}, or start a local federation (`fedkafka local up`; "
+                      f"none found in {fed.workdir})")
+
+
+@contextmanager
+def _backend(store: str | None, workdir: Path | None) -> Iterator[MetadataBackend]:
+    name, options = parse_store(resolve_store(store, workdir))
+    try:
+        backend = get_plugins().backend(name, **options)
+    except PluginError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _load(backend: MetadataBackend) -> FederationMap:
+    fmap = backend.load()
+    if fmap is None:
+        raise admin.NoMapError("the metadata store holds no map yet; add a first cluster "
+                               "with `fedkafka cluster add ID BOOTSTRAP`")
+    return fmap
+
+
+_STATE_COLOURS = {"active": "green", "read_only": "yellow", "draining": "yellow",
+                  "down": "red", "retired": "dim"}
+
+
+def _state(state: ClusterState) -> str:
+    colour = _STATE_COLOURS.get(state.value, "white")
+    return f"[{colour}]{state.value}[/{colour}]"
+
+
+# -- clusters --------------------------------------------------------------------------------
+
+cluster_app = typer.Typer(help="Physical Kafka clusters of the federation.", no_args_is_help=True)
+
+
+def _cluster_json(c: PhysicalCluster, fmap: FederationMap) -> dict[str, Any]:
+    return {"id": c.id, "bootstrap": c.bootstrap, "state": c.state.value, "weight": c.weight,
+            "coordination": c.id == fmap.coordination_cluster,
+            "physical_topics": fmap.physical_topics_on(c.id)}
+
+
+@cluster_app.command("add")
+def cluster_add(
+    cluster_id: Annotated[str, typer.Argument(help="Cluster id, e.g. c3.")],
+    bootstrap: Annotated[str, typer.Argument(help="host:port[,host:port] of its brokers.")],
+    weight: Annotated[int, typer.Option(help="Relative capacity (weighted strategy).")] = 1,
+    state: Annotated[str, typer.Option(help="Initial state.")] = "active",
+    coordination: Annotated[bool, typer.Option(
+        help="Make it the consumer-group coordination cluster.")] = False,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Add a physical cluster (it must answer Kafka Metadata first)."""
+    with _backend(store, workdir) as backend:
+        cluster = _run(admin.add_cluster(backend, cluster_id, bootstrap, weight, state=state,
+                                         coordination=coordination))
+        fmap = _load(backend)
+    if as_json:
+        _print_json(_cluster_json(cluster, fmap))
+        return
+    out.print(f"cluster {cluster.id} added ({cluster.bootstrap}, {cluster.state.value}); "
+              f"map version {fmap.version}")
+
+
+@cluster_app.command("list")
+def cluster_list(store: StoreOpt = None, workdir: WorkdirOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """List the physical clusters with their state."""
+    with _backend(store, workdir) as backend:
+        fmap = _load(backend)
+    if as_json:
+        _print_json([_cluster_json(c, fmap) for c in fmap.clusters.values()])
+        return
+    table = Table(title=f"clusters (map version {fmap.version})")
+    for col in ("id", "bootstrap", "state", "weight", "coordination", "physical topics"):
+        table.add_column(col)
+    for c in fmap.clusters.values():
+        table.add_row(c.id, c.bootstrap, _state(c.state), str(c.weight),
+                      "yes" if c.id == fmap.coordination_cluster else "",
+                      str(len(fmap.physical_topics_on(c.id))))
+    out.print(table)
+
+
+@cluster_app.command("set-state")
+def cluster_set_state(
+    cluster_id: Annotated[str, typer.Argument(help="Cluster id.")],
+    state: Annotated[str, typer.Argument(
+        help=f"One of: {', '.join(s.value for s in ClusterState)}.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Change a cluster's state (e.g. read_only to stop new writes there)."""
+    with _backend(store, workdir) as backend:
+        cluster = _run(admin.set_cluster_state(backend, cluster_id, state))
+        fmap = _load(backend)
+    if as_json:
+        _print_json(_cluster_json(cluster, fmap))
+        return
+    out.print(f"cluster {cluster.id} is now {cluster.state.value}; map version {fmap.version}")
+
+
+@cluster_app.command("remove")
+def cluster_remove(
+    cluster_id: Annotated[str, typer.Argument(help="Cluster id.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None,
+) -> None:
+    """Remove a cluster that holds no segment any more."""
+    with _backend(store, workdir) as backend:
+        _run(admin.remove_cluster(backend, cluster_id))
+    out.print(f"cluster {cluster_id} removed")
+
+
+# -- topics ----------------------------------------------------------------------------------
+
+topic_app = typer.Typer(help="Logical topics.", no_args_is_help=True)
+
+
+def _topic_json(t: LogicalTopic) -> dict[str, Any]:
+    return {
+        "name": t.name, "topic_id": str(t.topic_id), "strategy": t.strategy,
+        "config": dict(t.config), "partition_count": t.partition_count,
+        "partitions": [
+            {"partition": p.index, "segments": [
+                {"cluster": s.cluster, "topic": s.topic, "partition": s.partition,
+                 "logical_start": s.logical_start, "physical_start": s.physical_start,
+                 "sealed_end": s.sealed_end} for s in p.segments]}
+            for p in t.partitions],
+    }
+
+
+def _parse_config(items: list[str] | None) -> dict[str, str]:
+    config = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad --config {item!r}: use KEY=VALUE, e.g. retention.ms=86400000")
+        config[key] = value
+    return config
+
+
+@topic_app.command("create")
+def topic_create(
+    name: Annotated[str, typer.Argument(help="Logical topic name.")],
+    partitions: Annotated[int, typer.Option("--partitions", "-p", help="Logical partitions.")],
+    strategy: Annotated[str, typer.Option(help="Mapping strategy (see `fedkafka plugins`).")]
+    = "contiguous",
+    config: Annotated[list[str] | None, typer.Option(
+        "--config", help="Topic config KEY=VALUE (repeatable).")] = None,
+    replication: Annotated[int | None, typer.Option(
+        help="Replication factor of the physical topics [default: min(3, brokers)].")] = None,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Create a logical topic over the active clusters."""
+    with _backend(store, workdir) as backend:
+        topic = _run(admin.create_topic(backend, name, partitions, strategy,
+                                        _parse_config(config), replication))
+    if as_json:
+        _print_json(_topic_json(topic))
+        return
+    clusters = sorted({s.cluster for p in topic.partitions for s in p.segments})
+    out.print(f"topic {topic.name} created: {topic.partition_count} partitions "
+              f"({topic.strategy}) on {', '.join(clusters)}")
+
+
+@topic_app.command("describe")
+def topic_describe(
+    name: Annotated[str, typer.Argument(help="Logical topic name.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Show a topic's logical partitions and their segments."""
+    with _backend(store, workdir) as backend:
+        topic = _run(admin.describe_topic(backend, name))
+    if as_json:
+        _print_json(_topic_json(topic))
+        return
+    table = Table(title=f"{topic.name} ({topic.partition_count} partitions, {topic.strategy}, "
+                  f"id {topic.topic_id})")
+    for col in ("partition", "segment", "cluster", "physical", "logical range",
+                "physical start"):
+        table.add_column(col)
+    for p in topic.partitions:
+        for i, s in enumerate(p.segments):
+            end = "…" if s.sealed_end is None else str(s.sealed_end)
+            table.add_row(str(p.index) if i == 0 else "",
+                          f"{i}{' (active)' if s.is_active else ''}", s.cluster,
+                          f"{s.topic}[{s.partition}]", f"{s.logical_start}-{end}",
+                          str(s.physical_start))
+    out.print(table)
+    if topic.config:
+        out.print("config: " + ", ".join(f"{k}={v}" for k, v in sorted(topic.config.items())))
+
+
+@topic_app.command("list")
+def topic_list(store: StoreOpt = None, workdir: WorkdirOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """List logical topics."""
+    with _backend(store, workdir) as backend:
+        topics = _run(admin.list_topics(backend))
+    if as_json:
+        _print_json([{"name": t.name, "partition_count": t.partition_count,
+                      "strategy": t.strategy, "topic_id": str(t.topic_id)} for t in topics])
+        return
+    table = Table(title="topics")
+    for col in ("name", "partitions", "strategy", "clusters"):
+        table.add_column(col)
+    for t in topics:
+        clusters = sorted({s.cluster for p in t.partitions for s in p.segments})
+        table.add_row(t.name, str(t.partition_count), t.strategy, ", ".join(clusters))
+    out.print(table)
+
+
+@topic_app.command("delete")
+def topic_delete(
+    name: Annotated[str, typer.Argument(help="Logical topic name.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None,
+) -> None:
+    """Delete a logical topic, its physical topics and its shadow topic."""
+    with _backend(store, workdir) as backend:
+        deleted = _run(admin.delete_topic(backend, name))
+    out.print(f"topic {name} deleted")
+    for cluster, physical in deleted.leftovers:
+        err.print(f"[yellow]warning:[/yellow] {physical} on cluster {cluster} could not be "
+                  "deleted (unreachable); delete it there later")
+
+
+@topic_app.command("add-partitions")
+def topic_add_partitions(
+    name: Annotated[str, typer.Argument(help="Logical topic name.")],
+    count: Annotated[int, typer.Argument(help="The new total partition count.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Grow a topic to COUNT logical partitions."""
+    with _backend(store, workdir) as backend:
+        topic = _run(admin.add_partitions(backend, name, count))
+    if as_json:
+        _print_json(_topic_json(topic))
+        return
+    out.print(f"topic {name} now has {topic.partition_count} partitions")
+
+
+# -- pools -----------------------------------------------------------------------------------
+
+pool_app = typer.Typer(help="Proxy pools clients are routed to.", no_args_is_help=True)
+
+_ROLES = {"producer": {ROLE_PRODUCER}, "consumer": {ROLE_CONSUMER},
+          "both": {ROLE_PRODUCER, ROLE_CONSUMER}}
+
+
+def endpoint_from_text(text: str) -> ProxyEndpoint:
+    """``NODE_ID@HOST:PORT[/producer|consumer|both]`` → ProxyEndpoint."""
+    m = re.fullmatch(r"(\d+)@([^:/]+):(\d+)(?:/(\w+))?", text)
+    if not m or not 0 < int(m.group(3)) < 65536 or (m.group(4) or "both") not in _ROLES:
+        raise ConfigError(f"bad --endpoint {text!r}: use NODE_ID@HOST:PORT[/producer|consumer"
+                          "|both], e.g. 1000@127.0.0.1:19092")
+    return ProxyEndpoint(int(m.group(1)), m.group(2), int(m.group(3)),
+                         frozenset(_ROLES[m.group(4) or "both"]))
+
+
+@pool_app.command("list")
+def pool_list(store: StoreOpt = None, workdir: WorkdirOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """List proxy pools and their endpoints."""
+    with _backend(store, workdir) as backend:
+        fmap = _load(backend)
+    if as_json:
+        _print_json({"default_pool": fmap.default_pool, "pools": {
+            name: [{"node_id": e.node_id, "host": e.host, "port": e.port,
+                    "roles": sorted(e.roles)} for e in endpoints]
+            for name, endpoints in fmap.pools.items()}})
+        return
+    table = Table(title=f"pools (default: {fmap.default_pool})")
+    for col in ("pool", "node id", "address", "roles"):
+        table.add_column(col)
+    for name, endpoints in fmap.pools.items():
+        for i, e in enumerate(endpoints):
+            table.add_row(name if i == 0 else "", str(e.node_id), f"{e.host}:{e.port}",
+                          ",".join(sorted(e.roles)))
+    out.print(table)
+
+
+@pool_app.command("set")
+def pool_set(
+    name: Annotated[str, typer.Argument(help="Pool name.")],
+    endpoint: Annotated[list[str] | None, typer.Option(
+        "--endpoint", help="NODE_ID@HOST:PORT[/producer|consumer|both] (repeatable; "
+        "none removes the pool).")] = None,
+    store: StoreOpt = None, workdir: WorkdirOpt = None,
+) -> None:
+    """Set the proxies of a pool."""
+    endpoints = [endpoint_from_text(e) for e in endpoint or []]
+    with _backend(store, workdir) as backend:
+        fmap = _run(admin.set_pool(backend, name, endpoints))
+    what = f"{len(endpoints)} endpoint(s)" if endpoints else "removed"
+    out.print(f"pool {name}: {what}; map version {fmap.version}")
+
+
+# -- status and controller -------------------------------------------------------------------
+
+
+async def _status(backend: MetadataBackend) -> dict[str, Any]:
+    fmap = await asyncio.to_thread(backend.load)
+    health = await asyncio.to_thread(backend.health)
+    members = {kind: await asyncio.to_thread(backend.members, kind)
+               for kind in ("controller", "proxy", "nameservice")}
+    clusters = []
+    if fmap is not None:
+        async def check(c: PhysicalCluster) -> dict[str, Any]:
+            try:
+                kafka_id = await admin.probe_cluster(c, timeout=2.0)
+                reachable, error = True, None
+            except admin.AdminError as e:
+                kafka_id, reachable, error = None, False, str(e)
+            return {"id": c.id, "bootstrap": c.bootstrap, "state": c.state.value,
+                    "reachable": reachable, "kafka_cluster_id": kafka_id, "error": error}
+
+        clusters = list(await asyncio.gather(*(check(c) for c in fmap.clusters.values())))
+    return {"store": health, "map_version": fmap.version if fmap else None,
+            "topics": len(fmap.topics) if fmap else 0, "clusters": clusters,
+            "members": members}
+
+
+def status(store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the store, the map version, cluster reachability and live members."""
+    with _backend(store, workdir) as backend:
+        report = _run(_status(backend))
+    if as_json:
+        _print_json(report)
+        return
+    h = report["store"]
+    ok = "[green]ok[/green]" if h.get("ok") else f"[red]{h.get('error', 'not ok')}[/red]"
+    out.print(f"store: {h.get('backend')} {ok}; map version {report['map_version']}; "
+              f"{report['topics']} topic(s)")
+    table = Table(title="clusters")
+    for col in ("id", "bootstrap", "state", "reachable"):
+        table.add_column(col)
+    for c in report["clusters"]:
+        reach = "[green]yes[/green]" if c["reachable"] else "[red]no[/red]"
+        table.add_row(c["id"], c["bootstrap"], _state(ClusterState(c["state"])), reach)
+    out.print(table)
+    for kind, members in report["members"].items():
+        if members:
+            names = ", ".join(f"{m}{' (leader)' if d.get('leader') else ''}"
+                              for m, d in sorted(members.items()))
+            out.print(f"{kind}s: {names}")
+
+
+def controller(
+    config: Annotated[Path, typer.Option("--config", help="Controller config JSON file.")],
+) -> None:
+    """Run a controller (one is elected active; others stand by) until SIGTERM."""
+    from federation.controller import run_from_file
+
+    run_from_file(config)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the admin commands to the main ``fedkafka`` app."""
+    app.add_typer(cluster_app, name="cluster")
+    app.add_typer(topic_app, name="topic")
+    app.add_typer(pool_app, name="pool")
+    app.command("status")(status)
+    app.command("controller")(controller)
