@@ -281,6 +281,15 @@ def _run_loop(coro: Any) -> None:
         asyncio.run(coro)
 
 
+def _register_plugins_commands() -> None:
+    from federation import bench
+
+    bench.register(app)
+
+
+_register_plugins_commands()
+
+
 def main() -> None:
     """Console-script entry point: one line per user error, no traceback."""
     try:

@@ -78,6 +78,9 @@ class Session:
         self.state = state
         self.peer = peer
         self.client_id: str | None = None
+        self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
+                                                          asyncio.Future[Any]]] = {}
+        self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
             ApiKey.API_VERSIONS: self.api_versions,
@@ -331,6 +334,19 @@ class Session:
         for grp in groups.values():
             sub = replace(body, topics=_regroup_fetch(grp.parts), session_id=0,
                           session_epoch=-1, forgotten_topics_data=(), replica_id=-1)
+            key = (grp.cluster.id, grp.node)
+            signature = tuple((p.seg.topic, p.seg.partition, p.seg.to_physical(
+                int(p.item.fetch_offset))) for p in grp.parts)
+            previous = self._inflight_fetch.get(key)
+            if previous is not None and previous[0] == signature and not (
+                    previous[2].done() and (previous[2].cancelled()
+                                            or previous[2].exception() is not None)):
+                # The same fetch is still long-polling upstream (or its answer arrived after
+                # the last response went out): use it rather than queue another behind it.
+                if previous[2].done():
+                    del self._inflight_fetch[key]
+                sends.append((grp, previous[1], previous[2]))
+                continue
             try:
                 conn = await self.lane(grp.cluster, grp.node)
                 fut = conn.send(sub)
@@ -339,30 +355,44 @@ class Session:
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
                               for p in grp.parts)
                 continue
+            assert fut is not None
+            self._inflight_fetch[key] = (signature, conn, fut)
             sends.append((grp, conn, fut))
         timeout = self.state.request_timeout + body.max_wait.total_seconds()
         return self._fetch_reply(req, sends, failed, timeout)
 
     async def _fetch_reply(self, req: codec.Request, sends: list[Any],
                            failed: list[tuple[str, int, int]], timeout: float) -> Any:
+        """Merge sub-fetches; answer as soon as the data in hand meets ``min_bytes``.
+
+        A physical cluster with nothing new long-polls up to ``max_wait``: waiting for it
+        would hold back the data another cluster already returned. Partitions whose
+        sub-fetch is still out are answered empty (their last known watermarks), and that
+        sub-fetch is reused by the client's next Fetch if it asks for the same offsets.
+        """
+        body: Any = req.entity
         mod = _resp_module(ApiKey.FETCH, req.header.api_version)
         results: dict[tuple[str, int], Any] = {}
         throttle = 0
+        min_bytes = max(1, int(body.min_bytes))
+        max_wait = body.max_wait.total_seconds()
 
-        async def one(grp: _Group, conn: BrokerConnection, fut: Any) -> None:
-            nonlocal throttle
+        async def one(grp: _Group, conn: BrokerConnection, fut: Any
+                      ) -> tuple[int, int, list[tuple[tuple[str, int], Any]],
+                                 list[tuple[str, int, int]]]:
+            out: list[tuple[tuple[str, int], Any]] = []
+            errs: list[tuple[str, int, int]] = []
             try:
-                resp = await conn.wait(fut, timeout)
+                resp = await conn.wait(asyncio.shield(fut), timeout)
             except UpstreamError as e:
                 grp.cluster.invalidate()
-                failed.extend((p.topic, p.partition, _not_sent(e.error_code))
-                              for p in grp.parts)
-                return
-            throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
+                errs.extend((p.topic, p.partition, _not_sent(e.error_code)) for p in grp.parts)
+                return 0, 0, out, errs
             top_error = int(getattr(resp, "error_code", 0) or 0)
             if top_error:
-                failed.extend((p.topic, p.partition, top_error) for p in grp.parts)
-                return
+                errs.extend((p.topic, p.partition, top_error) for p in grp.parts)
+                return 0, 0, out, errs
+            size = 0
             by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
             for tr in resp.responses:
                 for pr in tr.partitions:
@@ -373,33 +403,60 @@ class Session:
                     if code in RETRIABLE_LEADER_ERRORS:
                         grp.cluster.invalidate()
                     data = routing.translate_records(pr.records, part.seg)
-                    self.state.metrics.bytes_out(part.topic, len(data or b""))
-                    results[(part.topic, part.partition)] = replace(
-                        pr, partition_index=part.partition,
-                        high_watermark=routing.logical_offset(part.seg, int(pr.high_watermark)),
-                        last_stable_offset=routing.logical_offset(
-                            part.seg, int(pr.last_stable_offset)),
-                        log_start_offset=_log_start(part.seg, int(pr.log_start_offset)),
+                    size += len(data or b"")
+                    hwm = routing.logical_offset(part.seg, int(pr.high_watermark))
+                    lso = routing.logical_offset(part.seg, int(pr.last_stable_offset))
+                    log_start = _log_start(part.seg, int(pr.log_start_offset))
+                    if code == 0:
+                        self._watermarks[(part.topic, part.partition)] = (hwm, lso, log_start)
+                    out.append(((part.topic, part.partition), replace(
+                        pr, partition_index=part.partition, high_watermark=hwm,
+                        last_stable_offset=lso, log_start_offset=log_start,
                         preferred_read_replica=-1,
                         current_leader=_default_of(pr, "current_leader"),
                         diverging_epoch=_default_of(pr, "diverging_epoch"),
                         records=data,
-                    )
+                    )))
+            return int(resp.throttle_time.total_seconds() * 1000), size, out, errs
 
-        await asyncio.gather(*(one(g, c, f) for g, c, f in sends))
+        tasks = {asyncio.ensure_future(one(g, c, f)): g for g, c, f in sends}
+        pending = set(tasks)
+        got = 0
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait + 1.0
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+                                               return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                t_ms, size, out, errs = task.result()
+                throttle = max(throttle, t_ms)
+                got += size
+                results.update(out)
+                failed.extend(errs)
+            if got >= min_bytes or not done:
+                break
+        for task in pending:
+            task.cancel()  # the upstream request itself stays in flight (shielded)
+            for p in tasks[task].parts:
+                hwm, lso, log_start = self._watermarks.get(
+                    (p.topic, p.partition), (int(p.item.fetch_offset),) * 3)
+                results[(p.topic, p.partition)] = build(
+                    mod.PartitionData, partition_index=p.partition, error_code=to_kio(0),
+                    high_watermark=hwm, last_stable_offset=lso, log_start_offset=log_start,
+                    aborted_transactions=None, preferred_read_replica=-1, records=b"")
         for topic, partition, code in failed:
             self.state.metrics.error("Fetch", code)
             results[(topic, partition)] = build(
                 mod.PartitionData, partition_index=partition, error_code=to_kio(code),
                 high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
-                aborted_transactions=None, preferred_read_replica=-1, records=None)
+                aborted_transactions=None, preferred_read_replica=-1, records=b"")
         ordered: dict[str, list[Any]] = defaultdict(list)
-        entity: Any = req.entity
-        for t in entity.topics:
+        for t in body.topics:
             for p in t.partitions:
                 r = results.get((t.topic, int(p.partition)))
                 if r is not None:
                     ordered[t.topic].append(r)
+                    self.state.metrics.bytes_out(t.topic, len(r.records or b""))
         topics = tuple(build(mod.FetchableTopicResponse, topic=name, partitions=tuple(ps))
                        for name, ps in ordered.items())
         return build(mod.FetchResponse, throttle_time=_ms(throttle), error_code=to_kio(0),

@@ -166,6 +166,9 @@ class BrokerConnection(asyncio.Protocol):
         if not expect_response:
             return None
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # An answer nobody waits for any more (an abandoned long-poll) must not log
+        # "exception never retrieved".
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending[cid] = _Pending(int(entity.__api_key__), int(entity.__version__), fut,
                                       time.monotonic())
         return fut

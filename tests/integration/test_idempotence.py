@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -11,11 +12,13 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
+from federation.mapstore import update
+from federation.model import FederationMap, ProxyEndpoint, RoutingRule
 from federation.proxy.config import ProxyConfig
 from federation.proxy.server import ProxyState, serve
 from federation.testing.clients import ConfluentClient, KafkaPythonClient
 
-from .fedtopics import create_logical_topic
+from .fedtopics import backend_of, create_logical_topic
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +61,7 @@ class InProcessProxy:
         self.thread.join(30)
 
     def drop_upstream(self) -> int:
-        """Abort every upstream connection of every client session; returns how many."""
+        """Abort every upstream connection that has requests in flight; returns how many."""
         assert self.loop is not None and self.state is not None
         done = threading.Event()
         count = [0]
@@ -66,9 +69,8 @@ class InProcessProxy:
         def drop() -> None:
             for session in list(self.state.sessions):  # type: ignore[union-attr]
                 for conn in list(session._lanes.values()):
-                    if conn.alive and conn.in_flight:
+                    if conn.alive and conn.in_flight and conn._transport is not None:
                         count[0] += 1
-                    if conn._transport is not None:
                         conn._transport.abort()
             done.set()
         self.loop.call_soon_threadsafe(drop)
@@ -80,6 +82,18 @@ def test_retries_after_upstream_drops_are_deduplicated(local_federation: dict[st
     name = "idempotent-chaos"
     create_logical_topic(local_federation, name, 4)
     port = int(local_federation["bootstrap"].split(",")[0].rsplit(":", 1)[1]) + 9
+    # Clients named fk-chaos are served by the in-process proxy alone.
+    backend = backend_of(local_federation)
+    try:
+        def change(fmap: FederationMap | None) -> FederationMap:
+            assert fmap is not None
+            return dataclasses.replace(
+                fmap, pools={**fmap.pools, "chaos": (ProxyEndpoint(
+                    node_id=1900, host="127.0.0.1", port=port),)},
+                routing=(*fmap.routing, RoutingRule(pattern="fk-chaos", pool="chaos")))
+        update(backend, change)
+    finally:
+        backend.close()
     with InProcessProxy(local_federation["store"], port) as proxy:
         bootstrap = f"127.0.0.1:{port}"
         acked: list[bytes] = []
@@ -98,8 +112,9 @@ def test_retries_after_upstream_drops_are_deduplicated(local_federation: dict[st
         def chaos() -> None:
             nonlocal dropped_in_flight
             while producing.is_set():
-                dropped_in_flight += proxy.drop_upstream()
-                time.sleep(0.03)
+                n = proxy.drop_upstream()
+                dropped_in_flight += n
+                time.sleep(0.05 if n else 0.002)
 
         monkey = threading.Thread(target=chaos)
         monkey.start()
@@ -116,6 +131,10 @@ def test_retries_after_upstream_drops_are_deduplicated(local_federation: dict[st
     assert not errors, errors[:3]
     assert len(acked) == 20000
     assert dropped_in_flight > 0, "the test dropped connections with requests in flight"
+    assert proxy.state is not None
+    produced = sum(s.value for m in proxy.state.metrics.requests.collect() for s in m.samples
+                   if s.labels.get("api") == "Produce" and s.name.endswith("_total"))
+    assert produced > 0, "the chaos proxy served the produce requests"
     got = ConfluentClient().consume(local_federation["bootstrap"], name, 20000, timeout=120)
     counts = Counter(r.value for r in got)
     assert len(counts) == 20000

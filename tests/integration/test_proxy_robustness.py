@@ -30,7 +30,8 @@ def proxy_addr(state: dict[str, Any]) -> tuple[str, int]:
 
 
 def proxy_log(state: dict[str, Any]) -> str:
-    return "".join(open(p["log"]).read() for p in state["processes"] if p["kind"] == "proxy")
+    return "".join(open(p["log"]).read() for p in state["processes"]
+                   if p["kind"] in ("proxy", "nameservice"))
 
 
 def send_raw(addr: tuple[str, int], data: bytes) -> bytes:
