@@ -282,9 +282,10 @@ def _run_loop(coro: Any) -> None:
 
 
 def _register_plugins_commands() -> None:
-    from federation import bench
+    from federation import bench, cli_admin
 
     bench.register(app)
+    cli_admin.register(app)
 
 
 _register_plugins_commands()

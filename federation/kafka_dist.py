@@ -298,8 +298,19 @@ def _prepare_dir(target: Path) -> Path:
     return staging
 
 
+# Bumped whenever what an install puts in the cache changes: older installs are redone.
+RECIPE = "2"
+
+
+def _complete(home: Path) -> bool:
+    try:
+        return (home / ".complete").read_text().strip() == RECIPE
+    except OSError:
+        return False
+
+
 def _finish(staging: Path, target: Path) -> None:
-    (staging / ".complete").write_text("ok\n")
+    (staging / ".complete").write_text(RECIPE + "\n")
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -315,7 +326,7 @@ def _write_log_configs(home: Path) -> None:
 def installed_kafka(version: str = DEFAULT_KAFKA_VERSION) -> KafkaDist | None:
     """The cached distribution for ``version``, or None when not installed."""
     home = cache_dir() / "kafka" / version
-    if (home / ".complete").exists():
+    if _complete(home):
         return KafkaDist(version=version, home=home)
     return None
 
@@ -400,7 +411,7 @@ def _install_from_tarball(
 
 def installed_zookeeper(version: str = DEFAULT_ZOOKEEPER_VERSION) -> ZooKeeperDist | None:
     home = cache_dir() / "zookeeper" / version
-    if (home / ".complete").exists():
+    if _complete(home):
         return ZooKeeperDist(version=version, home=home)
     return None
 
@@ -418,7 +429,12 @@ def install_zookeeper(
     staging = _prepare_dir(target)
     try:
         _run_mvn(
-            _pom("zookeeper-dist", [("org.apache.zookeeper", "zookeeper", version)]),
+            _pom("zookeeper-dist", [
+                ("org.apache.zookeeper", "zookeeper", version),
+                # The server needs these at start-up; ZooKeeper's POM marks them provided.
+                ("io.dropwizard.metrics", "metrics-core", "4.1.12.1"),
+                ("org.xerial.snappy", "snappy-java", "1.1.10.5"),
+            ]),
             staging / "libs",
             f"Apache ZooKeeper {version}",
         )

@@ -258,7 +258,8 @@ class LocalFederation:
                 for p in plans
             ],
             "metadata": {"backend": metadata},
-            "store": f"file:{self.workdir / 'store' / 'map.json'}",
+            "store": (f"zookeeper:{HOST}:{zk_port}/fedkafka" if zk_port is not None
+                      else f"file:{self.workdir / 'store' / 'map.json'}"),
             "proxies": [{"node_id": 1000 + i, "host": HOST, "port": p}
                         for i, p in enumerate(proxy_ports)],
             "zookeeper": f"{HOST}:{zk_port}" if zk_port else None,
@@ -278,6 +279,7 @@ class LocalFederation:
                 self._init_map(plans, state)
                 started.extend(self._start_proxies(state, base_port, progress))
                 started.append(self._start_nameservice(state, base_port, progress))
+                started.append(self._start_controller(state, base_port, progress))
                 self._wait_proxies(state, started, timeout, progress)
                 state["proxy_bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
                 state["bootstrap"] = f"{HOST}:{base_port + 10}"
@@ -295,9 +297,9 @@ class LocalFederation:
         from federation.mapstore import EMPTY_VERSION
         from federation.model import FederationMap, PhysicalCluster, ProxyEndpoint
         from federation.plugin import get_plugins
+        from federation.proxy.config import parse_store
 
-        store = self.workdir / "store" / "map.json"
-        store.parent.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "store").mkdir(parents=True, exist_ok=True)
         fmap = FederationMap(
             version=0,
             clusters={p.name: PhysicalCluster(id=p.name, bootstrap=p.bootstrap) for p in plans},
@@ -305,9 +307,11 @@ class LocalFederation:
             pools={"default": tuple(ProxyEndpoint(node_id=p["node_id"], host=p["host"],
                                                   port=p["port"]) for p in state["proxies"])},
         )
-        backend = get_plugins().backend("file", path=str(store))
+        name, options = parse_store(state["store"])
+        backend = get_plugins().backend(name, **options)
         try:
-            backend.publish(fmap, EMPTY_VERSION)
+            current = backend.load()
+            backend.publish(fmap, current.version if current is not None else EMPTY_VERSION)
         finally:
             backend.close()
 
@@ -362,6 +366,30 @@ class LocalFederation:
         self._save(state)
         return rec
 
+    def _start_controller(self, state: dict[str, Any], base_port: int, progress: Progress
+                          ) -> procs.ProcessRecord:
+        import sys
+
+        from federation.proxy.config import parse_store
+
+        name, options = parse_store(state["store"])
+        metrics = base_port + 60
+        cfg_path = self.workdir / "proxies" / "controller-1.json"
+        cfg_path.write_text(json.dumps({
+            "metadata": {"backend": name, **options}, "metrics_port": metrics,
+            "metrics_host": HOST, "member_id": "controller-1",
+        }, indent=2))
+        progress("starting the controller")
+        rec, _ = procs.spawn(
+            name="controller-1", kind="controller",
+            cmd=[sys.executable, "-m", "federation.cli", "controller", "--config",
+                 str(cfg_path)],
+            log=self.workdir / "logs" / "controller-1.log", ports=[metrics],
+            marker=str(cfg_path))
+        state["processes"].append(rec.to_dict())
+        self._save(state)
+        return rec
+
     def _wait_proxies(self, state: dict[str, Any], started: list[procs.ProcessRecord],
                       timeout: float, progress: Progress) -> None:
         deadline = time.monotonic() + timeout
@@ -390,6 +418,7 @@ class LocalFederation:
             base = proxy_ports[0]
             wanted += [(base + 10, "the name service"), (base + 11, "the name service HTTP")]
             wanted += [(base + 50 + i, "proxy metrics") for i in range(len(proxy_ports))]
+            wanted.append((base + 60, "the controller's metrics"))
         for p in plans:
             for b in p.brokers:
                 wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))
