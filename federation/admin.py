@@ -443,6 +443,27 @@ async def _publish(backend: MetadataBackend,
 # -- operations ------------------------------------------------------------------------------
 
 
+async def _await_visible(client: ClusterAdmin, wanted: Mapping[str, int], cluster_id: str,
+                         timeout: float = 10.0) -> None:
+    """Wait until ``wanted`` topics show in the cluster's metadata with their counts.
+
+    Brokers learn about new topics asynchronously; publishing the map before they do
+    would route clients to partitions the brokers do not know yet.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        existing = await client.topics()
+        missing = {t: n for t, n in wanted.items() if existing.get(t, 0) < n}
+        if not missing:
+            return
+        if loop.time() > deadline:
+            log.warning("topics not visible in metadata yet; publishing anyway",
+                        cluster=cluster_id, topics=sorted(missing))
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _rollback(connect: Connect, fmap: FederationMap,
                     created: Mapping[str, Sequence[str]]) -> None:
     for cluster_id, names in created.items():
@@ -488,6 +509,7 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
                     await admin.create({physical: count}, replication,
                                        None if is_shadow else config)
                     created.setdefault(cluster_id, []).append(physical)
+                await _await_visible(admin, wanted, cluster_id)
 
         results = await asyncio.gather(*(create_on(c, w) for c, w in needs.items()),
                                        return_exceptions=True)
@@ -537,6 +559,7 @@ async def add_partitions(backend: MetadataBackend, name: str, new_count: int, *,
                         created.setdefault(cluster_id, []).append(physical)
                     elif existing[physical] < count:
                         await admin.grow(physical, count)
+                await _await_visible(admin, wanted, cluster_id)
 
         def change(current: FederationMap | None) -> FederationMap:
             if current is None:

@@ -141,6 +141,7 @@ class ZooKeeperBackend:
         self._lost_since_connect = False
         self._version: int | None = None
         self._closed = False
+        self._op_timeout = max(1.0, session_timeout)
         self.client = KazooClient(
             hosts=hosts, timeout=session_timeout,
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
@@ -194,6 +195,20 @@ class ZooKeeperBackend:
             if watch in self._watches:
                 self._watches.remove(watch)
 
+    def _op(self, what: str, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a kazoo ``*_async`` call, failing fast instead of queueing while disconnected.
+
+        (kazoo's blocking calls wait for a reconnection without bound.)
+        """
+        if self._state != KazooState.CONNECTED:
+            raise StoreUnavailableError(
+                f"ZooKeeper at {self.hosts} is not connected ({str(self._state).lower()}) "
+                f"while trying to {what}; check that it runs and retry")
+        try:
+            return call(*args, **kwargs).get(timeout=self._op_timeout)
+        except KazooTimeoutError as e:
+            raise self._unavailable(what, e) from e
+
     def _unavailable(self, what: str, e: Exception) -> StoreUnavailableError:
         return StoreUnavailableError(
             f"ZooKeeper at {self.hosts} is unavailable ({type(e).__name__}) while trying to "
@@ -205,7 +220,7 @@ class ZooKeeperBackend:
     def _read(self) -> tuple[FederationMap | None, int | None]:
         """The stored map and its znode version (None, None when there is no znode)."""
         try:
-            data, stat = self.client.get(self.map_path)
+            data, stat = self._op("read the map", self.client.get_async, self.map_path)
         except NoNodeError:
             return None, None
         except KazooException as e:
@@ -228,10 +243,12 @@ class ZooKeeperBackend:
         new.validate()
         data = dumps(new).encode()
         try:
+            what = f"publish map version {new.version}"
             if znode_version is None:
-                self.client.create(self.map_path, data, makepath=True)
+                self._op(what, self.client.create_async, self.map_path, data, makepath=True)
             else:
-                self.client.set(self.map_path, data, version=znode_version)
+                self._op(what, self.client.set_async, self.map_path, data,
+                         version=znode_version)
         except (BadVersionError, NodeExistsError):
             stored = self.load()
             raise VersionConflict(expected_version,
@@ -259,21 +276,23 @@ class ZooKeeperBackend:
 
     def _put_member(self, kind: str, member_id: str, data: bytes) -> None:
         path = self._member_path(kind, member_id)
+        what = f"register member {kind}/{member_id}"
         session = self.client.client_id[0] if self.client.client_id else None
         for _ in range(3):
             try:
-                self.client.create(path, data, ephemeral=True, makepath=True)
+                self._op(what, self.client.create_async, path, data, ephemeral=True,
+                         makepath=True)
                 return
             except NodeExistsError:
                 pass
             try:
-                _, stat = self.client.get(path)
+                _, stat = self._op(what, self.client.get_async, path)
                 if stat.ephemeralOwner == session:
-                    self.client.set(path, data, version=stat.version)
+                    self._op(what, self.client.set_async, path, data, version=stat.version)
                     return
                 # Left by an earlier session of the same member (e.g. a restart before
                 # the old session expired): take it over.
-                self.client.delete(path, version=stat.version)
+                self._op(what, self.client.delete_async, path, version=stat.version)
             except (NoNodeError, BadVersionError):
                 continue
         raise StoreUnavailableError(f"could not register member {kind}/{member_id}: "
@@ -293,7 +312,7 @@ class ZooKeeperBackend:
     def members(self, kind: str) -> dict[str, dict[str, Any]]:
         base = f"{self.members_path}/{kind}"
         try:
-            names = self.client.get_children(base)
+            names = self._op(f"list {kind} members", self.client.get_children_async, base)
         except NoNodeError:
             return {}
         except KazooException as e:
@@ -301,7 +320,8 @@ class ZooKeeperBackend:
         result: dict[str, dict[str, Any]] = {}
         for name in sorted(names):
             try:
-                raw, _ = self.client.get(f"{base}/{name}")
+                raw, _ = self._op(f"read member {kind}/{name}", self.client.get_async,
+                                  f"{base}/{name}")
                 value = json.loads(raw) if raw else {}
             except NoNodeError:
                 continue  # went away meanwhile
@@ -357,10 +377,11 @@ class ZooKeeperBackend:
         if self._state == KazooState.CONNECTED:
             for kind, member_id in own:
                 try:
-                    self.client.delete(self._member_path(kind, member_id))
+                    self._op("withdraw a member", self.client.delete_async,
+                             self._member_path(kind, member_id))
                 except NoNodeError:
                     pass
-                except KazooException as e:
+                except (KazooException, StoreUnavailableError) as e:
                     log.warning("could not withdraw member", kind=kind, member_id=member_id,
                                 error=repr(e))
         self.client.stop()
@@ -461,9 +482,10 @@ class ZooKeeperElection:
         if not children:
             return None
         try:
-            raw, _ = self._backend.client.get(f"{self._backend.election_path}/{children[0]}")
+            raw, _ = self._backend._op("read the leader", self._backend.client.get_async,
+                                       f"{self._backend.election_path}/{children[0]}")
             value = json.loads(raw)
-        except (KazooException, ValueError):
+        except (KazooException, StoreUnavailableError, ValueError):
             return None
         member = value.get("member_id") if isinstance(value, dict) else None
         return str(member) if member is not None else None
@@ -477,9 +499,10 @@ class ZooKeeperElection:
             self._cond.notify_all()
         if node is not None:
             try:
-                self._backend.client.delete(f"{self._backend.election_path}/{node}")
+                self._backend._op("leave the election", self._backend.client.delete_async,
+                                  f"{self._backend.election_path}/{node}")
             except NoNodeError:
                 pass
-            except KazooException as e:
+            except (KazooException, StoreUnavailableError) as e:
                 log.warning("could not leave the election", error=repr(e))
         log.info("left the election", member_id=self._member_id)

@@ -49,3 +49,7 @@ def local_federation(
 @pytest.fixture(scope="session")
 def clusters(local_federation: dict[str, Any]) -> list[dict[str, Any]]:
     return list(local_federation["clusters"])
+
+
+# A real ZooKeeper shared by the session (started only by tests that ask for it).
+from tests.integration.zk_fixture import zookeeper  # noqa: E402, F401

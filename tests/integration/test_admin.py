@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,17 @@ async def _physical_topics(bootstrap: str) -> dict[str, int]:
         return {t["topic"]: len(t["partitions"]) for t in await client.describe_topics()}
     finally:
         await client.close()
+
+
+async def _settled(bootstrap: str, check: Callable[[dict[str, int]], bool],
+                   timeout: float = 15.0) -> dict[str, int]:
+    """The cluster's topics once ``check`` holds (brokers learn of changes asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        topics = await _physical_topics(bootstrap)
+        if check(topics) or asyncio.get_running_loop().time() > deadline:
+            return topics
+        await asyncio.sleep(0.2)
 
 
 def _name() -> str:
@@ -51,6 +63,7 @@ async def test_create_topic_contiguous_over_two_clusters(
     topic = await admin.create_topic(federated, name, 6)
     assert topic.partition_count == 6
     assert [p.active.cluster for p in topic.partitions] == ["c1"] * 3 + ["c2"] * 3
+    # create_topic waits until the brokers know the topics before it publishes
     on_c1 = await _physical_topics(clusters[0]["bootstrap"])
     on_c2 = await _physical_topics(clusters[1]["bootstrap"])
     assert on_c1[f"{name}.fk"] == 3 and on_c2[f"{name}.fk"] == 3
@@ -67,7 +80,7 @@ async def test_create_topic_contiguous_over_two_clusters(
 
     grown = await admin.add_partitions(federated, name, 8)
     assert grown.partitions[:6] == topic.partitions
-    on_c1 = await _physical_topics(clusters[0]["bootstrap"])
+    on_c1 = await _physical_topics(clusters[0]["bootstrap"])  # visible before publishing
     on_c2 = await _physical_topics(clusters[1]["bootstrap"])
     assert on_c1[f"{name}.fk"] == 4 and on_c2[f"{name}.fk"] == 4 and on_c1[name] == 8
     with pytest.raises(admin.InvalidPartitionsError, match="must be larger"):
@@ -75,8 +88,8 @@ async def test_create_topic_contiguous_over_two_clusters(
 
     deleted = await admin.delete_topic(federated, name)
     assert deleted.leftovers == () and deleted.topic == grown
-    on_c1 = await _physical_topics(clusters[0]["bootstrap"])
-    on_c2 = await _physical_topics(clusters[1]["bootstrap"])
+    on_c1 = await _settled(clusters[0]["bootstrap"], lambda t: name not in t)
+    on_c2 = await _settled(clusters[1]["bootstrap"], lambda t: f"{name}.fk" not in t)
     assert {name, f"{name}.fk"}.isdisjoint(on_c1) and f"{name}.fk" not in on_c2
     with pytest.raises(admin.UnknownTopicError):
         await admin.describe_topic(federated, name)
@@ -93,7 +106,8 @@ async def test_failed_create_rolls_back(store: FileBackend, clusters: list[dict[
     name = _name()
     with pytest.raises(admin.ClusterUnreachableError, match="'dead'"):
         await admin.create_topic(store, name, 4)
-    on_c1 = await _physical_topics(clusters[0]["bootstrap"])
+    on_c1 = await _settled(clusters[0]["bootstrap"],
+                           lambda t: name not in t and f"{name}.fk" not in t)
     assert name not in on_c1 and f"{name}.fk" not in on_c1
     assert store.load() == before
 
@@ -105,13 +119,14 @@ async def test_create_refuses_leftover_physical_topic(
         await c2.create({f"{name}.fk": 1})
     with pytest.raises(admin.TopicExistsError, match=rf"{name}\.fk already exist.*'c2'"):
         await admin.create_topic(federated, name, 4)
-    on_c1 = await _physical_topics(clusters[0]["bootstrap"])
+    on_c1 = await _settled(clusters[0]["bootstrap"],
+                           lambda t: name not in t and f"{name}.fk" not in t)
     assert name not in on_c1 and f"{name}.fk" not in on_c1  # rolled back
     assert name not in (federated.load() or pytest.fail("no map")).topics
 
 
 async def test_bad_requests_are_clear(federated: FileBackend) -> None:
-    with pytest.raises(admin.InvalidRequestError, match="unknown mapping strategy 'nope'.*"
+    with pytest.raises(admin.InvalidRequestError, match=r"unknown mapping strategy 'nope'.*"
                        "contiguous"):
         await admin.create_topic(federated, _name(), 2, strategy="nope")
     with pytest.raises(admin.InvalidPartitionsError, match=">= 1"):

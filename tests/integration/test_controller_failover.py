@@ -23,9 +23,7 @@ import pytest
 from federation import admin, procs
 from federation.model import ClusterState, FederationMap
 from plugins.zookeeper_backend import ZooKeeperBackend
-from tests.integration.zk_fixture import ZooKeeperServer, zookeeper
-
-__all__ = ["zookeeper"]
+from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
 
@@ -44,7 +42,7 @@ def _until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     while True:
         try:
             value = predicate()
-        except Exception:  # noqa: BLE001 - e.g. ZooKeeper restarting: retry
+        except Exception:  # e.g. ZooKeeper restarting: retry
             value = None
         if value:
             return value
@@ -95,6 +93,12 @@ def env(zookeeper: ZooKeeperServer, tmp_path: Path
         backend.close()
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        body: bytes = response.read()
+    return body.decode()
+
+
 def _leaders(backend: ZooKeeperBackend) -> dict[str, dict[str, Any]]:
     return {m: d for m, d in backend.members("controller").items() if d.get("leader")}
 
@@ -139,7 +143,7 @@ async def test_standby_takes_over_and_zookeeper_restart_loses_nothing(
     _until(lambda: set(backend.members("controller")) == {standby_id}, 10,
            "the dead controller's member to expire")
     metrics = backend.members("controller")[standby_id]["metrics"]
-    text = urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read().decode()
+    text = _get(f"http://{metrics}/metrics")
     assert "fedkafka_controller_is_leader 1.0" in text
     assert 'fedkafka_controller_cluster_up{cluster="d2"} 0.0' in text
 

@@ -15,7 +15,7 @@ import pytest
 from federation import probe, procs
 
 FEDKAFKA = [sys.executable, "-m", "federation.cli"]
-BASE = int(os.environ.get("FEDKAFKA_TEST_CLI_BASE_PORT", "39092"))
+BASE = int(os.environ.get("FEDKAFKA_TEST_CLI_BASE_PORT", "22092"))
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300

@@ -14,9 +14,7 @@ from federation.election import LeaderElection, elect_leader
 from federation.model import FederationMap, LogicalPartition, LogicalTopic, PhysicalCluster, Segment
 from federation.plugin import get_plugins
 from plugins.zookeeper_backend import StoreUnavailableError, ZooKeeperBackend
-from tests.integration.zk_fixture import ZooKeeperServer, zookeeper
-
-__all__ = ["zookeeper"]
+from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
 

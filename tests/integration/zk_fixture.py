@@ -1,13 +1,12 @@
 """A real ZooKeeper for the session, on loopback, started from ``install_zookeeper()``.
 
-Import the fixture into a test module (``from tests.integration.zk_fixture import
-zookeeper``). Port: ``FEDKAFKA_TEST_ZK_PORT``, default ``FEDKAFKA_TEST_BASE_PORT + 28``
+The fixture is registered in tests/conftest.py; ask for ``zookeeper`` in a test.
+Port: ``FEDKAFKA_TEST_ZK_PORT``, default ``FEDKAFKA_TEST_BASE_PORT + 28``
 (29120 with the default base), away from the clusters' ``base + 100*i`` ports.
 """
 
 from __future__ import annotations
 
-import glob
 import os
 import time
 import uuid
@@ -20,7 +19,7 @@ from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
 from federation import procs
-from federation.kafka_dist import cache_dir, install_zookeeper
+from federation.kafka_dist import install_zookeeper
 from federation.local import HOST, zookeeper_ok
 from federation.probe import port_in_use
 
@@ -29,25 +28,6 @@ def _port() -> int:
     if os.environ.get("FEDKAFKA_TEST_ZK_PORT"):
         return int(os.environ["FEDKAFKA_TEST_ZK_PORT"])
     return int(os.environ.get("FEDKAFKA_TEST_BASE_PORT", "29092")) + 28
-
-
-def _missing_jars() -> list[str]:
-    """Jars ZooKeeper's server needs at start-up that ``install_zookeeper()`` leaves out.
-
-    The Maven install misses dropwizard metrics-core and snappy-java as of this writing;
-    take them from a cached Kafka 3.x distribution or the local Maven repository.
-    """
-    home = Path.home()
-    found: list[str] = []
-    for jar in ("metrics-core-4*.jar", "snappy-java-*.jar"):
-        for pattern in (str(cache_dir() / "kafka" / "*" / "libs" / jar),
-                        str(home / ".cache" / "fedkafka" / "kafka" / "*" / "libs" / jar),
-                        str(home / ".m2" / "repository" / "**" / jar)):
-            hits = sorted(glob.glob(pattern, recursive=True))
-            if hits:
-                found.append(hits[-1])
-                break
-    return found
 
 
 def _serving(hosts: str) -> bool:
@@ -107,8 +87,7 @@ class ZooKeeperServer:
         self.start()
 
 
-@pytest.fixture(scope="session")
-def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+def _start_server(tmp_path_factory: pytest.TempPathFactory) -> ZooKeeperServer:
     port = _port()
     if port_in_use(HOST, port):
         pytest.fail(f"port {port} for the test ZooKeeper is taken; set FEDKAFKA_TEST_ZK_PORT")
@@ -123,10 +102,15 @@ def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperSer
         "admin.enableServer=false\n"
     )
     cmd = dist.java_command(cfg)
-    cp = cmd.index("-cp") + 1
-    cmd[cp] = os.pathsep.join([cmd[cp], *_missing_jars()])
     server = ZooKeeperServer(workdir, port, cmd)
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZooKeeperServer]:
+    """A real standalone ZooKeeper on loopback for the whole session (see conftest.py)."""
+    server = _start_server(tmp_path_factory)
     try:
         yield server
     finally:

@@ -92,7 +92,7 @@ def test_apply_state_changes_is_compare_and_set() -> None:
 
 def test_plan_repairs_creates_missing_and_grows_short_topics() -> None:
     fmap = _map(a=A, b=A)
-    fmap = fmap.with_topic(admin.plan_create_topic(fmap, "t", 4))  # a: t.fk×2 + shadow t×4
+    fmap = fmap.with_topic(admin.plan_create_topic(fmap, "t", 4))  # a: t.fk (2) + shadow t (4)
     observations = [_obs("a", True, {"t.fk": 2}), _obs("b", True, {"t.fk": 1})]
     assert plan_repairs(fmap, observations) == [
         Repair("a", "t", 4, 0, shadow=True), Repair("b", "t.fk", 2, 1)]
