@@ -51,8 +51,13 @@ def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
         st = run("local", "status", "--workdir", str(wd), "--json")
         assert st.returncode == 0, st.stderr
         comps = json.loads(st.stdout)["components"]
-        assert {c["name"]: c["health"] for c in comps} == {"c1-b1": "healthy",
-                                                            "c2-b1": "healthy"}
+        assert {c["name"]: c["health"] for c in comps} == {
+            "c1-b1": "healthy", "c2-b1": "healthy", "proxy-1": "healthy",
+            "nameservice": "healthy", "controller-1": "running"}
+        # The federation's entry point is the name service, which answers with the proxies.
+        host, port = state["bootstrap"].split(":")
+        assert [b.port for b in probe.metadata(host, int(port)).brokers] == [
+            p["port"] for p in state["proxies"]]
         logs = run("local", "logs", "c1-b1", "--workdir", str(wd))
         assert "Kafka Server started" in logs.stdout
 
