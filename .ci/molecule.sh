@@ -7,10 +7,13 @@
 #   $FEDKAFKA_ANSIBLE_VENV        (ansible-core, molecule, molecule-plugins[podman], ansible-lint)
 #   $FEDKAFKA_CI_CACHE/collections   (unpacked from the `ansible` wheel: Galaxy is unreachable)
 #   $FEDKAFKA_CI_CACHE/kafka-<V>/libs   (Apache Kafka jars from Maven Central)
+#   $FEDKAFKA_CI_CACHE/wheels     (fedkafka and its dependencies: `pip wheel` of this repo)
 #
 # Usage: .ci/molecule.sh [--prepare-only] [--no-lint] [--keep] [scenario ...]
 #   --no-lint: skip ansible-lint and the offline role checks (tests/ansible).
-#   default scenario: kafka_clusters.  --keep: run `molecule converge` + verify
+#   default scenario: federation (site.yml, idempotence, produce/consume through the
+#   federation, add_cluster.yml under load); kafka_clusters (site.yml without the
+#   federation + rolling_restart.yml) on request.  --keep: run `molecule converge` + verify
 #   and leave the instances up for debugging (clean up later with
 #   `molecule destroy -s SCENARIO` or this script's trap by re-running).
 # See docs/adr/0005-ansible-molecule-podman.md for why it looks like this.
@@ -31,7 +34,7 @@ ANSIBLE_BUNDLE=ansible==12.3.0   # only its collections are used
 COLLECTIONS=(containers/podman ansible/posix community/general)
 # Names of everything the scenarios create; the trap removes exactly these.
 MOLECULE_NETWORK=fedkafka-molecule
-MOLECULE_CONTAINERS=(fk-zk1 fk-kafka-a1 fk-kafka-b1)
+MOLECULE_CONTAINERS=(fk-zk1 fk-kafka-a1 fk-kafka-b1 fk-kafka-c1 fk-fed1)
 
 PREPARE_ONLY=0 LINT=1 KEEP=0 SCENARIOS=()
 for arg in "$@"; do
@@ -44,7 +47,7 @@ for arg in "$@"; do
     *) SCENARIOS+=("$arg") ;;
   esac
 done
-[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(kafka_clusters)
+[[ ${#SCENARIOS[@]} -gt 0 ]] || SCENARIOS=(federation)
 
 T0=$SECONDS
 declare -a TIMINGS=()
@@ -178,17 +181,30 @@ make_kafka_artifact() {
   rm -f "$dir/pom.xml"; rm -rf "$dir/target"
 }
 
+make_wheels() {
+  # Hosts install fedkafka with --no-index from these wheels (role fedkafka). The venv's
+  # Python (3.11, as on the Debian 12 hosts) picks the dependencies' binary wheels.
+  # fedkafka's own wheel is rebuilt every run; dependency wheels already there are reused.
+  mkdir -p "$CACHE/wheels"
+  rm -f "$CACHE"/wheels/fedkafka-*.whl
+  "$VENV/bin/pip" wheel -q --find-links "$CACHE/wheels" -w "$CACHE/wheels" "$REPO" 2>&1 \
+    | grep -v -e '^ *$' -e 'corresp(' -e '\*\*\*' -e '!!' -e 'License' -e 'license' -e 'See https' || true
+  compgen -G "$CACHE/wheels/fedkafka-*.whl" >/dev/null
+}
+
 step "host packages" install_host_packages
 configure_podman
 step "base image" build_image
 step "python venv" make_venv
 step "collections" unpack_collections
 step "kafka artifact" make_kafka_artifact
+step "fedkafka wheels" make_wheels
 [[ $PREPARE_ONLY == 1 ]] && exit 0
 
 export PATH=$VENV/bin:$PATH
 export ANSIBLE_COLLECTIONS_PATH=$CACHE/collections
 export FEDKAFKA_KAFKA_ARTIFACT_DIR=$CACHE/kafka-$KAFKA_VERSION
+export FEDKAFKA_WHEEL_DIR=$CACHE/wheels
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 cd "$REPO/ansible"
 

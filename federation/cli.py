@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation import __version__
+from federation import __version__, logs
 from federation.errors import FedKafkaError
 from federation.kafka_dist import DEFAULT_KAFKA_VERSION, DEFAULT_ZOOKEEPER_VERSION
 
@@ -114,6 +114,8 @@ def local_up(
     heap: Annotated[str, typer.Option(help="Max heap of each broker JVM.")] = "256m",
     proxies: Annotated[int, typer.Option(help="Proxies (both roles) in the default pool.")]
     = 1,
+    controllers: Annotated[int, typer.Option(help="Controllers (one active, the others "
+                                                  "standing by).")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to answer.")]
     = 180.0,
     as_json: JsonOpt = False,
@@ -131,7 +133,8 @@ def local_up(
 
         state = fed.up(clusters=clusters, brokers_per_cluster=brokers_per_cluster,
                        metadata=metadata, kafka_version=kafka_version, base_port=base_port,
-                       heap=heap, timeout=timeout, progress=progress, proxies=proxies)
+                       heap=heap, timeout=timeout, progress=progress, proxies=proxies,
+                       controllers=controllers)
     if as_json:
         _print_json(state)
         return
@@ -241,14 +244,12 @@ def proxy_cmd(
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
 ) -> None:
     """Run a proxy (pproxy, cproxy or both, as its config says) until SIGTERM."""
-    import logging
 
     from federation.proxy.config import ProxyConfig
     from federation.proxy.server import serve
 
     cfg = ProxyConfig.load(config)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level)
     _run_loop(serve(cfg))
 
 
@@ -259,14 +260,12 @@ def nameservice_cmd(
 ) -> None:
     """Run the name service: the bootstrap endpoint that routes clients to proxy pools."""
     import dataclasses
-    import logging
 
     from federation.proxy.config import ProxyConfig
     from federation.proxy.server import serve
 
     cfg = dataclasses.replace(ProxyConfig.load(config), route_by_client_id=True)
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(log_level)
     _run_loop(serve(cfg))
 
 
@@ -293,6 +292,8 @@ _register_plugins_commands()
 
 def main() -> None:
     """Console-script entry point: one line per user error, no traceback."""
+    long_running = len(sys.argv) > 1 and sys.argv[1] in ("proxy", "nameservice", "controller")
+    logs.configure("INFO" if long_running else "WARNING")
     try:
         app()
     except FedKafkaError as e:

@@ -82,7 +82,7 @@ class ControllerConfig:
 
 
 _FIELDS = {"metadata", "metrics_port", "metrics_host", "health_interval", "down_after",
-           "request_timeout", "member_id", "repair"}
+           "request_timeout", "member_id", "repair", "_comment"}  # "_comment" is ignored
 
 
 def _default_member_id() -> str:

@@ -213,6 +213,7 @@ class LocalFederation:
         timeout: float = 180.0,
         progress: Progress = _quiet,
         proxies: int = 1,
+        controllers: int = 1,
     ) -> dict[str, Any]:
         """Start the federation and return its description (also in federation.json)."""
         if metadata not in ("file", "zookeeper"):
@@ -227,6 +228,8 @@ class LocalFederation:
         plans = plan_clusters(clusters, brokers_per_cluster, base_port)
         if not 0 <= proxies <= 9:
             raise ConfigError("--proxies must be between 0 and 9")
+        if not 0 <= controllers <= 3:
+            raise ConfigError("--controllers must be between 0 and 3")
         zk_port = base_port + 20 if metadata == "zookeeper" else None
         proxy_ports = [base_port + i for i in range(proxies)]
         self._check_ports(plans, zk_port, proxy_ports)
@@ -279,7 +282,8 @@ class LocalFederation:
                 self._init_map(plans, state)
                 started.extend(self._start_proxies(state, base_port, progress))
                 started.append(self._start_nameservice(state, base_port, progress))
-                started.append(self._start_controller(state, base_port, progress))
+                for i in range(controllers):
+                    started.append(self._start_controller(state, base_port, progress, i))
                 self._wait_proxies(state, started, timeout, progress)
                 state["proxy_bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
                 state["bootstrap"] = f"{HOST}:{base_port + 10}"
@@ -366,25 +370,26 @@ class LocalFederation:
         self._save(state)
         return rec
 
-    def _start_controller(self, state: dict[str, Any], base_port: int, progress: Progress
-                          ) -> procs.ProcessRecord:
+    def _start_controller(self, state: dict[str, Any], base_port: int, progress: Progress,
+                          index: int = 0) -> procs.ProcessRecord:
         import sys
 
         from federation.proxy.config import parse_store
 
         name, options = parse_store(state["store"])
-        metrics = base_port + 60
-        cfg_path = self.workdir / "proxies" / "controller-1.json"
+        metrics = base_port + 60 + index
+        cname = f"controller-{index + 1}"
+        cfg_path = self.workdir / "proxies" / f"{cname}.json"
         cfg_path.write_text(json.dumps({
             "metadata": {"backend": name, **options}, "metrics_port": metrics,
-            "metrics_host": HOST, "member_id": "controller-1",
+            "metrics_host": HOST, "member_id": cname,
         }, indent=2))
-        progress("starting the controller")
+        progress(f"starting {cname}")
         rec, _ = procs.spawn(
-            name="controller-1", kind="controller",
+            name=cname, kind="controller",
             cmd=[sys.executable, "-m", "federation.cli", "controller", "--config",
                  str(cfg_path)],
-            log=self.workdir / "logs" / "controller-1.log", ports=[metrics],
+            log=self.workdir / "logs" / f"{cname}.log", ports=[metrics],
             marker=str(cfg_path))
         state["processes"].append(rec.to_dict())
         self._save(state)
@@ -418,7 +423,7 @@ class LocalFederation:
             base = proxy_ports[0]
             wanted += [(base + 10, "the name service"), (base + 11, "the name service HTTP")]
             wanted += [(base + 50 + i, "proxy metrics") for i in range(len(proxy_ports))]
-            wanted.append((base + 60, "the controller's metrics"))
+            wanted += [(base + 60 + i, "controller metrics") for i in range(3)]
         for p in plans:
             for b in p.brokers:
                 wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))
@@ -625,6 +630,11 @@ class LocalFederation:
             if rec.kind == "zookeeper":
                 if zookeeper_ok(HOST, new.ports[0]):
                     return new
+            elif rec.kind == "controller":
+                if not probe.port_in_use(HOST, new.ports[0]):
+                    time.sleep(0.2)
+                    continue
+                return new  # its metrics port is bound: it has started
             else:
                 try:
                     probe.metadata(HOST, new.ports[0], timeout=1.0)

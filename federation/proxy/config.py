@@ -53,7 +53,7 @@ class ProxyConfig:
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
-                 "http"}
+                 "http", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"proxy config has unknown field(s) {', '.join(unknown)}; "
