@@ -27,6 +27,7 @@ import pluggy
 import structlog
 
 from federation import NAME, hookspecs
+from federation.errors import FedKafkaError
 from federation.mapstore import BackendInfo, MetadataBackend
 from federation.model import AuthDecision, ClusterState, FederationMap, Principal
 from federation.strategy import MappingStrategy
@@ -55,8 +56,10 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
 )
 
 
-class PluginError(Exception):
-    """A plugin is missing, broken, or clashes with another."""
+class PluginError(FedKafkaError):
+    """A plugin is missing, broken, or clashes with another (a user-facing error)."""
+
+    exit_code = 2
 
 
 def make_plugin_manager(*, entry_points: bool = True,

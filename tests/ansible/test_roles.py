@@ -166,17 +166,44 @@ def test_example_inventory_passes_preflight_and_renders(
         "hosts": "10.0.1.11:2181,10.0.1.12:2181,10.0.1.13:2181",
         "root": "/fedkafka",
     }
-    assert [c["name"] for c in controller["clusters"]] == ["a", "b"]
-    assert len({c["cluster_id"] for c in controller["clusters"]}) == 2
-    assert controller["clusters"][1]["bootstrap"] == "10.0.3.11:9092,10.0.3.12:9092,10.0.3.13:9092"
+    assert controller["member_id"] == "ctl1.example.net"
+    assert controller["metrics_port"] == 9308
+
+    federation = json.loads((out / "federation.json").read_text())
+    assert [c["id"] for c in federation["clusters"]] == ["a", "b"]
+    assert federation["clusters"][1]["bootstrap"] == "10.0.3.11:9092,10.0.3.12:9092,10.0.3.13:9092"
+    assert sorted(e["node_id"] for e in federation["pools"]["default"]) == [1001, 1002, 1003, 1004]
+    assert {e["host"]: e["roles"] for e in federation["pools"]["default"]}["10.0.5.21"] == [
+        "consumer"
+    ]
 
     pproxy = json.loads((out / "pproxy1.example.net.proxy.json").read_text())
     cproxy = json.loads((out / "cproxy2.example.net.proxy.json").read_text())
-    assert pproxy["roles"] == ["produce"] and cproxy["roles"] == ["consume"]
-    for config in (pproxy, cproxy, controller):
-        assert {"metadata", "listen", "advertised", "metrics_port"} <= config.keys()
+    assert pproxy["roles"] == ["producer"] and cproxy["roles"] == ["consumer"]
+    assert pproxy["node_id"] == 1001 and cproxy["node_id"] == 1004
+    assert pproxy["advertised"] == "10.0.5.11:9192"
+    store = "zookeeper:10.0.1.11:2181,10.0.1.12:2181,10.0.1.13:2181/fedkafka"
+    assert pproxy["store"] == cproxy["store"] == store
+    nameservice = json.loads((out / "ns2.example.net.nameservice.json").read_text())
+    assert nameservice["node_id"] == 902 and nameservice["http"] == "0.0.0.0:8080"
     unit = (out / "ns1.example.net.fedkafka-nameservice.service").read_text()
     assert "fedkafka nameservice --config /etc/fedkafka/nameservice.json" in unit
+    _assert_the_processes_accept(out)
+
+
+def _assert_the_processes_accept(out: Path) -> None:
+    """The rendered files load with the processes' own configuration loaders, when importable."""
+    try:
+        from federation.controller import load_config
+        from federation.proxy.config import ProxyConfig
+    except ImportError:  # the Ansible venv has no fedkafka: the full test run covers this
+        return
+    for path in out.glob("*.proxy.json"):
+        ProxyConfig.load(path)
+    for path in out.glob("*.nameservice.json"):
+        ProxyConfig.load(path)
+    for path in out.glob("*.controller.json"):
+        load_config(path)
 
 
 def test_local_inventory_passes_preflight_and_renders(
@@ -192,12 +219,17 @@ def test_local_inventory_passes_preflight_and_renders(
     ports = {
         json.loads((out / f"{host}.{c}.json").read_text())["listen"]
         for host, c in [
-            ("controller-local", "controller"),
             ("nameservice-local", "nameservice"),
             ("proxy-local", "proxy"),
         ]
+    } | {
+        json.loads((out / "controller-local.controller.json").read_text())["metrics_port"]
     }
     assert len(ports) == 3, ports
+    proxy = json.loads((out / "proxy-local.proxy.json").read_text())
+    assert proxy["store"] == "zookeeper:127.0.0.1:2181/fedkafka"
+    assert proxy["listen"] == "0.0.0.0:9192" and proxy["node_id"] == 1001
+    _assert_the_processes_accept(out)
 
 
 def _inventory(clusters: dict[str, dict[str, object]], zookeeper: int = 1) -> dict[str, object]:
@@ -213,6 +245,23 @@ def _inventory(clusters: dict[str, dict[str, object]], zookeeper: int = 1) -> di
             }
         }
     }
+
+
+def _federation(
+    proxy_vars: dict[str, object] | None = None, proxies: int = 1, controller: bool = True
+) -> dict[str, object]:
+    """Clusters a and b, one ZooKeeper server and federation hosts."""
+    inventory = _inventory({"kafka_cluster_a": dict(GOOD_A), "kafka_cluster_b": dict(GOOD_B)})
+    if proxy_vars is None:
+        proxy_vars = {"fedkafka_proxy_node_id": 1001}
+    children = inventory["all"]["children"]  # type: ignore[index]
+    children["fedkafka_proxy"] = {
+        "hosts": {f"p{i}": dict(proxy_vars) for i in range(1, proxies + 1)}
+    }
+    children["fedkafka_nameservice"] = {"hosts": {"ns1": {}}}
+    if controller:
+        children["fedkafka_controller"] = {"hosts": {"ctl1": {}}}
+    return inventory
 
 
 GOOD_A = {
@@ -283,6 +332,26 @@ PREFLIGHT_FAILURES = {
         {"kafka_install_source": "artifact_dir", "kafka_artifact_dir": "/nonexistent/kafka"},
         "has no libs/kafka_2.13-4.1.1.jar",
     ),
+    "proxy without node id": (
+        _federation(proxy_vars={}),
+        {},
+        "fedkafka_proxy_node_id is missing for proxy host p1",
+    ),
+    "two proxies with one node id": (
+        _federation(proxy_vars={"fedkafka_proxy_node_id": 1001}, proxies=2),
+        {},
+        "Every proxy needs a distinct integer fedkafka_proxy_node_id",
+    ),
+    "federation without a controller": (
+        _federation(controller=False),
+        {},
+        "group fedkafka_controller is empty",
+    ),
+    "no fedkafka wheel": (
+        _federation(),
+        {"fedkafka_wheel_dir": "/nonexistent/wheels"},
+        "holds no fedkafka-*.whl",
+    ),
     "two zookeeper servers": (
         _inventory({"kafka_cluster_a": dict(GOOD_A)}, zookeeper=2),
         {},
@@ -303,3 +372,99 @@ def test_preflight_rejects_bad_inventories(
     output = " ".join((result.stdout + result.stderr).split())
     assert result.returncode != 0, output[-3000:]
     assert message in output, output[-3000:]
+
+
+# --- preflight.yml: what site.yml and add_cluster.yml check before any change --
+
+
+PREFLIGHT = ANSIBLE / "playbooks" / "preflight.yml"
+
+
+def run_preflight(
+    ansible_playbook: Path, inventory: dict[str, object], tmp_path: Path, extra: dict[str, object]
+) -> subprocess.CompletedProcess[str]:
+    """playbooks/preflight.yml; hosts connect as the inventory says (local unless set)."""
+    path = tmp_path / "hosts.yml"
+    all_vars = inventory["all"].setdefault("vars", {})  # type: ignore[union-attr,index]
+    all_vars.setdefault("ansible_connection", "local")
+    all_vars.setdefault("ansible_python_interpreter", str(ansible_playbook.parent / "python"))
+    path.write_text(json.dumps(inventory))
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ANSIBLE / "roles"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_RETRY_FILES_ENABLED": "0",
+        "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
+    }
+    return subprocess.run(
+        [str(ansible_playbook), "-i", str(path), str(PREFLIGHT), "-e", json.dumps(extra)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+
+
+def _output(result: subprocess.CompletedProcess[str]) -> str:
+    return " ".join((result.stdout + result.stderr).split())
+
+
+def test_preflight_passes_a_consistent_inventory(
+    ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    extra = {"kafka_install_source": "artifact_dir", **artifacts}
+    result = run_preflight(ansible_playbook, _federation(), tmp_path, extra)
+    assert result.returncode == 0, _output(result)[-3000:]
+
+
+def test_preflight_stops_on_an_inconsistent_inventory_before_any_change(
+    ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    inventory = _federation()
+    kafka = inventory["all"]["children"]["kafka"]  # type: ignore[index]
+    kafka["hosts"] = {"stray": {}}
+    extra = {"kafka_install_source": "artifact_dir", **artifacts}
+    result = run_preflight(ansible_playbook, inventory, tmp_path, extra)
+    output = _output(result)
+    assert result.returncode != 0
+    assert "Kafka host stray is in no physical cluster group" in output, output[-3000:]
+    # any_errors_fatal: the reachability play (and so any later play) never starts.
+    assert "Check that every host answers" not in output, output[-3000:]
+
+
+def test_preflight_names_an_unreachable_host(
+    ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    inventory = _federation()
+    controllers = inventory["all"]["children"]["fedkafka_controller"]  # type: ignore[index]
+    controllers["hosts"]["ctl1"] = {
+        "ansible_connection": "ssh",
+        "ansible_host": "127.0.0.1",
+        "ansible_port": 1,
+        "ansible_ssh_common_args": "-o ConnectTimeout=3",
+    }
+    extra = {"kafka_install_source": "artifact_dir", **artifacts}
+    result = run_preflight(ansible_playbook, inventory, tmp_path, extra)
+    output = _output(result)
+    assert result.returncode != 0
+    assert "Host ctl1 is unreachable" in output and "nothing was changed" in output, output[-3000:]
+
+
+def test_preflight_names_an_unreachable_metadata_store(
+    ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    extra = {
+        "kafka_install_source": "artifact_dir",
+        **artifacts,
+        "preflight_running_federation": True,
+        "fedkafka_metadata_hosts": "127.0.0.1:1",
+    }
+    result = run_preflight(ansible_playbook, _federation(), tmp_path, extra)
+    output = _output(result)
+    assert result.returncode != 0
+    assert (
+        "The metadata store (zookeeper:127.0.0.1:1/fedkafka) is unreachable from controller host ctl1"
+        in output
+    ), output[-3000:]
