@@ -281,9 +281,10 @@ def _run_loop(coro: Any) -> None:
 
 
 def _register_plugins_commands() -> None:
-    from federation import bench, cli_admin
+    from federation import bench, bench_metadata, cli_admin
 
     bench.register(app)
+    bench_metadata.register(app)
     cli_admin.register(app)
 
 

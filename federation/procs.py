@@ -80,6 +80,14 @@ def cmdline(pid: int) -> str | None:
 
 def is_ours(record: ProcessRecord) -> bool:
     """True when ``record.pid`` is alive and is still the process we started."""
+    child = _children.get(record.pid)
+    if child is not None:
+        # Started by this process: the handle knows (the java launcher may re-exec itself,
+        # leaving /proc/PID/cmdline briefly empty).
+        if child.poll() is None:
+            return True
+        del _children[record.pid]
+        return False
     line = cmdline(record.pid)
     if line is None:
         return False
@@ -91,7 +99,8 @@ def is_ours(record: ProcessRecord) -> bool:
             return False
     except OSError:
         return False
-    return not record.marker or record.marker in line
+    # An empty command line is a process between exec()s, not a recycled PID.
+    return not record.marker or line.strip() == "" or record.marker in line
 
 
 def _reap(pid: int) -> None:

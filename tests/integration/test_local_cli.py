@@ -27,13 +27,13 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300
 @pytest.mark.integration
 def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
     wd = tmp_path / "fed"
-    up = run("local", "up", "--clusters", "2", "--workdir", str(wd), "--base-port", str(BASE))
+    up = run("local", "up", "--clusters", "3", "--workdir", str(wd), "--base-port", str(BASE))
     assert up.returncode == 0, up.stderr
     state = json.loads((wd / "federation.json").read_text())
     try:
         names = [c["name"] for c in state["clusters"]]
-        assert names == ["c1", "c2"]
-        assert len({c["cluster_id"] for c in state["clusters"]}) == 2
+        assert names == ["c1", "c2", "c3"]
+        assert len({c["cluster_id"] for c in state["clusters"]}) == 3
         assert state["bootstrap"]
         for c in state["clusters"]:
             host, port = c["bootstrap"].split(":")
@@ -52,12 +52,26 @@ def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
         assert st.returncode == 0, st.stderr
         comps = json.loads(st.stdout)["components"]
         assert {c["name"]: c["health"] for c in comps} == {
-            "c1-b1": "healthy", "c2-b1": "healthy", "proxy-1": "healthy",
+            "c1-b1": "healthy", "c2-b1": "healthy", "c3-b1": "healthy", "proxy-1": "healthy",
             "nameservice": "healthy", "controller-1": "running"}
         # The federation's entry point is the name service, which answers with the proxies.
         host, port = state["bootstrap"].split(":")
         assert [b.port for b in probe.metadata(host, int(port)).brokers] == [
             p["port"] for p in state["proxies"]]
+        # Producing to one physical cluster and consuming from it works (kcat).
+        if shutil.which("kcat"):
+            c3 = state["clusters"][2]["bootstrap"]
+            from tests.integration.kafka_admin import create_topic
+
+            create_topic(c3, "direct", 1)
+            lines = "".join(f"m{i}\n" for i in range(50))
+            prod = subprocess.run(["kcat", "-b", c3, "-P", "-t", "direct"], input=lines,
+                                  text=True, capture_output=True, timeout=60, check=False)
+            assert prod.returncode == 0, prod.stderr
+            cons = subprocess.run(["kcat", "-b", c3, "-C", "-t", "direct", "-o", "beginning",
+                                   "-c", "50", "-e"], text=True, capture_output=True,
+                                  timeout=60, check=False)
+            assert cons.stdout.split() == [f"m{i}" for i in range(50)]
         logs = run("local", "logs", "c1-b1", "--workdir", str(wd))
         assert "Kafka Server started" in logs.stdout
 
@@ -70,6 +84,8 @@ def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
     assert down.returncode == 0, down.stderr
     for p in state["processes"]:
         assert not procs.is_ours(procs.ProcessRecord.from_dict(p)), p["name"]
+    ours = subprocess.run(["pgrep", "-f", str(wd)], capture_output=True, text=True, check=False)
+    assert ours.stdout.strip() == "", "no java (or other) process of this federation is left"
     second = run("local", "down", "--workdir", str(wd))
     assert second.returncode == 1
     assert "nothing to stop" in second.stderr
