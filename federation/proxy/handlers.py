@@ -315,24 +315,33 @@ class Session:
         fmap = self.fmap
         failed: list[tuple[str, int, int]] = []
         groups: dict[tuple[str, int], _Group] = {}
+        by_ids = routing.has_field(body.topics[0], "topic_id") if body.topics else False
         for t in body.topics:
+            name = _fetch_topic_key(fmap, t)
             for p in t.partitions:
                 try:
-                    tgt = routing.fetch_target(fmap, t.topic, int(p.partition),
+                    if by_ids and fmap.topic_by_id(t.topic_id) is None:
+                        raise RouteError(ErrorCode.UNKNOWN_TOPIC_ID, "unknown topic id")
+                    tgt = routing.fetch_target(fmap, name, int(p.partition),
                                                int(p.fetch_offset))
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
+                    if by_ids and tgt.segment.topic not in cluster.view.topic_ids:
+                        await cluster.refresh()
+                        if tgt.segment.topic not in cluster.view.topic_ids:
+                            raise RouteError(ErrorCode.UNKNOWN_TOPIC_ID,
+                                             f"{cluster.id} has no id for {tgt.segment.topic}")
                 except (RouteError, UpstreamError) as e:
-                    failed.append((t.topic, int(p.partition), _not_sent(e.error_code)))
+                    failed.append((name, int(p.partition), _not_sent(e.error_code)))
                     continue
                 key = (cluster.id, info.leader)
                 grp = groups.get(key)
                 if grp is None:
                     grp = groups[key] = _Group(cluster, info.leader)
-                grp.parts.append(_Part(t.topic, int(p.partition), tgt.segment, p))
+                grp.parts.append(_Part(name, int(p.partition), tgt.segment, p))
         sends = []
         for grp in groups.values():
-            sub = replace(body, topics=_regroup_fetch(grp.parts), session_id=0,
+            sub = replace(body, topics=_regroup_fetch(grp.parts, grp.cluster), session_id=0,
                           session_epoch=-1, forgotten_topics_data=(), replica_id=-1)
             key = (grp.cluster.id, grp.node)
             signature = tuple((p.seg.topic, p.seg.partition, p.seg.to_physical(
@@ -395,8 +404,10 @@ class Session:
             size = 0
             by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
             for tr in resp.responses:
+                phys_name = tr.topic if routing.has_field(tr, "topic") else (
+                    grp.cluster.view.topic_names.get(tr.topic_id))
                 for pr in tr.partitions:
-                    part = by_phys.get((tr.topic, int(pr.partition_index)))
+                    part = by_phys.get((phys_name, int(pr.partition_index)))
                     if part is None:
                         continue
                     code = int(pr.error_code)
@@ -451,14 +462,18 @@ class Session:
                 high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
                 aborted_transactions=None, preferred_read_replica=-1, records=b"")
         ordered: dict[str, list[Any]] = defaultdict(list)
+        ids: dict[str, Any] = {}
         for t in body.topics:
+            name = _fetch_topic_key(self.fmap, t)
+            if routing.has_field(t, "topic_id"):
+                ids[name] = t.topic_id
             for p in t.partitions:
-                r = results.get((t.topic, int(p.partition)))
+                r = results.get((name, int(p.partition)))
                 if r is not None:
-                    ordered[t.topic].append(r)
-                    self.state.metrics.bytes_out(t.topic, len(r.records or b""))
-        topics = tuple(build(mod.FetchableTopicResponse, topic=name, partitions=tuple(ps))
-                       for name, ps in ordered.items())
+                    ordered[name].append(r)
+                    self.state.metrics.bytes_out(name, len(r.records or b""))
+        topics = tuple(build(mod.FetchableTopicResponse, topic=name, topic_id=ids.get(name),
+                             partitions=tuple(ps)) for name, ps in ordered.items())
         return build(mod.FetchResponse, throttle_time=_ms(throttle), error_code=to_kio(0),
                      session_id=0, responses=topics)
 
@@ -708,7 +723,15 @@ def _regroup_produce(parts: list[_Part]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _regroup_fetch(parts: list[_Part]) -> tuple[Any, ...]:
+def _fetch_topic_key(fmap: Any, t: Any) -> str:
+    """A request topic's logical name (Fetch v13+ names topics by id)."""
+    if routing.has_field(t, "topic"):
+        return str(t.topic)
+    found = fmap.topic_by_id(t.topic_id)
+    return str(found.name) if found is not None else f"<id {t.topic_id}>"
+
+
+def _regroup_fetch(parts: list[_Part], cluster: ClusterClient) -> tuple[Any, ...]:
     by_topic: dict[str, list[Any]] = defaultdict(list)
     template: dict[str, Any] = {}
     for p in parts:
@@ -720,7 +743,8 @@ def _regroup_fetch(parts: list[_Part]) -> tuple[Any, ...]:
     out = []
     for phys, items in by_topic.items():
         cls = _topic_class(template[phys], "FetchTopic")
-        out.append(build(cls, topic=phys, partitions=tuple(items)))
+        out.append(build(cls, topic=phys, topic_id=cluster.view.topic_ids.get(phys),
+                         partitions=tuple(items)))
     return tuple(out)
 
 

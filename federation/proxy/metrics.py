@@ -13,8 +13,9 @@ class ProxyMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("fedkafka_proxy_requests_total", "Requests served, per API.",
-                                ["api"], registry=r)
+        self.requests = Counter("fedkafka_proxy_requests_total",
+                                "Requests served, per API and version.", ["api", "version"],
+                                registry=r)
         self.errors = Counter("fedkafka_proxy_errors_total",
                               "Partition- or request-level errors returned, per API and code.",
                               ["api", "error_code"], registry=r)
@@ -59,9 +60,9 @@ class ProxyMetrics:
         self._topics.add(topic)
         return topic
 
-    def request(self, api_key: int, seconds: float) -> None:
+    def request(self, api_key: int, seconds: float, version: int = -1) -> None:
         name = API_NAMES.get(api_key, "unknown")
-        self.requests.labels(name).inc()
+        self.requests.labels(name, str(version)).inc()
         self.latency.labels(name).observe(seconds)
 
     def routed(self, pool: str) -> None:

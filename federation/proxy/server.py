@@ -32,15 +32,16 @@ from federation.proxy.upstream import ClusterClient, UpstreamError
 log = logging.getLogger("fedkafka.proxy")
 
 # Versions we implement end to end (further capped by the codec and by every physical
-# cluster's own ApiVersions). Produce/Fetch stay below the topic-id versions (13+) and
-# OffsetCommit/OffsetFetch below 10 for the same reason: see ADR 0008.
+# cluster's own ApiVersions). Fetch 13+ names topics by id: logical ids are translated to
+# each cluster's physical ids. Produce stays below 13 and OffsetCommit/OffsetFetch below 10
+# (their topic-id versions): see ADR 0008.
 CAPS: dict[int, tuple[int, int]] = {
     ApiKey.API_VERSIONS: (0, 4),
     ApiKey.METADATA: (0, 12),
     ApiKey.PRODUCE: (3, 12),
     ApiKey.INIT_PRODUCER_ID: (0, 5),
     ApiKey.DESCRIBE_CLUSTER: (0, 1),
-    ApiKey.FETCH: (4, 12),
+    ApiKey.FETCH: (4, 17),
     ApiKey.LIST_OFFSETS: (1, 8),
     ApiKey.FIND_COORDINATOR: (0, 6),
     ApiKey.JOIN_GROUP: (0, 9),
@@ -319,7 +320,7 @@ class ClientConnection(asyncio.Protocol):
         handler = self.session.handlers[header.api_key]
         awaitable = await handler(req)
         if awaitable is None:
-            self.state.metrics.request(header.api_key, 0.0)
+            self.state.metrics.request(header.api_key, 0.0, header.api_version)
             return None
         return header, awaitable
 
@@ -343,7 +344,8 @@ class ClientConnection(asyncio.Protocol):
                 self.transport.write(entity.data)
             else:
                 self.transport.writelines(codec.encode_response(header, entity))
-            self.state.metrics.request(header.api_key, time.monotonic() - started)
+            self.state.metrics.request(header.api_key, time.monotonic() - started,
+                                       header.api_version)
             self._maybe_resume()
             await self._write_ok.wait()
 

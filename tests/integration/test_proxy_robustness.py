@@ -120,7 +120,7 @@ def test_metrics_endpoint(local_federation: dict[str, Any]) -> None:
     ports = [p["ports"][1] for p in local_federation["processes"] if p["kind"] == "proxy"]
     text = "".join(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
                    .read().decode() for port in ports)
-    assert 'fedkafka_proxy_requests_total{api="Produce"}' in text
+    assert 'fedkafka_proxy_requests_total{api="Produce",version=' in text
     assert 'fedkafka_proxy_bytes_in_total{topic="metered"}' in text
     assert "fedkafka_proxy_upstream_seconds_bucket" in text
     assert "fedkafka_proxy_map_version" in text
