@@ -465,6 +465,6 @@ def test_preflight_names_an_unreachable_metadata_store(
     output = _output(result)
     assert result.returncode != 0
     assert (
-        "The metadata store (zookeeper:127.0.0.1:1/fedkafka) is unreachable from controller host ctl1"
-        in output
+        "The metadata store (zookeeper:127.0.0.1:1/fedkafka) is unreachable from "
+        "controller host ctl1" in output
     ), output[-3000:]
