@@ -46,6 +46,7 @@ class ProxyConfig:
     max_frame_size: int = 100 << 20
     federation_name: str = "fedkafka"
     route_by_client_id: bool = False  # the name service: pool chosen per client.id
+    shutdown_grace: float = 10.0  # seconds in-flight requests get after SIGTERM
     http: tuple[str, int] | None = None  # the name service's HTTP API
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -53,6 +54,7 @@ class ProxyConfig:
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
+                 "shutdown_grace",
                  "http", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
@@ -81,6 +83,7 @@ class ProxyConfig:
                    max_frame_size=int(data.get("max_frame_size", 100 << 20)),
                    federation_name=str(data.get("federation_name", "fedkafka")),
                    route_by_client_id=bool(data.get("route_by_client_id", False)),
+                   shutdown_grace=float(data.get("shutdown_grace", 10.0)),
                    http=parse_hostport(str(data["http"]), "http") if data.get("http") else None)
 
     @classmethod

@@ -246,6 +246,11 @@ class ClientConnection(asyncio.Protocol):
             self.transport.resume_reading()
             self._paused_reading = False
 
+    @property
+    def busy(self) -> bool:
+        """Requests received and not yet answered."""
+        return bool(self._replies) or not self._frames.empty()
+
     def pause_writing(self) -> None:
         self._write_ok.clear()
 
@@ -474,7 +479,12 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
         if http_server is not None:
             http_server.close()
         log.info("proxy %d stopping", config.node_id)
-        server.close()
+        server.close()  # stop accepting
+        # Let in-flight requests finish (bounded), then close every client connection.
+        loop_time = asyncio.get_running_loop().time
+        deadline = loop_time() + config.shutdown_grace
+        while loop_time() < deadline and any(c.busy for c in state.connections):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # a poll: there is no single event for "all idle"
         for conn in list(state.connections):
             if conn.transport is not None:
                 conn.transport.abort()
