@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
+from federation.model import ANONYMOUS, Operation, Principal, ResourceType
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
@@ -78,6 +79,9 @@ class Session:
         self.state = state
         self.peer = peer
         self.client_id: str | None = None
+        self.principal: Principal = ANONYMOUS  # SASL (fedkafka_authenticate) comes later
+        self._authz: dict[tuple[str, str], bool] = {}
+        self._authz_version = -1
         self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
                                                           asyncio.Future[Any]]] = {}
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
@@ -130,6 +134,22 @@ class Session:
     def fmap(self) -> Any:
         return self.state.fmap
 
+    def allowed(self, operation: Operation, topic: str) -> bool:
+        """The authorization chain's answer for a logical topic (cached per map version)."""
+        if self._authz_version != self.fmap.version:
+            self._authz.clear()
+            self._authz_version = self.fmap.version
+        key = (operation.value, topic)
+        verdict = self._authz.get(key)
+        if verdict is None:
+            verdict = self.state.plugins.authorize(self.principal, operation.value,
+                                                   ResourceType.TOPIC.value, topic)
+            self._authz[key] = verdict
+            if not verdict:
+                log.info("denied %s on topic %s to %s (%s)", operation.value, topic,
+                         self.principal, self.peer)
+        return verdict
+
     def pool(self) -> tuple[Any, ...]:
         return self.state.pool(self.client_id)
 
@@ -165,6 +185,14 @@ class Session:
         topics = []
         for name in names:
             topic = fmap.topics.get(name or "")
+            if topic is not None and not self.allowed(Operation.DESCRIBE, topic.name):
+                if body.topics is None:
+                    continue  # not listed to whom may not describe it
+                topics.append(build(mod.MetadataResponseTopic,
+                                    error_code=to_kio(ErrorCode.TOPIC_AUTHORIZATION_FAILED),
+                                    name=name, topic_id=_zero_uuid(), is_internal=False,
+                                    partitions=()))
+                continue
             if topic is None:
                 topics.append(build(mod.MetadataResponseTopic,
                                     error_code=to_kio(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
@@ -206,8 +234,11 @@ class Session:
         failed: list[tuple[str, int, int]] = []
         groups: dict[tuple[str, int], _Group] = {}
         for t in body.topic_data:
+            write_ok = self.allowed(Operation.WRITE, t.name)
             for pd in t.partition_data:
                 try:
+                    if not write_ok:
+                        raise RouteError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "denied")
                     tgt = routing.produce_target(fmap, t.name, int(pd.index))
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
@@ -318,8 +349,11 @@ class Session:
         by_ids = routing.has_field(body.topics[0], "topic_id") if body.topics else False
         for t in body.topics:
             name = _fetch_topic_key(fmap, t)
+            read_ok = self.allowed(Operation.READ, name)
             for p in t.partitions:
                 try:
+                    if not read_ok:
+                        raise RouteError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "denied")
                     if by_ids and fmap.topic_by_id(t.topic_id) is None:
                         raise RouteError(ErrorCode.UNKNOWN_TOPIC_ID, "unknown topic id")
                     tgt = routing.fetch_target(fmap, name, int(p.partition),

@@ -26,9 +26,11 @@ pytestmark = pytest.mark.integration
 class InProcessProxy:
     """A proxy on its own event loop thread, so the test can reach into its connections."""
 
-    def __init__(self, store: str, port: int) -> None:
-        self.config = ProxyConfig.from_dict({"node_id": 1900, "listen": f"127.0.0.1:{port}",
-                                             "store": store, "pool": "chaos"})
+    def __init__(self, store: str, port: int, pool: str = "chaos", node_id: int = 1900
+                 ) -> None:
+        self.config = ProxyConfig.from_dict({"node_id": node_id,
+                                             "listen": f"127.0.0.1:{port}",
+                                             "store": store, "pool": pool})
         self.state: ProxyState | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
