@@ -206,7 +206,8 @@ class ClientConnection(asyncio.Protocol):
         self._reply_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._paused_reading = False
-        self._closing = False
+        self._closing = False  # no more responses will be written
+        self._aborted = False  # a malformed request: drop everything else it sent
         self._write_ok = asyncio.Event()
         self._write_ok.set()
 
@@ -263,24 +264,39 @@ class ClientConnection(asyncio.Protocol):
         log.warning("closing connection from %s: %s", self.peer, detail)
         self.state.metrics.closed_bad_frames.labels(reason).inc()
         self._closing = True
+        self._aborted = True
         if self.transport is not None:
             self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # Requests the client sent before it went away are still forwarded (a broker would
+        # process them too: think of acks=0 produces sent just before close); only their
+        # answers are dropped. The dispatch loop closes the session when it has drained.
         self._closing = True
         self.state.metrics.connections.dec()
-        for t in self._tasks:
-            t.cancel()
+        self.state.connections.discard(self)
+        self._frames.put_nowait(None)
+        self._tasks[1].cancel()  # the reply writer: nobody to write to
+
+    def _finish(self) -> None:
         if self.session is not None:
             self.state.sessions.discard(self.session)
-            self.state.connections.discard(self)
-            self.session.close()
+            session = self.session
+            self.session = None
+            # Let forwarded requests leave our buffers before the upstream sockets close.
+            asyncio.get_running_loop().call_later(1.0, session.close)
 
     async def _dispatch_loop(self) -> None:
+        try:
+            await self._dispatch_frames()
+        finally:
+            self._finish()
+
+    async def _dispatch_frames(self) -> None:
         assert self.session is not None
         while True:
             frame = await self._frames.get()
-            if frame is None or self._closing:
+            if frame is None or self._aborted:
                 return
             started = time.monotonic()
             try:
@@ -296,7 +312,9 @@ class ClientConnection(asyncio.Protocol):
             if reply is None:
                 continue
             header, awaitable = reply
-            self._replies.append((header, asyncio.ensure_future(awaitable), started))
+            task = asyncio.ensure_future(awaitable)
+            task.add_done_callback(_retrieve)
+            self._replies.append((header, task, started))
             self._reply_ready.set()
 
     async def _dispatch(self, frame: bytes) -> tuple[codec.RequestHeader, Any] | None:
@@ -353,6 +371,12 @@ class ClientConnection(asyncio.Protocol):
                                        header.api_version)
             self._maybe_resume()
             await self._write_ok.wait()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark an answer's failure as seen (its client may be gone; the reply loop logs)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _RawBytes:

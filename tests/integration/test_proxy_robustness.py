@@ -225,3 +225,37 @@ def test_produce_and_fetch_survive_a_broker_restart(local_federation: dict[str, 
     assert set(acked) <= set(seen), "the consumer that fetched across the restart got all"
     counts = seen
     assert max(counts.values()) == 1, "idempotence: no duplicates after retries"
+
+
+@pytest.mark.parametrize("acks", [0, 1])
+def test_produce_with_acks_0_and_1(acks: int, local_federation: dict[str, Any]) -> None:
+    from kafka import KafkaProducer
+
+    name = f"acks-{acks}"
+    create_logical_topic(local_federation, name, 4)
+    bootstrap = local_federation["bootstrap"]
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=acks, linger_ms=5,
+                             client_id=f"fk-acks{acks}")
+    futures = [producer.send(name, key=f"k{i}".encode(), value=f"v{i}".encode())
+               for i in range(500)]
+    producer.flush(30)
+    metas = [f.get(timeout=30) for f in futures]
+    producer.close()
+    if acks == 1:
+        assert all(m.offset >= 0 for m in metas)  # logical offsets from the proxy
+    got = KafkaPythonClient().consume(bootstrap, name, 500, timeout=60)
+    assert sorted(r.value for r in got) == sorted(f"v{i}".encode() for i in range(500))
+
+
+def test_describe_cluster_shows_proxies_not_brokers(local_federation: dict[str, Any]) -> None:
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=local_federation["bootstrap"],
+                             client_id="fk-describe")
+    try:
+        info = admin.describe_cluster()
+    finally:
+        admin.close()
+    ports = {b["port"] for b in info["brokers"]}
+    assert ports == {p["port"] for p in local_federation["proxies"]}
+    assert info["cluster_id"] == "fedkafka"
