@@ -187,8 +187,8 @@ make_wheels() {
   # fedkafka's own wheel is rebuilt every run; dependency wheels already there are reused.
   mkdir -p "$CACHE/wheels"
   rm -f "$CACHE"/wheels/fedkafka-*.whl
-  "$VENV/bin/pip" wheel -q --find-links "$CACHE/wheels" -w "$CACHE/wheels" "$REPO" 2>&1 \
-    | grep -v -e '^ *$' -e 'corresp(' -e '\*\*\*' -e '!!' -e 'License' -e 'license' -e 'See https' || true
+  "$VENV/bin/pip" wheel -q --find-links "$CACHE/wheels" -w "$CACHE/wheels" "$REPO" \
+    >"$CACHE/pip-wheel.log" 2>&1 || { tail -20 "$CACHE/pip-wheel.log"; return 1; }
   compgen -G "$CACHE/wheels/fedkafka-*.whl" >/dev/null
 }
 
@@ -205,6 +205,7 @@ export PATH=$VENV/bin:$PATH
 export ANSIBLE_COLLECTIONS_PATH=$CACHE/collections
 export FEDKAFKA_KAFKA_ARTIFACT_DIR=$CACHE/kafka-$KAFKA_VERSION
 export FEDKAFKA_WHEEL_DIR=$CACHE/wheels
+export FEDKAFKA_MOLECULE_IMAGE=$IMAGE
 export ANSIBLE_FORCE_COLOR=0 PY_COLORS=0 ANSIBLE_NOCOLOR=1
 cd "$REPO/ansible"
 

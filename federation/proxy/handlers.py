@@ -374,9 +374,13 @@ class Session:
                     grp = groups[key] = _Group(cluster, info.leader)
                 grp.parts.append(_Part(name, int(p.partition), tgt.segment, p))
         sends = []
+        # The client's max_bytes bounds the whole answer: split it over the sub-fetches
+        # (a broker still returns at least one batch, as the protocol requires).
+        share = max(1, int(body.max_bytes) // max(1, len(groups)))
         for grp in groups.values():
             sub = replace(body, topics=_regroup_fetch(grp.parts, grp.cluster), session_id=0,
-                          session_epoch=-1, forgotten_topics_data=(), replica_id=-1)
+                          session_epoch=-1, forgotten_topics_data=(), replica_id=-1,
+                          max_bytes=share)
             key = (grp.cluster.id, grp.node)
             signature = tuple((p.seg.topic, p.seg.partition, p.seg.to_physical(
                 int(p.item.fetch_offset))) for p in grp.parts)
