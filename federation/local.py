@@ -107,15 +107,19 @@ def plan_clusters(n: int, brokers_per_cluster: int, base_port: int) -> list[Clus
             )
             for j in range(brokers_per_cluster)
         )
-        cid = uuid.uuid4().bytes
-        plans.append(ClusterPlan(cluster_name(i), _kafka_uuid(cid), brokers))
+        plans.append(ClusterPlan(cluster_name(i), new_cluster_id(), brokers))
     return plans
 
 
-def _kafka_uuid(raw: bytes) -> str:
+def new_cluster_id() -> str:
+    """A Kafka cluster id (base64url UUID). Like Kafka's own ``Uuid.randomUuid``, never one
+    that starts with '-', which command-line parsers take for an option."""
     import base64
 
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def broker_properties(cluster: ClusterPlan, broker: BrokerPlan, data_dir: Path) -> str:
@@ -452,7 +456,7 @@ class LocalFederation:
             props = bdir / "server.properties"
             props.write_text(broker_properties(plan, b, data))
             fmt = subprocess.run(
-                dist.java_command(dist.storage_tool, "format", "-t", plan.cluster_id,
+                dist.java_command(dist.storage_tool, "format", f"--cluster-id={plan.cluster_id}",
                                   "-c", str(props), "--ignore-formatted", heap="128m"),
                 capture_output=True, text=True, check=False, timeout=120,
             )
