@@ -111,8 +111,7 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
 
     Physical ``<name>.fk`` topics where the strategy puts segments, the same-named shadow
     topic on the coordination cluster, then the topic in the map (the proxies pick it up
-    through their store watch). Through :func:`federation.admin.create_topic` when the
-    package has it, else with the same steps done here.
+    through their store watch), all by :func:`federation.admin.create_topic`.
     """
     import asyncio
 
@@ -122,47 +121,12 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
     plugins = get_plugins()
     kind, opts = parse_store(state["store"])
     backend = plugins.backend(kind, **opts)
+    from federation import admin
+
     try:
-        try:
-            from federation import admin
-        except ImportError:
-            _create_logical_topic_here(backend, plugins, state, name, partitions, strategy)
-        else:
-            asyncio.run(admin.create_topic(backend, name, partitions, strategy))
+        asyncio.run(admin.create_topic(backend, name, partitions, strategy))
     finally:
         backend.close()
-
-
-def _create_logical_topic_here(backend: Any, plugins: Any, state: dict[str, Any], name: str,
-                               partitions: int, strategy: str) -> None:
-    from federation.mapstore import update
-    from federation.model import FederationMap, LogicalTopic, new_topic_id
-
-    fmap = backend.load()
-    if fmap is None:
-        raise FedKafkaError(f"the federation map in {state['store']} is empty")
-    phys = fmap.physical_topic_name(name)
-    parts = plugins.strategy(strategy).layout(name, partitions,
-                                              list(fmap.writable_clusters()), phys)
-    topic = LogicalTopic(name=name, topic_id=new_topic_id(name), partitions=parts,
-                         strategy=strategy)
-    needed: dict[tuple[str, str], int] = {}
-    for lp in parts:
-        for seg in lp.segments:
-            key = (seg.cluster, seg.topic)
-            needed[key] = max(needed.get(key, 0), seg.partition + 1)
-    for (cluster, ptopic), count in needed.items():
-        create_physical_topic(fmap.clusters[cluster].bootstrap, ptopic, count)
-    if fmap.coordination_cluster:
-        create_physical_topic(fmap.clusters[fmap.coordination_cluster].bootstrap, name,
-                              partitions)
-
-    def change(current: FederationMap | None) -> FederationMap:
-        if current is None:
-            raise FedKafkaError("the federation map disappeared")
-        return current.with_topic(topic)
-
-    update(backend, change)
 
 
 def wait_topic(bootstrap: str, name: str, partitions: int, timeout: float = 60.0) -> None:
@@ -658,10 +622,10 @@ def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
 
 
 def _logs_to_stderr() -> None:
-    """Library log lines (e.g. "map published") on stderr: stdout is the report."""
-    import structlog
+    """Library logs on stderr, warnings and worse only: stdout is the report."""
+    from federation import logs
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr))
+    logs.configure("WARNING")
 
 
 def register(app: typer.Typer) -> None:

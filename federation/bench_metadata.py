@@ -40,7 +40,6 @@ import contextlib
 import functools
 import http.client
 import json
-import logging
 import random
 import shutil
 import socket
@@ -836,10 +835,9 @@ def _scale_rows(table: Table, label: str, b: dict[str, Any]) -> None:
 
 def _logs_to_stderr() -> None:
     """Library logs on stderr, warnings and worse only: stdout is the report."""
-    import structlog
+    from federation import logs
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-                        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    logs.configure("WARNING")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,8 +6,9 @@ role's preflight against an inventory, then its templates rendered to a
 temporary directory. Nothing is installed or started and no host is
 contacted. They need ansible-playbook, from $FEDKAFKA_ANSIBLE_VENV
 (default /opt/fedkafka-ansible-venv, made by .ci/molecule.sh) or PATH.
-The converge-and-produce test of the roles is Molecule's
-(ansible/molecule/kafka_clusters, run by .ci/molecule.sh).
+The preflight tests also run playbooks/preflight.yml (what site.yml and
+add_cluster.yml check before any change). The converge-and-produce test of the
+roles is Molecule's (ansible/molecule/federation, run by .ci/molecule.sh).
 """
 
 from __future__ import annotations
