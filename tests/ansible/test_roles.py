@@ -223,9 +223,7 @@ def test_local_inventory_passes_preflight_and_renders(
             ("nameservice-local", "nameservice"),
             ("proxy-local", "proxy"),
         ]
-    } | {
-        json.loads((out / "controller-local.controller.json").read_text())["metrics_port"]
-    }
+    } | {json.loads((out / "controller-local.controller.json").read_text())["metrics_port"]}
     assert len(ports) == 3, ports
     proxy = json.loads((out / "proxy-local.proxy.json").read_text())
     assert proxy["store"] == "zookeeper:127.0.0.1:2181/fedkafka"
