@@ -30,6 +30,7 @@ from federation.errors import ConfigError, FedKafkaError
 
 DEFAULT_KAFKA_VERSION = "4.1.1"
 DEFAULT_ZOOKEEPER_VERSION = "3.8.4"
+ZK_MAX_ZNODE = 16 << 20  # jute.maxbuffer for the ZooKeeper we run
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 # Logging bindings per Kafka line: 4.x logs through log4j2, 3.x through reload4j.
@@ -163,6 +164,8 @@ class ZooKeeperDist:
             "-XX:+UseSerialGC",
             f"-Dlogback.configurationFile={self.home / 'config' / 'logback.xml'}",
             "-Dzookeeper.admin.enableServer=false",
+            # A map of 60 clusters x 1,000 topics is ~2 MiB: above ZooKeeper's 1 MiB default.
+            f"-Djute.maxbuffer={ZK_MAX_ZNODE}",
             "-Dzookeeper.4lw.commands.whitelist=ruok,mntr,srvr",
             "-cp",
             self.classpath,
