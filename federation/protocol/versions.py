@@ -32,6 +32,8 @@ class ApiKey:
     """API keys referred to by name in the proxy (plain ints, not an enum, for speed)."""
 
     PRODUCE: Final = 0
+    SASL_HANDSHAKE: Final = 17
+    SASL_AUTHENTICATE: Final = 36
     FETCH: Final = 1
     LIST_OFFSETS: Final = 2
     METADATA: Final = 3
@@ -56,6 +58,8 @@ class ApiKey:
 
 SERVED_API_KEYS: Final[tuple[int, ...]] = (
     ApiKey.API_VERSIONS,
+    ApiKey.SASL_HANDSHAKE,
+    ApiKey.SASL_AUTHENTICATE,
     ApiKey.METADATA,
     ApiKey.PRODUCE,
     ApiKey.FETCH,

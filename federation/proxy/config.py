@@ -47,6 +47,7 @@ class ProxyConfig:
     federation_name: str = "fedkafka"
     route_by_client_id: bool = False  # the name service: pool chosen per client.id
     shutdown_grace: float = 10.0  # seconds in-flight requests get after SIGTERM
+    sasl_required: bool = False  # refuse clients that do not authenticate with SASL
     http: tuple[str, int] | None = None  # the name service's HTTP API
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -54,7 +55,7 @@ class ProxyConfig:
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
-                 "shutdown_grace",
+                 "shutdown_grace", "sasl_required",
                  "http", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
@@ -84,6 +85,7 @@ class ProxyConfig:
                    federation_name=str(data.get("federation_name", "fedkafka")),
                    route_by_client_id=bool(data.get("route_by_client_id", False)),
                    shutdown_grace=float(data.get("shutdown_grace", 10.0)),
+                   sasl_required=bool(data.get("sasl_required", False)),
                    http=parse_hostport(str(data["http"]), "http") if data.get("http") else None)
 
     @classmethod

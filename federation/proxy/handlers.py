@@ -86,8 +86,12 @@ class Session:
                                                           asyncio.Future[Any]]] = {}
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
+        self.mechanism: str | None = None
+        self.authenticated = False
         self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
             ApiKey.API_VERSIONS: self.api_versions,
+            ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
+            ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
             ApiKey.METADATA: self.metadata,
             ApiKey.PRODUCE: self.produce,
             ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
@@ -152,6 +156,56 @@ class Session:
 
     def pool(self) -> tuple[Any, ...]:
         return self.state.pool(self.client_id)
+
+    # -- SASL -----------------------------------------------------------------------------
+
+    def may_send(self, api_key: int) -> bool:
+        """Before authentication, a listener that requires SASL serves only the handshake."""
+        return (self.authenticated or not self.state.config.sasl_required
+                or api_key in (ApiKey.API_VERSIONS, ApiKey.SASL_HANDSHAKE,
+                               ApiKey.SASL_AUTHENTICATE))
+
+    async def sasl_handshake(self, req: codec.Request) -> Reply:
+        mod = _resp_module(ApiKey.SASL_HANDSHAKE, req.header.api_version)
+        offered = self.state.plugins.sasl_mechanisms()
+        body: Any = req.entity
+        code = 0
+        if body.mechanism in offered and not self.authenticated:
+            self.mechanism = body.mechanism
+        else:
+            code = (ErrorCode.ILLEGAL_SASL_STATE if self.authenticated
+                    else ErrorCode.UNSUPPORTED_SASL_MECHANISM)
+        return _done(build(mod.SaslHandshakeResponse, error_code=to_kio(code),
+                           mechanisms=tuple(offered)))
+
+    async def sasl_authenticate(self, req: codec.Request) -> Reply:
+        mod = _resp_module(ApiKey.SASL_AUTHENTICATE, req.header.api_version)
+        body: Any = req.entity
+        principal = None
+        message = None
+        code: int
+        if self.mechanism is None or self.authenticated:
+            code, message = ErrorCode.ILLEGAL_SASL_STATE, "SaslHandshake first, and only once"
+        else:
+            try:
+                principal = self.state.plugins.authenticate(self.mechanism, bytes(body.auth_bytes))
+            except PermissionError as e:
+                message = str(e) or "invalid credentials"
+            code = 0 if principal is not None else ErrorCode.SASL_AUTHENTICATION_FAILED
+        if principal is not None:
+            self.principal = principal
+            self.authenticated = True
+            self._authz.clear()
+            log.info("%s authenticated as %s (%s)", self.peer, principal, self.mechanism)
+        else:
+            log.warning("SASL authentication failed for %s: %s", self.peer,
+                        message or "no plugin accepted the credentials")
+            message = message or "authentication failed"
+        import datetime
+
+        return _done(build(mod.SaslAuthenticateResponse, error_code=to_kio(code),
+                           error_message=message, auth_bytes=b"",
+                           session_lifetime=datetime.timedelta(0)))
 
     # -- ApiVersions / Metadata / DescribeCluster ---------------------------------
 

@@ -37,6 +37,8 @@ log = logging.getLogger("fedkafka.proxy")
 # (their topic-id versions): see ADR 0008.
 CAPS: dict[int, tuple[int, int]] = {
     ApiKey.API_VERSIONS: (0, 4),
+    ApiKey.SASL_HANDSHAKE: (1, 1),  # v0 (raw SASL tokens after the handshake) is not served
+    ApiKey.SASL_AUTHENTICATE: (0, 2),
     ApiKey.METADATA: (0, 12),
     ApiKey.PRODUCE: (3, 12),
     ApiKey.INIT_PRODUCER_ID: (0, 5),
@@ -164,6 +166,8 @@ class ProxyState:
         if self._advertised is not None:
             return self._advertised
         keys = set(CAPS)
+        if not self.plugins.sasl_mechanisms():
+            keys -= {ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE}
         if "producer" not in self.config.roles:
             keys -= PRODUCER_APIS
         if "consumer" not in self.config.roles:
@@ -340,6 +344,9 @@ class ClientConnection(asyncio.Protocol):
             self.state.metrics.error(name, ErrorCode.UNSUPPORTED_VERSION)
             return header, _value(error_response(req, ErrorCode.UNSUPPORTED_VERSION))
         req = codec.decode_request(frame)
+        if not self.session.may_send(header.api_key):
+            raise codec.DecodeError(f"{API_NAMES.get(header.api_key)} before SASL "
+                                    "authentication on a listener that requires it", header)
         handler = self.session.handlers[header.api_key]
         awaitable = await handler(req)
         if awaitable is None:
