@@ -45,7 +45,7 @@ class ProxyConfig:
     request_timeout: float = 30.0
     max_frame_size: int = 100 << 20
     federation_name: str = "fedkafka"
-    route_by_client_id: bool = False  # the name service: pool chosen per client.id
+    route_by_client_id: bool = False  # the name service (counts its routing decisions)
     shutdown_grace: float = 10.0  # seconds in-flight requests get after SIGTERM
     sasl_required: bool = False  # refuse clients that do not authenticate with SASL
     http: tuple[str, int] | None = None  # the name service's HTTP API

@@ -659,7 +659,7 @@ class Session:
             return {"error_code": to_kio(0), "error_message": None, "node_id": node.node_id,
                     "host": node.host, "port": node.port}
 
-        if routing.has_field(build_probe(mod.FindCoordinatorResponse), "coordinators"):
+        if routing.has_field(mod.FindCoordinatorResponse, "coordinators"):
             coords = tuple(build(mod.Coordinator, key=k, **one(k)) for k in keys)
             return _done(build(mod.FindCoordinatorResponse, throttle_time=_ms(0),
                                coordinators=coords))
@@ -768,11 +768,6 @@ def _zero_uuid() -> Any:
     import uuid
 
     return uuid.UUID(int=0)
-
-
-def build_probe(cls: type[Any]) -> Any:
-    """A stand-in whose dataclass fields are those of ``cls`` (for ``has_field``)."""
-    return cls
 
 
 def _default_of(entity: Any, name: str) -> Any:

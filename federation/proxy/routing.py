@@ -124,5 +124,6 @@ def replace(entity: Any, **fields: Any) -> Any:
     return dataclasses.replace(entity, **{k: v for k, v in fields.items() if k in names})
 
 
-def has_field(entity: Any, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(entity)}
+def has_field(entity_or_class: Any, name: str) -> bool:
+    """Whether a kio entity (or entity class) has field ``name`` at its version."""
+    return name in {f.name for f in dataclasses.fields(entity_or_class)}
