@@ -28,7 +28,7 @@ def route(state: ProxyState, client_id: str | None) -> dict[str, Any]:
     name = state.pool_name(client_id)
     return {"client_id": client_id, "pool": name, "map_version": state.fmap.version,
             "proxies": [{"node_id": p.node_id, "host": p.host, "port": p.port,
-                         "roles": sorted(p.roles)} for p in state.pool(client_id)]}
+                         "roles": sorted(p.roles)} for p in state.pool_members(name)]}
 
 
 def handle(state: ProxyState, method: str, target: str) -> tuple[int, str, bytes]:

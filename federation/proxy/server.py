@@ -136,7 +136,10 @@ class ProxyState:
         return name
 
     def pool(self, client_id: str | None = None) -> tuple[ProxyEndpoint, ...]:
-        members = self.fmap.pools.get(self.pool_name(client_id))
+        return self.pool_members(self.pool_name(client_id))
+
+    def pool_members(self, name: str) -> tuple[ProxyEndpoint, ...]:
+        members = self.fmap.pools.get(name)
         if members:
             return tuple(members)
         host, port = self.config.advertised
