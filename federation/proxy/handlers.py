@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
-from federation.model import ANONYMOUS, Operation, Principal, ResourceType
+from federation.model import NO_MECHANISM, Operation, Principal, ResourceType
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
@@ -79,7 +79,10 @@ class Session:
         self.state = state
         self.peer = peer
         self.client_id: str | None = None
-        self.principal: Principal = ANONYMOUS  # SASL (fedkafka_authenticate) comes later
+        # Until SASL succeeds: whom fedkafka_authenticate("", b"") says a connection without
+        # SASL is (the built-in plugin: User:ANONYMOUS; None = nobody, everything denied).
+        self.principal: Principal | None = None
+        self._anonymous_resolved = False
         self._authz: dict[tuple[str, str], bool] = {}
         self._authz_version = -1
         self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
@@ -143,6 +146,14 @@ class Session:
         if self._authz_version != self.fmap.version:
             self._authz.clear()
             self._authz_version = self.fmap.version
+        if not self.authenticated and not self._anonymous_resolved:
+            self._anonymous_resolved = True
+            try:
+                self.principal = self.state.plugins.authenticate(NO_MECHANISM, b"")
+            except PermissionError:
+                self.principal = None
+        if self.principal is None:
+            return False
         key = (operation.value, topic)
         verdict = self._authz.get(key)
         if verdict is None:

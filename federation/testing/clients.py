@@ -239,7 +239,9 @@ class KcatClient:
                 cmd += ["-K", "\t"]
             proc = subprocess.run(cmd, input=lines, capture_output=True, timeout=300,
                                   check=False)
-            if proc.returncode != 0 or b"failed" in proc.stderr.lower():
+            # "Failed to acquire idempotence PID ...: retrying" is a retried warning; a lost
+            # record shows as "Delivery failed".
+            if proc.returncode != 0 or b"delivery failed" in proc.stderr.lower():
                 raise RuntimeError(f"kcat produce failed: {proc.stderr.decode()[-500:]}")
 
     def consume(self, bootstrap: str, topic: str, count: int, *, timeout: float = 60.0,
