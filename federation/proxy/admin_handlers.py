@@ -16,7 +16,7 @@ from federation import admin
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy.routing import build
+from federation.proxy.routing import build, resp_module
 
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState
@@ -24,13 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("fedkafka.proxy.admin")
 STRATEGY_CONFIG = "fedkafka.strategy"
 TOPIC_RESOURCE = 2
-
-
-def _mod(api_key: int, version: int) -> Any:
-    from kio.index import load_payload_module
-    from kio.static.constants import EntityType
-
-    return load_payload_module(api_key, version, EntityType.response)
 
 
 def _ms(value: int) -> Any:
@@ -47,7 +40,7 @@ async def _refresh(state: ProxyState) -> None:
 
 async def create_topics(state: ProxyState, req: codec.Request) -> Any:
     body: Any = req.entity
-    mod = _mod(ApiKey.CREATE_TOPICS, req.header.api_version)
+    mod = resp_module(ApiKey.CREATE_TOPICS, req.header.api_version)
     results = []
     for t in body.topics:
         configs = {c.name: c.value for c in t.configs if c.value is not None}
@@ -81,7 +74,7 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
 
 async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
     body: Any = req.entity
-    mod = _mod(ApiKey.DELETE_TOPICS, req.header.api_version)
+    mod = resp_module(ApiKey.DELETE_TOPICS, req.header.api_version)
     if hasattr(body, "topic_names"):
         items = [(n, None) for n in body.topic_names]
     else:
@@ -109,7 +102,7 @@ async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
 
 async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
     body: Any = req.entity
-    mod = _mod(ApiKey.CREATE_PARTITIONS, req.header.api_version)
+    mod = resp_module(ApiKey.CREATE_PARTITIONS, req.header.api_version)
     results = []
     for t in body.topics:
         code, message = 0, None
@@ -132,7 +125,7 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
 
 async def describe_configs(state: ProxyState, req: codec.Request) -> Any:
     body: Any = req.entity
-    mod = _mod(ApiKey.DESCRIBE_CONFIGS, req.header.api_version)
+    mod = resp_module(ApiKey.DESCRIBE_CONFIGS, req.header.api_version)
     results = []
     for r in body.resources:
         configs: list[Any] = []

@@ -18,15 +18,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kio.index import load_payload_module
-from kio.static.constants import EntityType
-
 from federation.model import NO_MECHANISM, Operation, Principal, ResourceType
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy import admin_handlers, routing
-from federation.proxy.routing import RouteError, build, replace
+from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
 
 if TYPE_CHECKING:
@@ -45,10 +42,6 @@ GROUP_KEY_FIELD = {
     ApiKey.HEARTBEAT: "group_id", ApiKey.LEAVE_GROUP: "group_id",
     ApiKey.OFFSET_COMMIT: "group_id",
 }
-
-
-def _resp_module(api_key: int, version: int) -> Any:
-    return load_payload_module(api_key, version, EntityType.response)
 
 
 async def _done(value: Any) -> Any:
@@ -177,7 +170,7 @@ class Session:
                                ApiKey.SASL_AUTHENTICATE))
 
     async def sasl_handshake(self, req: codec.Request) -> Reply:
-        mod = _resp_module(ApiKey.SASL_HANDSHAKE, req.header.api_version)
+        mod = resp_module(ApiKey.SASL_HANDSHAKE, req.header.api_version)
         offered = self.state.plugins.sasl_mechanisms()
         body: Any = req.entity
         code = 0
@@ -190,7 +183,7 @@ class Session:
                            mechanisms=tuple(offered)))
 
     async def sasl_authenticate(self, req: codec.Request) -> Reply:
-        mod = _resp_module(ApiKey.SASL_AUTHENTICATE, req.header.api_version)
+        mod = resp_module(ApiKey.SASL_AUTHENTICATE, req.header.api_version)
         body: Any = req.entity
         principal = None
         message = None
@@ -221,7 +214,7 @@ class Session:
     # -- ApiVersions / Metadata / DescribeCluster ---------------------------------
 
     async def api_versions(self, req: codec.Request) -> Reply:
-        mod = _resp_module(ApiKey.API_VERSIONS, req.header.api_version)
+        mod = resp_module(ApiKey.API_VERSIONS, req.header.api_version)
         keys = tuple(
             build(mod.ApiVersion, api_key=k, min_version=lo, max_version=hi)
             for k, (lo, hi) in sorted(self.state.advertised().items())
@@ -232,7 +225,7 @@ class Session:
     async def metadata(self, req: codec.Request) -> Reply:
         body: Any = req.entity
         v = req.header.api_version
-        mod = _resp_module(ApiKey.METADATA, v)
+        mod = resp_module(ApiKey.METADATA, v)
         fmap = self.fmap
         pool = self.pool()
         brokers = tuple(build(mod.MetadataResponseBroker, node_id=p.node_id, host=p.host,
@@ -280,7 +273,7 @@ class Session:
                            topics=tuple(topics)))
 
     async def describe_cluster(self, req: codec.Request) -> Reply:
-        mod = _resp_module(ApiKey.DESCRIBE_CLUSTER, req.header.api_version)
+        mod = resp_module(ApiKey.DESCRIBE_CLUSTER, req.header.api_version)
         pool = self.pool()
         brokers = tuple(build(mod.DescribeClusterBroker, broker_id=p.node_id, host=p.host,
                               port=p.port, rack=None) for p in pool)
@@ -336,7 +329,7 @@ class Session:
 
     async def _produce_reply(self, req: codec.Request, sends: list[Any],
                              failed: list[tuple[str, int, int]], timeout: float) -> Any:
-        mod = _resp_module(ApiKey.PRODUCE, req.header.api_version)
+        mod = resp_module(ApiKey.PRODUCE, req.header.api_version)
         results: dict[tuple[str, int], Any] = {}
         throttle = 0
 
@@ -483,7 +476,7 @@ class Session:
         sub-fetch is reused by the client's next Fetch if it asks for the same offsets.
         """
         body: Any = req.entity
-        mod = _resp_module(ApiKey.FETCH, req.header.api_version)
+        mod = resp_module(ApiKey.FETCH, req.header.api_version)
         results: dict[tuple[str, int], Any] = {}
         throttle = 0
         min_bytes = max(1, int(body.min_bytes))
@@ -585,7 +578,7 @@ class Session:
     async def list_offsets(self, req: codec.Request) -> Reply:
         body: Any = req.entity
         fmap = self.fmap
-        mod = _resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
+        mod = resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
         jobs = []
         for t in body.topics:
             for p in t.partitions:
@@ -655,7 +648,7 @@ class Session:
 
     async def find_coordinator(self, req: codec.Request) -> Reply:
         body: Any = req.entity
-        mod = _resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
+        mod = resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
         pool = self.pool()
         key_type = int(getattr(body, "key_type", 0))
         keys = list(body.coordinator_keys) if routing.has_field(body, "coordinator_keys") \
@@ -734,7 +727,7 @@ class Session:
                     sub = codec.Request(req.header, replace(body, groups=(g,)))
                     resp = await self._describe_one(sub, g)
                     parts.extend(resp.groups)
-                mod = _resp_module(ApiKey.DESCRIBE_GROUPS, req.header.api_version)
+                mod = resp_module(ApiKey.DESCRIBE_GROUPS, req.header.api_version)
                 return build(mod.DescribeGroupsResponse, throttle_time=_ms(0),
                              groups=tuple(parts))
             return many()
@@ -753,7 +746,7 @@ class Session:
         async def go() -> Any:
             try:
                 view = await cluster.refresh()
-                mod = _resp_module(ApiKey.LIST_GROUPS, req.header.api_version)
+                mod = resp_module(ApiKey.LIST_GROUPS, req.header.api_version)
                 groups: list[Any] = []
                 for node in view.brokers:
                     conn = await self.lane(cluster, node)
@@ -781,17 +774,28 @@ def _zero_uuid() -> Any:
     return uuid.UUID(int=0)
 
 
+_DEFAULTS: dict[tuple[type[Any], str], Any] = {}
+
+
 def _default_of(entity: Any, name: str) -> Any:
-    """The default value of a (tagged) field, to strip physical leader/endpoint hints."""
+    """The default value of a (tagged) field, to strip physical leader/endpoint hints.
+
+    kio entities are frozen, so one default instance per (class, field) is shared; looked
+    up once per class (this runs for every partition of every Produce/Fetch answer).
+    """
     import dataclasses
 
-    for f in dataclasses.fields(entity):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    return None
+    key = (type(entity), name)
+    if key not in _DEFAULTS:
+        value = None
+        for f in dataclasses.fields(entity):
+            if f.name == name:
+                if f.default is not dataclasses.MISSING:
+                    value = f.default
+                elif f.default_factory is not dataclasses.MISSING:
+                    value = f.default_factory()
+        _DEFAULTS[key] = value
+    return _DEFAULTS[key]
 
 
 def _not_sent(code: int) -> int:

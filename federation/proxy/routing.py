@@ -8,9 +8,13 @@ merge and translate the answers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from dataclasses import dataclass
 from typing import Any
+
+from kio.index import load_payload_module
+from kio.static.constants import EntityType
 
 from federation.model import FederationMap, LogicalTopic, ProxyEndpoint, Segment
 from federation.protocol import records
@@ -112,18 +116,37 @@ def coordinator_for(pool: tuple[ProxyEndpoint, ...], key: str) -> ProxyEndpoint:
     return pool[zlib.crc32(key.encode()) % len(pool)]
 
 
+@functools.cache
+def resp_module(api_key: int, version: int) -> Any:
+    """kio's generated response module for (api_key, version), looked up once."""
+    return load_payload_module(api_key, version, EntityType.response)
+
+
+_FIELD_NAMES: dict[type[Any], frozenset[str]] = {}
+
+
+def field_names(cls: type[Any]) -> frozenset[str]:
+    """The fields of a kio entity class at its version (computed once per class: this is
+    on every request's path)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 def build(cls: type[Any], **fields: Any) -> Any:
     """Instantiate a kio entity class with the fields it has at its version (others dropped)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = field_names(cls)
     return cls(**{k: v for k, v in fields.items() if k in names})
 
 
 def replace(entity: Any, **fields: Any) -> Any:
     """``dataclasses.replace`` restricted to the fields the entity has at its version."""
-    names = {f.name for f in dataclasses.fields(entity)}
+    names = field_names(type(entity))
     return dataclasses.replace(entity, **{k: v for k, v in fields.items() if k in names})
 
 
 def has_field(entity_or_class: Any, name: str) -> bool:
     """Whether a kio entity (or entity class) has field ``name`` at its version."""
-    return name in {f.name for f in dataclasses.fields(entity_or_class)}
+    cls = entity_or_class if isinstance(entity_or_class, type) else type(entity_or_class)
+    return name in field_names(cls)
