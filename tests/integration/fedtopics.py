@@ -67,3 +67,24 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
         return topic
     finally:
         backend.close()
+
+
+def route_to_proxy(state: dict[str, Any], pool: str, node_id: int, port: int,
+                   client_pattern: str) -> None:
+    """Publish a pool holding one proxy at 127.0.0.1:``port`` and route matching client ids
+    to it (for tests that run their own in-process proxy)."""
+    import dataclasses
+
+    from federation.model import ProxyEndpoint, RoutingRule
+
+    backend = backend_of(state)
+    try:
+        def change(fmap: FederationMap | None) -> FederationMap:
+            assert fmap is not None
+            return dataclasses.replace(
+                fmap, pools={**fmap.pools, pool: (ProxyEndpoint(
+                    node_id=node_id, host="127.0.0.1", port=port),)},
+                routing=(*fmap.routing, RoutingRule(pattern=client_pattern, pool=pool)))
+        update(backend, change)
+    finally:
+        backend.close()

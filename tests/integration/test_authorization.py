@@ -8,13 +8,12 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from federation.mapstore import update
-from federation.model import AuthDecision, FederationMap, Principal, ProxyEndpoint, RoutingRule
+from federation.model import AuthDecision, Principal
 from federation.plugin import get_plugins, hookimpl
 from federation.testing.clients import ConfluentClient
 
-from .fedtopics import backend_of, create_logical_topic
-from .test_idempotence import InProcessProxy
+from .fedtopics import create_logical_topic, route_to_proxy
+from .inprocess import InProcessProxy
 
 pytestmark = pytest.mark.integration
 
@@ -35,17 +34,7 @@ def test_fedkafka_authorize_denies_on_the_data_path(local_federation: dict[str, 
     create_logical_topic(local_federation, "locked", 2)
     create_logical_topic(local_federation, "open-door", 2)
     port = int(local_federation["bootstrap"].rsplit(":", 1)[1]) + 8
-    backend = backend_of(local_federation)
-    try:
-        def change(fmap: FederationMap | None) -> FederationMap:
-            assert fmap is not None
-            return dataclasses.replace(
-                fmap, pools={**fmap.pools, "authz": (ProxyEndpoint(
-                    node_id=1901, host="127.0.0.1", port=port),)},
-                routing=(*fmap.routing, RoutingRule(pattern="fk-authz", pool="authz")))
-        update(backend, change)
-    finally:
-        backend.close()
+    route_to_proxy(local_federation, "authz", 1901, port, "fk-authz")
     plugin = DenyWritesToLocked()
     plugins = get_plugins()
     plugins.register(plugin, name="deny-locked")
@@ -101,17 +90,7 @@ class PlainUsers:
 def test_sasl_plain_and_per_principal_authorization(local_federation: dict[str, Any]) -> None:
     create_logical_topic(local_federation, "sasl-topic", 2)
     port = int(local_federation["bootstrap"].rsplit(":", 1)[1]) + 7
-    backend = backend_of(local_federation)
-    try:
-        def change(fmap: FederationMap | None) -> FederationMap:
-            assert fmap is not None
-            return dataclasses.replace(
-                fmap, pools={**fmap.pools, "sasl": (ProxyEndpoint(
-                    node_id=1902, host="127.0.0.1", port=port),)},
-                routing=(*fmap.routing, RoutingRule(pattern="fk-sasl-.*", pool="sasl")))
-        update(backend, change)
-    finally:
-        backend.close()
+    route_to_proxy(local_federation, "sasl", 1902, port, "fk-sasl-.*")
     plugin = PlainUsers()
     plugins = get_plugins()
     plugins.register(plugin, name="plain-users")

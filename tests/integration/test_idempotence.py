@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import threading
 import time
 from collections import Counter
@@ -12,72 +10,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from federation.mapstore import update
-from federation.model import FederationMap, ProxyEndpoint, RoutingRule
-from federation.proxy.config import ProxyConfig
-from federation.proxy.server import ProxyState, serve
 from federation.testing.clients import ConfluentClient, KafkaPythonClient
 
-from .fedtopics import backend_of, create_logical_topic
+from .fedtopics import create_logical_topic, route_to_proxy
+from .inprocess import InProcessProxy
 
 pytestmark = pytest.mark.integration
-
-
-class InProcessProxy:
-    """A proxy on its own event loop thread, so the test can reach into its connections."""
-
-    def __init__(self, store: str, port: int, pool: str = "chaos", node_id: int = 1900
-                 ) -> None:
-        self.config = ProxyConfig.from_dict({"node_id": node_id,
-                                             "listen": f"127.0.0.1:{port}",
-                                             "store": store, "pool": pool})
-        self.state: ProxyState | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self.loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            ready = asyncio.Event()
-
-            def got(state: ProxyState) -> None:
-                self.state = state
-
-            task = asyncio.create_task(serve(self.config, ready, self._stop, on_state=got))
-            await ready.wait()
-            self._ready.set()
-            await task
-        asyncio.run(main())
-
-    def __enter__(self) -> InProcessProxy:
-        self.thread.start()
-        assert self._ready.wait(30)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.loop is not None and self._stop is not None
-        self.loop.call_soon_threadsafe(self._stop.set)
-        self.thread.join(30)
-
-    def drop_upstream(self) -> int:
-        """Abort every upstream connection that has requests in flight; returns how many."""
-        assert self.loop is not None and self.state is not None
-        done = threading.Event()
-        count = [0]
-
-        def drop() -> None:
-            for session in list(self.state.sessions):  # type: ignore[union-attr]
-                for conn in list(session._lanes.values()):
-                    if conn.alive and conn.in_flight and conn._transport is not None:
-                        count[0] += 1
-                        conn._transport.abort()
-            done.set()
-        self.loop.call_soon_threadsafe(drop)
-        done.wait(5)
-        return count[0]
 
 
 def test_retries_after_upstream_drops_are_deduplicated(local_federation: dict[str, Any]) -> None:
@@ -85,17 +23,7 @@ def test_retries_after_upstream_drops_are_deduplicated(local_federation: dict[st
     create_logical_topic(local_federation, name, 4)
     port = int(local_federation["bootstrap"].split(",")[0].rsplit(":", 1)[1]) + 9
     # Clients named fk-chaos are served by the in-process proxy alone.
-    backend = backend_of(local_federation)
-    try:
-        def change(fmap: FederationMap | None) -> FederationMap:
-            assert fmap is not None
-            return dataclasses.replace(
-                fmap, pools={**fmap.pools, "chaos": (ProxyEndpoint(
-                    node_id=1900, host="127.0.0.1", port=port),)},
-                routing=(*fmap.routing, RoutingRule(pattern="fk-chaos", pool="chaos")))
-        update(backend, change)
-    finally:
-        backend.close()
+    route_to_proxy(local_federation, "chaos", 1900, port, "fk-chaos")
     with InProcessProxy(local_federation["store"], port) as proxy:
         bootstrap = f"127.0.0.1:{port}"
         acked: list[bytes] = []
