@@ -27,10 +27,8 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -602,23 +600,12 @@ def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
             raise ConfigError(f"the federation in {fed.workdir} has no proxy to measure")
         yield state
         return
-    tmp = Path(tempfile.mkdtemp(prefix="fedkafka-bench-"))
-    fed = LocalFederation(tmp)
-    ok = False
-    try:
-        progress(f"starting a local federation (2 clusters, 1 proxy) in {tmp}")
-        state = fed.up(clusters=2, proxies=1, base_port=base_port, kafka_version=kafka_version,
-                       heap="512m", progress=progress)
+    from federation.local import temporary_federation
+
+    with temporary_federation("fedkafka-bench-", progress, clusters=2, proxies=1,
+                              base_port=base_port, kafka_version=kafka_version,
+                              heap="512m") as state:
         yield state
-        ok = True
-    finally:
-        if fed.running():
-            progress("stopping the local federation")
-            fed.down(grace=20)
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            progress(f"logs kept in {tmp / 'logs'}")
 
 
 def _logs_to_stderr() -> None:

@@ -72,8 +72,6 @@ ZK_DEFAULT_MAXBUFFER = 0xFFFFF
 #: Seconds a proxy may take to serve one change before it counts as not observed.
 CHANGE_TIMEOUT = 30.0
 TOPIC_PREFIX = "fkbench-md"
-#: Attempts at starting the local federation (see :func:`local_federation`).
-START_ATTEMPTS = 3
 #: Updates of the big map timed per backend (medians reported).
 SCALE_UPDATES = 3
 MIB = 1024 * 1024
@@ -441,37 +439,13 @@ def measure_refresh(backend: MetadataBackend, proxies: list[ProxyEndpoints], cha
 def local_federation(backend: str, proxies: int, base_port: int, kafka_version: str,
                      progress: Progress) -> Iterator[dict[str, Any]]:
     """A federation of one cluster and ``proxies`` proxies on ``backend``, stopped at the end."""
-    from federation.local import LocalFederation
+    from federation.local import temporary_federation
 
-    tmp = Path(tempfile.mkdtemp(prefix=f"fedkafka-bench-md-{backend}-"))
-    fed = LocalFederation(tmp)
-    ok = False
-    try:
-        for attempt in range(1, START_ATTEMPTS + 1):
-            progress(f"starting a local federation on {backend} (1 cluster, {proxies} "
-                     f"proxies) in {tmp}")
-            try:
-                state = fed.up(clusters=1, proxies=proxies, metadata=backend,
-                               base_port=base_port, kafka_version=kafka_version, heap="256m",
-                               progress=progress)
-                break
-            except FedKafkaError as e:
-                # up() has stopped what it started. "exited during start-up" is also what
-                # procs.is_ours answers when it reads /proc/PID/cmdline of a just-spawned
-                # process too early (it reads empty): retried a few times.
-                if attempt == START_ATTEMPTS or "during start-up" not in str(e):
-                    raise
-                progress(f"start failed ({e}); trying again")
+    progress(f"federation on {backend}: 1 cluster, {proxies} proxies")
+    with temporary_federation(f"fedkafka-bench-md-{backend}-", progress, clusters=1,
+                              proxies=proxies, metadata=backend, base_port=base_port,
+                              kafka_version=kafka_version, heap="256m") as state:
         yield state
-        ok = True
-    finally:
-        if fed.running():
-            progress("stopping the local federation")
-            fed.down(grace=20)
-        if ok:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            progress(f"logs kept in {tmp / 'logs'}")
 
 
 def run_refresh(backend: str, *, changes: int, proxies: int, poll_s: float, base_port: int,

@@ -14,13 +14,14 @@ Port layout (``base`` defaults to 19092):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -676,3 +677,31 @@ def tail(path: Path, lines: int) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+@contextlib.contextmanager
+def temporary_federation(prefix: str, progress: Progress = _quiet,
+                         **up_options: Any) -> Iterator[dict[str, Any]]:
+    """A federation in a new temporary work dir, stopped (and removed) at the end.
+
+    The work dir (with its logs) is kept when the block fails, and its path reported.
+    """
+    import shutil as _shutil
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    fed = LocalFederation(tmp)
+    ok = False
+    try:
+        progress(f"starting a local federation in {tmp}")
+        state = fed.up(progress=progress, **up_options)
+        yield state
+        ok = True
+    finally:
+        if fed.running():
+            progress("stopping the local federation")
+            fed.down(grace=20)
+        if ok:
+            _shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            progress(f"logs kept in {tmp / 'logs'}")
