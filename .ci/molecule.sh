@@ -88,6 +88,10 @@ install_host_packages() {
   # scenario's network (Debian's podman would otherwise use CNI, without DNS).
   [[ -x /usr/lib/podman/netavark ]] || need+=(netavark)
   [[ -x /usr/lib/podman/aardvark-dns ]] || need+=(aardvark-dns)
+  # netavark programs the network's firewall rules with iptables, a Recommends that
+  # --no-install-recommends leaves out: without it `molecule create` fails with
+  # "netavark: No such file or directory".
+  [[ -x /usr/sbin/iptables ]] || need+=(iptables)
   command -v mvn >/dev/null || need+=(maven)
   command -v java >/dev/null || need+=(openjdk-17-jdk-headless)
   python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
