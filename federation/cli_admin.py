@@ -216,6 +216,92 @@ def cluster_remove(
     out.print(f"cluster {cluster_id} removed")
 
 
+@cluster_app.command("drain")
+def cluster_drain(
+    cluster_id: Annotated[str, typer.Argument(help="Cluster id.")],
+    wait: Annotated[bool, typer.Option(
+        "--wait", help="Block until drained (every group read its data there).")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds --wait waits at most.")] = 3600.0,
+    interval: Annotated[float, typer.Option(help="Seconds between progress reports.")] = 2.0,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Drain a cluster: no new writes there, its partitions roll onto the other clusters,
+    then wait until consumer groups have read what it holds (`retire` it after that)."""
+    from federation import elastic
+
+    async def go() -> Any:
+        with _backend(store, workdir) as backend:
+            await elastic.start_drain(backend, cluster_id)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + timeout
+            while True:
+                progress = await elastic.drain_status(backend, cluster_id)
+                if as_json and (not wait or progress.done):
+                    _print_json(progress.to_dict())
+                elif not as_json:
+                    out.print(elastic.summary(progress))
+                if not wait or progress.done:
+                    return progress
+                if loop.time() > deadline:
+                    raise admin.AdminError(f"cluster {cluster_id!r} not drained after "
+                                           f"{timeout:.0f}s")
+                await asyncio.sleep(interval)
+
+    _run(go())
+
+
+@cluster_app.command("retire")
+def cluster_retire(
+    cluster_id: Annotated[str, typer.Argument(help="Cluster id.")],
+    force: Annotated[bool, typer.Option(
+        "--force", help="Retire although groups have not read all its data.")] = False,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Retire a drained cluster: the map forgets its segments; its brokers can be stopped."""
+    from federation import elastic
+
+    with _backend(store, workdir) as backend:
+        fmap = _run(elastic.retire_cluster(backend, cluster_id, force=force))
+    if as_json:
+        _print_json(_cluster_json(fmap.clusters[cluster_id], fmap))
+        return
+    out.print(f"cluster {cluster_id} retired; map version {fmap.version}. Its brokers can be "
+              f"stopped; `fedkafka cluster remove {cluster_id}` forgets it.")
+
+
+def rebalance(
+    topic: Annotated[list[str] | None, typer.Option(
+        "--topic", help="Only this topic (repeatable) [default: every topic].")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the controller moved them.")] = True,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait at most.")] = 120.0,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Spread topics' writes over the writable clusters by weight (e.g. onto a new cluster).
+
+    The controller rolls a share of active segments onto the clusters below their share:
+    no data is copied, every key keeps its logical partition, per-key order holds.
+    """
+    from federation import elastic
+
+    async def go() -> dict[str, Any]:
+        with _backend(store, workdir) as backend:
+            moves = await elastic.request_rebalance(backend, topic)
+            placed = await elastic.wait_moves(backend, moves, timeout) if wait and moves else {}
+        return {"moves": [{"topic": m.topic, "partition": m.partition, "target": m.target,
+                           "now_on": placed.get((m.topic, m.partition))} for m in moves]}
+
+    result = _run(go())
+    if as_json:
+        _print_json(result)
+        return
+    if not result["moves"]:
+        out.print("balanced already: nothing to move")
+        return
+    for m in result["moves"]:
+        where = f", now on {m['now_on']}" if m["now_on"] else ""
+        out.print(f"{m['topic']}[{m['partition']}] → {m['target']}{where}")
+
+
 # -- topics ----------------------------------------------------------------------------------
 
 topic_app = typer.Typer(help="Logical topics.", no_args_is_help=True)
@@ -466,3 +552,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(pool_app, name="pool")
     app.command("status")(status)
     app.command("controller")(controller)
+    app.command("rebalance")(rebalance)

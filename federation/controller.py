@@ -36,14 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from federation import admin, mapstore
+from federation import admin, mapstore, rolls
 from federation.election import LeaderElection, elect_leader
 from federation.errors import ConfigError, FedKafkaError
 from federation.mapstore import MetadataBackend
 from federation.model import ClusterState, FederationMap, PhysicalCluster
+from federation.offsets import list_offsets
 from federation.plugin import PluginError, Plugins, get_plugins
+from federation.proxy.upstream import ClusterClient, UpstreamError
 
 __all__ = [
     "ClusterObservation",
@@ -79,10 +81,16 @@ class ControllerConfig:
     down_after: int = 3
     request_timeout: float = 5.0
     repair: bool = True
+    #: Seconds a cluster may be unreachable before its active segments are rolled onto
+    #: healthy clusters (failover); well under a producer's default delivery timeout.
+    failover_after: float = 10.0
+    #: Seconds to wait for every live proxy to report a fence before sealing anyway.
+    fence_timeout: float = 5.0
 
 
 _FIELDS = {"metadata", "metrics_port", "metrics_host", "health_interval", "down_after",
-           "request_timeout", "member_id", "repair", "_comment"}  # "_comment" is ignored
+           "request_timeout", "member_id", "repair", "failover_after", "fence_timeout",
+           "_comment"}  # "_comment" is ignored
 
 
 def _default_member_id() -> str:
@@ -158,10 +166,16 @@ def load_config(path: str | os.PathLike[str]) -> ControllerConfig:
     repair = data.get("repair", True)
     if not isinstance(repair, bool):
         raise bad("repair", "true or false")
+    seconds = {}
+    for name, default in (("failover_after", 10.0), ("fence_timeout", 5.0)):
+        value = data.get(name, default)
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise bad(name, "a number of seconds > 0")
+        seconds[name] = float(value)
     return ControllerConfig(backend=metadata["backend"], backend_options=options,
                             member_id=member_id, metrics_port=port, metrics_host=host,
                             health_interval=float(interval), down_after=down_after,
-                            request_timeout=float(timeout), repair=repair)
+                            request_timeout=float(timeout), repair=repair, **seconds)
 
 
 # -- pure decisions --------------------------------------------------------------------------
@@ -190,10 +204,15 @@ class HealthMemory:
 
     failures: dict[str, int] = field(default_factory=dict)  #: consecutive failed checks
     before_down: dict[str, ClusterState] = field(default_factory=dict)  #: state to restore
+    #: cluster → monotonic time of the first failed check in the current run of failures
+    unreachable_since: dict[str, float] = field(default_factory=dict)
+    #: physical partition → its high watermark when last seen (the failover seal's floor)
+    last_end: dict[rolls.PhysKey, int] = field(default_factory=dict)
 
 
 def decide_states(fmap: FederationMap, observations: Sequence[ClusterObservation],
-                  memory: HealthMemory, down_after: int = 3) -> list[StateChange]:
+                  memory: HealthMemory, down_after: int = 3,
+                  now: float | None = None) -> list[StateChange]:
     """Which clusters change state after this round; updates ``memory``.
 
     - a cluster that failed ``down_after`` checks in a row goes ``down`` (from any state
@@ -208,12 +227,15 @@ def decide_states(fmap: FederationMap, observations: Sequence[ClusterObservation
             continue
         if obs.reachable:
             memory.failures.pop(obs.cluster, None)
+            memory.unreachable_since.pop(obs.cluster, None)
             if cluster.state is ClusterState.DOWN:
                 back = memory.before_down.pop(obs.cluster, ClusterState.ACTIVE)
                 changes.append(StateChange(obs.cluster, cluster.state, back))
             continue
         count = memory.failures.get(obs.cluster, 0) + 1
         memory.failures[obs.cluster] = count
+        memory.unreachable_since.setdefault(obs.cluster,
+                                            time.monotonic() if now is None else now)
         if count >= down_after and cluster.state not in (ClusterState.DOWN,
                                                          ClusterState.RETIRED):
             memory.before_down[obs.cluster] = cluster.state
@@ -289,6 +311,12 @@ class _Metrics:
         self.is_leader = Gauge("fedkafka_controller_is_leader",
                                "1 while this controller is the active one.",
                                registry=self.registry)
+        self.rolls = Counter("fedkafka_controller_rolls_total",
+                             "Partitions rolled onto another cluster, by reason.", ["reason"],
+                             registry=self.registry)
+        self.roll_seconds = Histogram("fedkafka_controller_roll_seconds",
+                                      "Time from fence to seal of one batch of rolls.",
+                                      registry=self.registry)
 
 
 class Controller:
@@ -313,6 +341,8 @@ class Controller:
         self._leading = False
         self._http: Any = None
         self._started_at = time.time()
+        self._clients: dict[str, ClusterClient] = {}
+        self._reasons: dict[tuple[str, int], str] = {}  #: fenced partition → why
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -378,6 +408,9 @@ class Controller:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        for client in self._clients.values():
+            client.close()
+        self._clients.clear()
         if self.election is not None:
             await asyncio.to_thread(self.election.cancel)
         self._leading = False
@@ -414,9 +447,242 @@ class Controller:
         changes = decide_states(fmap, observations, self.memory, self.config.down_after)
         if changes:
             published = await self._publish_states(changes)
+        reachable = {o.cluster for o in observations if o.reachable}
+        await self._observe_ends(published or fmap, reachable)
+        rolled = await self.roll(published or fmap)
+        published = rolled or published
         if self.config.repair:
             await self._repair(published or fmap, observations)
         return published
+
+    # -- rolls -----------------------------------------------------------------------------
+
+    def _client(self, cluster: PhysicalCluster) -> ClusterClient:
+        client = self._clients.get(cluster.id)
+        if client is None or client.cluster.bootstrap != cluster.bootstrap:
+            if client is not None:
+                client.close()
+            client = ClusterClient(cluster, client_id=f"fedkafka-controller-"
+                                   f"{self.config.member_id}",
+                                   request_timeout=self.config.request_timeout)
+            self._clients[cluster.id] = client
+        return client
+
+    async def _observe_ends(self, fmap: FederationMap, reachable: set[str]) -> None:
+        """Remember the high watermark of every active segment on a reachable cluster.
+
+        A failover seals a dead cluster's segments at no less than this: data the
+        controller saw committed is never hidden, even if no live proxy acknowledged it.
+        """
+        wanted: dict[str, list[tuple[str, int]]] = {}
+        for topic in fmap.topics.values():
+            for lp in topic.partitions:
+                seg = lp.active
+                if seg.cluster in reachable:
+                    wanted.setdefault(seg.cluster, []).append((seg.topic, seg.partition))
+
+        async def one(cid: str, parts: list[tuple[str, int]]) -> None:
+            try:
+                ends = await list_offsets(self._client(fmap.clusters[cid]), parts,
+                                          timeout=self.config.request_timeout)
+            except UpstreamError as e:
+                log.debug("high watermarks not read", cluster=cid, error=str(e))
+                return
+            for (ptopic, ppart), end in ends.items():
+                key = (cid, ptopic, ppart)
+                self.memory.last_end[key] = max(end, self.memory.last_end.get(key, -1))
+
+        await asyncio.gather(*(one(c, p) for c, p in wanted.items()))
+
+    def _still_leading(self) -> bool:
+        return bool(self.election and self.election.is_leader)
+
+    async def roll(self, fmap: FederationMap) -> FederationMap | None:
+        """Fence, then seal and reopen, every partition that must move; None if none did.
+
+        Moves come from clusters that must not take writes (failover after
+        ``failover_after`` seconds unreachable; read-only and draining clusters) and from
+        requests in the map (``fedkafka rebalance``). Fences left by a controller that
+        failed mid-roll are completed too.
+        """
+        now = time.monotonic()
+        unreachable = {c: now - t for c, t in self.memory.unreachable_since.items()}
+        planned = rolls.plan_evacuations(fmap, unreachable, self.config.failover_after)
+        if not planned and not fmap.moves and not rolls.fenced_partitions(fmap):
+            return None
+        t0 = time.perf_counter()
+        if planned or fmap.moves:
+            outcome: list[Any] = []
+
+            def fence(current: FederationMap | None) -> FederationMap | None:
+                if current is None or not self._still_leading():
+                    return None
+                moves = rolls.plan_evacuations(current, unreachable,
+                                               self.config.failover_after)
+                new, fenced, refused = rolls.apply_fences(current, [*moves, *current.moves])
+                outcome[:] = [fenced, refused]
+                return new if (fenced or refused) else None
+
+            fenced_map = await asyncio.to_thread(mapstore.update, self.backend, fence)
+            if fenced_map is not None:
+                fenced, refused = outcome
+                for m, why in refused:
+                    log.warning("move refused", topic=m.topic, partition=m.partition,
+                                target=m.target, reason=why)
+                for m in fenced:
+                    self._reasons[(m.topic, m.partition)] = m.reason
+                log.info("partitions fenced", count=len(fenced), version=fenced_map.version,
+                         moves=[f"{m.topic}[{m.partition}]->{m.target} ({m.reason})"
+                                for m in fenced[:20]])
+                self.plugins.notify_map_published(fmap, fenced_map)
+                fmap = fenced_map
+        pending = rolls.fenced_partitions(fmap)
+        if not pending:
+            return None
+        ceilings = await self._await_fence_reports(fmap.version)
+        seals = await self._plan_seals(fmap, pending, ceilings, unreachable)
+        if not seals:
+            return None
+
+        def seal(current: FederationMap | None) -> FederationMap | None:
+            if current is None or not self._still_leading():
+                return None
+            new, done = rolls.apply_seals(current, seals)
+            outcome[:] = [done]
+            return new if done else None
+
+        outcome = []
+        sealed = await asyncio.to_thread(mapstore.update, self.backend, seal)
+        if sealed is None:
+            return None
+        elapsed = time.perf_counter() - t0
+        self.metrics.roll_seconds.observe(elapsed)
+        for s in outcome[0]:
+            reason = self._reasons.pop((s.topic, s.partition), "resumed")
+            self.metrics.rolls.labels(reason=reason).inc()
+            log.info("partition rolled", topic=s.topic, partition=s.partition,
+                     reason=reason, old=f"{s.old.cluster}/{s.old.topic}/{s.old.partition}",
+                     sealed_at=s.old.to_logical(max(s.seal_physical, s.old.physical_start)),
+                     new=f"{s.target}/{s.target_topic}/{s.target_partition}",
+                     version=sealed.version)
+        self.metrics.map_version.set(sealed.version)
+        self.plugins.notify_map_published(fmap, sealed)
+        return sealed
+
+    async def _await_fence_reports(self, version: int) -> dict[rolls.PhysKey, int]:
+        """Wait until every live proxy reported a map at least ``version``; their ceilings.
+
+        A proxy's report carries, per fenced physical partition, the end offset of the
+        last write it acknowledged; it acknowledges nothing beyond that afterwards.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.fence_timeout
+        while True:
+            members = await asyncio.to_thread(self.backend.members, "proxy")
+            reports = {m: d.get("fence_report") or {} for m, d in members.items()}
+            missing = sorted(m for m, r in reports.items() if int(r.get("version", -1)) < version)
+            if not missing:
+                break
+            if loop.time() >= deadline:
+                log.warning("proxies did not report the fence in time; sealing anyway",
+                            proxies=missing, version=version)
+                break
+            await asyncio.sleep(0.05)
+        ceilings: dict[rolls.PhysKey, int] = {}
+        for report in reports.values():
+            if int(report.get("version", -1)) < version:
+                continue
+            for text, end in (report.get("acked") or {}).items():
+                key = rolls.parse_phys_key(text)
+                ceilings[key] = max(int(end), ceilings.get(key, -1))
+        return ceilings
+
+    async def _plan_seals(self, fmap: FederationMap,
+                          pending: list[tuple[str, Any]], ceilings: dict[rolls.PhysKey, int],
+                          unreachable: dict[str, float]) -> list[rolls.Seal]:
+        """Seal points (old side) and fresh physical partitions (target side)."""
+        seals: list[rolls.Seal] = []
+        by_source: dict[str, list[tuple[str, Any]]] = {}
+        for name, lp in pending:
+            by_source.setdefault(lp.active.cluster, []).append((name, lp))
+        ends: dict[rolls.PhysKey, int] = {}
+        for cid, items in by_source.items():
+            cluster = fmap.clusters[cid]
+            if cid in unreachable or cluster.state is ClusterState.DOWN:
+                continue
+            parts = [(lp.active.topic, lp.active.partition) for _, lp in items]
+            try:
+                got = await list_offsets(self._client(cluster), parts,
+                                         timeout=self.config.request_timeout)
+            except UpstreamError as e:
+                log.warning("cannot read seal points; retrying next round", cluster=cid,
+                            error=str(e))
+                for _, lp in items:
+                    ends[rolls.phys_key(lp.active)] = -2  # marker: not now
+                continue
+            for (ptopic, ppart), end in got.items():
+                ends[(cid, ptopic, ppart)] = end
+        # Fresh physical partitions on each target: never reuse one (a producer id's
+        # sequence state on a reused partition would refuse its next writes).
+        next_free: dict[tuple[str, str], int] = {}
+        wanted: dict[tuple[str, str], int] = {}
+        for name, lp in pending:
+            old = lp.active
+            key = rolls.phys_key(old)
+            end = ends.get(key, -1)
+            if end == -2:
+                continue
+            seal_at = max(ceilings.get(key, -1), self.memory.last_end.get(key, -1),
+                          old.physical_start, end)
+            target = fmap.clusters.get(lp.fence)
+            if target is None or not target.writable:
+                continue
+            ptopic = fmap.physical_topic_name(name)
+            slot = (target.id, ptopic)
+            if slot not in next_free:
+                try:
+                    view = await self._client(target).refresh()
+                except UpstreamError as e:
+                    log.warning("target cluster not reachable", cluster=target.id,
+                                error=str(e))
+                    next_free[slot] = -1
+                    continue
+                have = sum(1 for (t, _) in view.partitions if t == ptopic)
+                next_free[slot] = max(have, rolls.used_partitions(fmap, target.id, ptopic))
+            if next_free[slot] < 0:
+                continue
+            index = next_free[slot]
+            next_free[slot] = index + 1
+            wanted[slot] = index + 1
+            seals.append(rolls.Seal(name, lp.index, old, seal_at, target.id, ptopic, index, 0))
+        ready = await self._grow_targets(fmap, wanted)
+        return [s for s in seals if (s.target, s.target_topic) in ready]
+
+    async def _grow_targets(self, fmap: FederationMap, wanted: dict[tuple[str, str], int]
+                            ) -> set[tuple[str, str]]:
+        """Create or grow the targets' physical topics; the (cluster, topic) now ready."""
+        ready = set()
+        for (cid, ptopic), count in wanted.items():
+            logical = next((t for t in fmap.topics.values()
+                            if fmap.physical_topic_name(t.name) == ptopic), None)
+            config = None if logical is None else logical.config
+            try:
+                async with self.connect(fmap.clusters[cid]) as client:
+                    existing = await client.topics()
+                    if ptopic not in existing:
+                        await client.create({ptopic: count}, None, config)
+                    elif existing[ptopic] < count:
+                        await client.grow(ptopic, count)
+                    await admin._await_visible(client, {ptopic: count}, cid)
+            except admin.TopicExistsError:
+                pass
+            except admin.AdminError as e:
+                log.warning("cannot prepare roll target", cluster=cid, topic=ptopic,
+                            error=str(e))
+                continue
+            self._client(fmap.clusters[cid]).invalidate()
+            ready.add((cid, ptopic))
+        return ready
 
     async def _publish_states(self, changes: list[StateChange]) -> FederationMap | None:
         applied: list[StateChange] = []

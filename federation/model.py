@@ -164,6 +164,10 @@ class LogicalPartition:
 
     index: int
     segments: tuple[Segment, ...]
+    #: Set by the controller while it rolls the active segment onto cluster ``fence``:
+    #: proxies stop forwarding writes to the partition and report what they were
+    #: acknowledged (see docs/adr/0011-rolls.md). None = not fenced.
+    fence: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -196,6 +200,16 @@ class LogicalPartition:
             )
         new = Segment(cluster, topic, partition, logical_start=at, physical_start=physical_start)
         return LogicalPartition(self.index, (*self.segments[:-1], active.sealed(at), new))
+
+    def fenced(self, target: str | None) -> LogicalPartition:
+        """This partition with its fence set to ``target`` (None lifts it)."""
+        return dataclasses.replace(self, fence=target)
+
+    def without_segments_through(self, last: int) -> LogicalPartition:
+        """This partition without its segments ``0..last`` (sealed ones: a retired cluster's)."""
+        if last >= len(self.segments) - 1:
+            raise ValueError(f"logical partition {self.index}: cannot drop the active segment")
+        return dataclasses.replace(self, segments=self.segments[last + 1:])
 
     def validate(self) -> None:
         where = f"logical partition {self.index}"
@@ -294,6 +308,21 @@ class RoutingRule:
 
 
 @dataclass(frozen=True, slots=True)
+class Move:
+    """A requested roll: the controller moves the partition's active segment to ``target``.
+
+    Requests come from ``fedkafka rebalance`` (and may come from any tool); only the
+    controller executes them, and it removes each request when done or refused.
+    ``target`` None lets the controller choose a writable cluster by weight.
+    """
+
+    topic: str
+    partition: int
+    target: str | None = None
+    reason: str = "rebalance"
+
+
+@dataclass(frozen=True, slots=True)
 class FederationMap:
     """Everything a proxy or the name service needs, under one monotonically growing version."""
 
@@ -305,6 +334,7 @@ class FederationMap:
     pools: Mapping[str, tuple[ProxyEndpoint, ...]] = field(default_factory=dict, hash=False)
     routing: tuple[RoutingRule, ...] = ()
     default_pool: str = DEFAULT_POOL
+    moves: tuple[Move, ...] = ()  #: requested rolls, waiting for the controller
     _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
                                                      hash=False)
 
@@ -316,6 +346,7 @@ class FederationMap:
         pools = {name: tuple(endpoints) for name, endpoints in self.pools.items()}
         object.__setattr__(self, "pools", MappingProxyType(pools))
         object.__setattr__(self, "routing", tuple(self.routing))
+        object.__setattr__(self, "moves", tuple(self.moves))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -404,6 +435,9 @@ class FederationMap:
             if not _TOPIC_NAME.fullmatch(physical):
                 raise ValueError(f"topic {topic.name!r}: physical name {physical!r} is illegal")
             for partition in topic.partitions:
+                if partition.fence is not None and partition.fence not in self.clusters:
+                    raise ValueError(f"topic {topic.name!r} partition {partition.index}: fenced "
+                                     f"for unknown cluster {partition.fence!r}")
                 for segment in partition.segments:
                     if segment.cluster not in self.clusters:
                         raise ValueError(
@@ -458,7 +492,7 @@ class FederationMap:
 
     def to_dict(self) -> dict[str, Any]:
         """The stable plain-data form (format :data:`MAP_FORMAT`), JSON-ready."""
-        return {
+        out: dict[str, Any] = {
             "format": MAP_FORMAT,
             "version": self.version,
             "coordination_cluster": self.coordination_cluster,
@@ -476,6 +510,7 @@ class FederationMap:
                     "config": dict(t.config),
                     "partitions": [[_segment_to_dict(s) for s in p.segments]
                                    for p in t.partitions],
+                    **_fences_to_dict(t),
                 }
                 for t in self.topics.values()
             },
@@ -486,6 +521,10 @@ class FederationMap:
             },
             "routing": [{"pattern": r.pattern, "pool": r.pool} for r in self.routing],
         }
+        if self.moves:
+            out["moves"] = [{"topic": m.topic, "partition": m.partition, "target": m.target,
+                             "reason": m.reason} for m in self.moves]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> FederationMap:
@@ -504,14 +543,17 @@ class FederationMap:
                 )
             topics = {}
             for name, t in data["topics"].items():
-                _check_keys(f"topic {name!r}", t, {"topic_id", "strategy", "config", "partitions"})
+                _check_keys(f"topic {name!r}", t, {"topic_id", "strategy", "config", "partitions",
+                                                   "fences"})
+                fences = {int(k): str(v) for k, v in t.get("fences", {}).items()}
                 topics[name] = LogicalTopic(
                     name=name,
                     topic_id=uuid.UUID(t["topic_id"]),
                     strategy=t["strategy"],
                     config=dict(t.get("config", {})),
                     partitions=tuple(
-                        LogicalPartition(i, tuple(_segment_from_dict(s) for s in segments))
+                        LogicalPartition(i, tuple(_segment_from_dict(s) for s in segments),
+                                         fences.get(i))
                         for i, segments in enumerate(t["partitions"])
                     ),
                 )
@@ -531,13 +573,16 @@ class FederationMap:
                 routing=tuple(RoutingRule(r["pattern"], r["pool"])
                               for r in data.get("routing", ())),
                 default_pool=data.get("default_pool", DEFAULT_POOL),
+                moves=tuple(Move(m["topic"], int(m["partition"]), m.get("target"),
+                                 m.get("reason", "rebalance"))
+                            for m in data.get("moves", ())),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
 
 
 _MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
-                       "default_pool", "clusters", "topics", "pools", "routing"})
+                       "default_pool", "clusters", "topics", "pools", "routing", "moves"})
 _SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
                            "sealed_end"})
 
@@ -546,6 +591,11 @@ def _check_keys(where: str, data: Mapping[str, Any], allowed: Iterable[str]) -> 
     unknown = set(data) - set(allowed)
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+
+
+def _fences_to_dict(t: LogicalTopic) -> dict[str, Any]:
+    fences = {str(p.index): p.fence for p in t.partitions if p.fence is not None}
+    return {"fences": fences} if fences else {}
 
 
 def _segment_to_dict(s: Segment) -> dict[str, Any]:

@@ -1,10 +1,10 @@
-"""Built-in mapping strategies: ``contiguous``, ``round_robin`` and ``weighted``."""
+"""Built-in mapping strategies: ``contiguous``, ``round_robin``, ``weighted`` and ``stable``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from federation.model import PhysicalCluster
+from federation.model import LogicalPartition, LogicalTopic, PhysicalCluster
 from federation.plugin import hookimpl
 from federation.strategy import DistributingStrategy, MappingStrategy
 
@@ -55,6 +55,23 @@ class Weighted(DistributingStrategy):
         return _contiguous(counts, clusters)
 
 
+class Stable(Weighted):
+    """A fixed partition count: capacity is added by rolls, never by new partitions.
+
+    Laid out like ``weighted``. Growing the partition count would move keys to other
+    partitions, so it is refused: add a cluster and run ``fedkafka rebalance``, which rolls
+    a weighted share of active segments onto it (each key keeps its partition).
+    """
+
+    name = "stable"
+
+    def grow(self, topic: LogicalTopic, new_count: int, clusters: Sequence[PhysicalCluster],
+             physical_topic: str) -> tuple[LogicalPartition, ...]:
+        raise ValueError(f"topic {topic.name!r} uses the stable strategy: its partition count "
+                         "is fixed so that keys keep their partition; add capacity with "
+                         "`fedkafka rebalance` after adding a cluster")
+
+
 @hookimpl
 def fedkafka_mapping_strategies() -> list[MappingStrategy]:
-    return [Contiguous(), RoundRobin(), Weighted()]
+    return [Contiguous(), RoundRobin(), Weighted(), Stable()]

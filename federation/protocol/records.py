@@ -39,6 +39,7 @@ __all__ = (
     "BatchInfo",
     "RecordBatchError",
     "batch_info",
+    "count_records",
     "crc_ok",
     "iter_batches",
     "rewrite_producer",
@@ -114,6 +115,22 @@ def iter_batches(buf: Buffer) -> Iterator[tuple[int, int]]:
             return
         yield pos, end
         pos = end
+
+
+def count_records(buf: Buffer | None) -> int:
+    """Offsets the batches in ``buf`` occupy (``lastOffsetDelta + 1`` summed; 0 if none).
+
+    A malformed blob counts 0: the broker, not the proxy, refuses it.
+    """
+    if not buf:
+        return 0
+    total = 0
+    try:
+        for start, _end in iter_batches(buf):
+            total += _INT32.unpack_from(buf, start + 23)[0] + 1
+    except RecordBatchError:
+        return 0
+    return total
 
 
 def _check_magic(buf: Buffer, start: int) -> None:

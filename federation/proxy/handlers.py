@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from federation.model import NO_MECHANISM, Operation, Principal, ResourceType
-from federation.protocol import codec
+from federation.protocol import codec, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy import admin_handlers, routing
 from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
+from federation.rolls import PhysKey, phys_key
 
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState
@@ -56,6 +57,7 @@ class _Part:
     partition: int  # logical index
     seg: Any  # Segment
     item: Any  # the request's partition entity
+    records: int = 0  # records in a Produce partition's batches
 
 
 @dataclass(slots=True)
@@ -252,14 +254,26 @@ class Session:
                                     partitions=()))
                 continue
             if topic is None:
-                topics.append(build(mod.MetadataResponseTopic,
-                                    error_code=to_kio(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION),
+                # As Kafka: a name it could never hold is INVALID_TOPIC_EXCEPTION.
+                invalid = name is not None and admin_handlers.admin.topic_name_error(name)
+                code = (ErrorCode.INVALID_TOPIC_EXCEPTION if invalid
+                        else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(code),
                                     name=name, topic_id=_zero_uuid(), is_internal=False,
                                     partitions=()))
                 continue
             parts = []
-            for i in range(len(topic.partitions)):
+            for i, lp in enumerate(topic.partitions):
                 leader = routing.leader_for(pool, topic.name, i).node_id
+                if not routing.writable(fmap, lp):
+                    # Being rolled, or its cluster is down or read-only: unavailable until
+                    # the controller opens a new segment (partitioners skip it meanwhile).
+                    parts.append(build(mod.MetadataResponsePartition,
+                                       error_code=to_kio(ErrorCode.LEADER_NOT_AVAILABLE),
+                                       partition_index=i, leader_id=-1, leader_epoch=-1,
+                                       replica_nodes=(leader,), isr_nodes=(),
+                                       offline_replicas=(leader,)))
+                    continue
                 parts.append(build(mod.MetadataResponsePartition, error_code=to_kio(0),
                                    partition_index=i, leader_id=leader, leader_epoch=-1,
                                    replica_nodes=(leader,), isr_nodes=(leader,),
@@ -288,26 +302,35 @@ class Session:
         body: Any = req.entity
         if body.transactional_id is not None:
             return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
-        fmap = self.fmap
         failed: list[tuple[str, int, int]] = []
         groups: dict[tuple[str, int], _Group] = {}
+        inflight = self.state.inflight
         for t in body.topic_data:
             write_ok = self.allowed(Operation.WRITE, t.name)
             for pd in t.partition_data:
+                phys = None
                 try:
                     if not write_ok:
                         raise RouteError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "denied")
-                    tgt = routing.produce_target(fmap, t.name, int(pd.index))
+                    # The current map for every partition (a fence may arrive meanwhile),
+                    # and counted in flight before the first await: a fence report waits
+                    # for it.
+                    tgt = routing.produce_target(self.fmap, t.name, int(pd.index))
+                    phys = phys_key(tgt.segment)
+                    inflight[phys] = inflight.get(phys, 0) + 1
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
+                    if phys is not None:
+                        self._landed(phys)
                     failed.append((t.name, int(pd.index), _not_sent(e.error_code)))
                     continue
                 key = (cluster.id, info.leader)
                 grp = groups.get(key)
                 if grp is None:
                     grp = groups[key] = _Group(cluster, info.leader)
-                grp.parts.append(_Part(t.name, int(pd.index), tgt.segment, pd))
+                grp.parts.append(_Part(t.name, int(pd.index), tgt.segment, pd,
+                                       records.count_records(pd.records)))
                 self.state.metrics.bytes_in(t.name, len(pd.records or b""))
 
         sends: list[tuple[_Group, Any, asyncio.Future[Any] | None]] = []
@@ -318,10 +341,15 @@ class Session:
                 fut = conn.send(sub, expect_response=body.acks != 0)
             except UpstreamError as e:
                 grp.cluster.invalidate()
+                for p in grp.parts:
+                    self._landed(phys_key(p.seg))
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
                               for p in grp.parts)
                 continue
             sends.append((grp, conn, fut))
+            if body.acks == 0:
+                for p in grp.parts:
+                    self._landed(phys_key(p.seg))
         if body.acks == 0:
             return None
         timeout = self.state.request_timeout + int(body.timeout.total_seconds())
@@ -338,6 +366,8 @@ class Session:
             try:
                 resp = await conn.wait(fut, timeout)
             except UpstreamError:
+                for p in grp.parts:
+                    self._landed(phys_key(p.seg))
                 # Sent, outcome unknown: a retriable "timed out" (idempotent producers'
                 # retries are de-duplicated by the broker's sequence numbers).
                 grp.cluster.invalidate()
@@ -346,6 +376,8 @@ class Session:
                 return
             throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
             by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
+            for p in grp.parts:
+                self._landed(phys_key(p.seg))
             for tr in resp.responses:
                 for pr in tr.partition_responses:
                     part = by_phys.get((tr.name, int(pr.index)))
@@ -355,6 +387,10 @@ class Session:
                     if code in RETRIABLE_LEADER_ERRORS:
                         grp.cluster.invalidate()
                     base = int(pr.base_offset)
+                    if code == 0 and base >= 0 and not self._acknowledge(part, base):
+                        failed.append((part.topic, part.partition,
+                                       ErrorCode.NOT_LEADER_OR_FOLLOWER))
+                        continue
                     results[(part.topic, part.partition)] = replace(
                         pr, index=part.partition,
                         base_offset=part.seg.to_logical(base) if base >= 0 else base,
@@ -379,6 +415,39 @@ class Session:
         topics = tuple(build(mod.TopicProduceResponse, name=name, partition_responses=tuple(ps))
                        for name, ps in ordered.items())
         return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
+
+    def _landed(self, key: PhysKey) -> None:
+        """One produce to ``key`` is no longer in flight."""
+        inflight = self.state.inflight
+        left = inflight.get(key, 0) - 1
+        if left > 0:
+            inflight[key] = left
+        else:
+            inflight.pop(key, None)
+
+    def _acknowledge(self, part: _Part, base: int) -> bool:
+        """Whether a write the broker accepted at ``base`` may be acknowledged to the client.
+
+        Not if it lies beyond what this proxy reported for a fence, or beyond its segment's
+        seal: the controller sealed the segment without it, so consumers would never see it.
+        The client gets a retriable error instead and writes it again into the new segment.
+        """
+        key = phys_key(part.seg)
+        end = base + part.records
+        ceiling = self.state.ceilings.get(key)
+        visible = ceiling is None or end <= ceiling
+        if visible:
+            seg = routing.current_segment(self.fmap, part.topic, part.partition, part.seg)
+            visible = seg is None or seg.physical_end is None or end <= seg.physical_end
+        if not visible:
+            log.info("write to %s-%d at physical %d..%d landed after its segment was fenced or "
+                     "sealed; answering a retriable error", part.topic, part.partition, base,
+                     end, extra={"ceiling": ceiling})
+            return False
+        acked = self.state.acked
+        if end > acked.get(key, -1):
+            acked[key] = end
+        return True
 
     async def init_producer_id(self, req: codec.Request) -> Reply:
         body: Any = req.entity

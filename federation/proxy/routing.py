@@ -16,7 +16,7 @@ from typing import Any
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
-from federation.model import FederationMap, LogicalTopic, ProxyEndpoint, Segment
+from federation.model import FederationMap, LogicalPartition, LogicalTopic, ProxyEndpoint, Segment
 from federation.protocol import records
 from federation.protocol.errors import ErrorCode
 
@@ -49,14 +49,36 @@ def produce_target(fmap: FederationMap, name: str, partition: int) -> Target:
     if not 0 <= partition < len(topic.partitions):
         raise RouteError(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
                          f"{name} has no partition {partition}")
-    seg = topic.partitions[partition].active
-    cluster = fmap.clusters.get(seg.cluster)
-    if cluster is None or not cluster.state.writable:
-        # Retriable: the client refreshes metadata and retries; the controller moves the
-        # active segment to a writable cluster.
+    lp = topic.partitions[partition]
+    seg = lp.active
+    if not writable(fmap, lp):
+        # Retriable: the client refreshes metadata and retries; the controller rolls the
+        # active segment onto a writable cluster (or is rolling it: a fence).
         raise RouteError(ErrorCode.NOT_LEADER_OR_FOLLOWER,
-                         f"{name}-{partition}: cluster {seg.cluster} does not take writes")
+                         f"{name}-{partition}: cluster {seg.cluster} does not take writes"
+                         + (f" (moving to {lp.fence})" if lp.fence else ""))
     return Target(topic, partition, seg)
+
+
+def writable(fmap: FederationMap, lp: LogicalPartition) -> bool:
+    """Whether a logical partition takes writes now (not fenced, active cluster writable)."""
+    if lp.fence is not None:
+        return False
+    cluster = fmap.clusters.get(lp.active.cluster)
+    return cluster is not None and cluster.state.writable
+
+
+def current_segment(fmap: FederationMap, name: str, partition: int, seg: Segment
+                    ) -> Segment | None:
+    """``seg`` as the current map has it (sealed since, perhaps); None if it is gone."""
+    topic = fmap.topics.get(name)
+    if topic is None or partition >= len(topic.partitions):
+        return None
+    for s in reversed(topic.partitions[partition].segments):
+        if (s.cluster, s.topic, s.partition, s.physical_start) == (
+                seg.cluster, seg.topic, seg.partition, seg.physical_start):
+            return s
+    return None
 
 
 def fetch_target(fmap: FederationMap, name: str, partition: int, offset: int) -> Target:

@@ -28,6 +28,7 @@ from federation.proxy.config import ProxyConfig, parse_store
 from federation.proxy.handlers import Session
 from federation.proxy.metrics import ProxyMetrics
 from federation.proxy.upstream import ClusterClient, UpstreamError
+from federation.rolls import PhysKey, fenced_partitions, phys_key, phys_key_text
 
 log = logging.getLogger("fedkafka.proxy")
 
@@ -65,6 +66,8 @@ CONSUMER_APIS = {ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.FIND_COORDINATOR,
                  ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH, ApiKey.DESCRIBE_GROUPS,
                  ApiKey.LIST_GROUPS}
 MAX_QUEUED_REQUESTS = 64
+#: Longest a fence report waits for the proxy's writes in flight to the fenced partitions.
+FENCE_DRAIN_SECONDS = 5.0
 
 
 class ProxyState:
@@ -88,6 +91,13 @@ class ProxyState:
         self.sessions: set[Session] = set()
         self.connections: set[ClientConnection] = set()
         self._advertised: dict[int, tuple[int, int]] | None = None
+        # Writes per physical partition, for rolls (docs/adr/0011-rolls.md):
+        self.inflight: dict[PhysKey, int] = {}  #: produce requests sent, not answered
+        self.acked: dict[PhysKey, int] = {}  #: end offset of the last acknowledged write
+        self.ceilings: dict[PhysKey, int] = {}  #: reported for a fence: ack nothing beyond
+        self.member_id: str | None = None  #: set when registered in the store
+        self.member_data: dict[str, Any] = {}
+        self._report_task: asyncio.Task[None] | None = None
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
         self.metrics.store_healthy.set(1)
@@ -110,6 +120,57 @@ class ProxyState:
         self.metrics.map_age.set(time.time())
         if old.version != fmap.version:
             log.info("serving map version %d (was %d)", fmap.version, old.version)
+            self._after_map_change(fmap)
+
+    # -- rolls: fences and acknowledged offsets ---------------------------------------
+
+    def fenced_keys(self, fmap: FederationMap) -> set[PhysKey]:
+        return {phys_key(lp.active) for _, lp in fenced_partitions(fmap)}
+
+    def _after_map_change(self, fmap: FederationMap) -> None:
+        fenced = self.fenced_keys(fmap)
+        # Ceilings of partitions no longer fenced are enforced by their seal in the map.
+        for key in [k for k in self.ceilings if k not in fenced]:
+            del self.ceilings[key]
+        live = {phys_key(lp.active) for t in fmap.topics.values() for lp in t.partitions}
+        for key in [k for k in self.acked if k not in live and k not in self.inflight]:
+            del self.acked[key]
+        if fenced and self.member_id is not None and (
+                self._report_task is None or self._report_task.done()):
+            self._report_task = asyncio.get_running_loop().create_task(self._report_fences())
+
+    async def _report_fences(self) -> None:
+        """Tell the controller, through the store, what this proxy acknowledged on every
+        fenced partition, once its writes in flight there are answered (bounded wait)."""
+        loop = asyncio.get_running_loop()
+        reported = -1
+        while True:
+            fmap = self.fmap
+            fenced = self.fenced_keys(fmap)
+            if not fenced or fmap.version <= reported:
+                return
+            deadline = loop.time() + FENCE_DRAIN_SECONDS
+            while any(self.inflight.get(k) for k in fenced) and loop.time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)  # a poll: answers arrive on other tasks
+            fmap = self.fmap
+            fenced = self.fenced_keys(fmap)
+            acked = {}
+            for key in fenced:  # from here on, nothing beyond these is acknowledged
+                end = self.acked.get(key, -1)
+                self.ceilings[key] = max(end, 0)
+                acked[phys_key_text(key)] = end
+            data = {**self.member_data,
+                    "fence_report": {"version": fmap.version, "acked": acked}}
+            assert self.member_id is not None
+            try:
+                await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
+                                        data)
+            except Exception as e:  # noqa: BLE001 - the store may be away; retried next map
+                log.warning("could not report fences to the store: %s", e)
+                return
+            reported = fmap.version
+            log.info("reported %d fenced partition(s) at map version %d", len(acked),
+                     fmap.version)
 
     def cluster(self, cluster_id: str) -> ClusterClient:
         client = self.clusters.get(cluster_id)
@@ -431,10 +492,13 @@ class MapFollower:
 
         self._handle = self.backend.watch(on_map)
         host, port = self.state.config.advertised
+        data = {"node_id": self.state.config.node_id, "host": host, "port": port,
+                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool}
         with contextlib.suppress(Exception):
-            self.backend.register_member("proxy", f"{host}:{port}", {
-                "node_id": self.state.config.node_id, "host": host, "port": port,
-                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool})
+            self.backend.register_member("proxy", f"{host}:{port}", data)
+            self.state.member_data = data
+            self.state.member_id = f"{host}:{port}"
+            self.loop.call_soon_threadsafe(self.state._after_map_change, self.state.fmap)
         threading.Thread(target=self._health_loop, daemon=True, name="store-health").start()
 
     def _health_loop(self) -> None:

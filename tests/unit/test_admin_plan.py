@@ -407,7 +407,7 @@ def test_cli_topic_and_cluster_commands(tmp_path: Path) -> None:
                                     "--store", store])
     assert result.exit_code != 0
     assert isinstance(result.exception, admin.InvalidRequestError)
-    assert "available: contiguous, round_robin, weighted" in str(result.exception)
+    assert "available: contiguous, round_robin, stable, weighted" in str(result.exception)
 
     result = runner.invoke(_cli(), ["topic", "list", "--store", "bogus"])
     assert isinstance(result.exception, ConfigError)

@@ -119,14 +119,14 @@ def test_entry_point_plugins_are_loaded(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_fedkafka_mapping_strategies(plugins: Plugins) -> None:
-    assert set(plugins.strategies) == {"contiguous", "round_robin", "weighted"}
+    assert set(plugins.strategies) == {"contiguous", "round_robin", "stable", "weighted"}
     parts = plugins.strategy("round_robin").layout("t", 4, [A, B], "t.fk")
     assert [(p.active.cluster, p.active.partition) for p in parts] == [
         ("A", 0), ("B", 0), ("A", 1), ("B", 1)]
 
 
 def test_unknown_strategy_lists_the_available_ones(plugins: Plugins) -> None:
-    with pytest.raises(PluginError, match="'nope'; available: contiguous, round_robin, weighted"):
+    with pytest.raises(PluginError, match="'nope'; available: contiguous, round_robin, stable, weighted"):
         plugins.strategy("nope")
 
 
