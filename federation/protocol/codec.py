@@ -9,6 +9,9 @@ kio's native reader is the fast path; when it trips over something the Kafka
 protocol allows (an unknown tagged field, an error code outside the
 preallocated window) the message is decoded again by the tolerant pure-Python
 reader in :mod:`._kio_compat`.
+
+Requests are decoded as leniently as Kafka's brokers do (trailing bytes ignored);
+responses from the brokers are decoded strictly.
 """
 
 from __future__ import annotations
@@ -307,8 +310,13 @@ def parse_request_header(frame: BytesLike) -> tuple[RequestHeader, int]:
 def decode_request(frame: BytesLike) -> Request:
     """Decode a request frame body into its header and kio entity.
 
+    As lenient as Kafka's own request parsing: bytes after the body are ignored
+    (librdkafka 2.x sends an "all topics" Metadata v9+ request with 3 of them) and
+    unknown tagged fields are skipped.  Lengths are still checked against the
+    frame: an array, string or bytes field that cannot fit in it is an error.
+
     :raises UnsupportedVersion: kio has no schema for the key/version (``exc.header`` set).
-    :raises DecodeError: the frame is truncated, malformed or has trailing bytes.
+    :raises DecodeError: the frame is truncated or malformed.
     """
     buf = _readonly(frame)
     header, offset = parse_request_header(buf)
@@ -319,14 +327,10 @@ def decode_request(frame: BytesLike) -> Request:
             header,
         )
     try:
-        entity, size = _read_entity(schema, buf, offset)
+        # Bytes after the entity are ignored, as Kafka does.
+        entity, _size = _read_entity(schema, buf, offset)
     except DecodeError as exc:
         raise DecodeError(exc.reason, header) from exc
-    trailing = len(buf) - offset - size
-    if trailing:
-        raise DecodeError(
-            f"{schema.__name__} v{header.api_version}: {trailing} trailing bytes", header
-        )
     return Request(header, entity)
 
 

@@ -238,11 +238,52 @@ def test_unknown_api_key_is_unsupported() -> None:
     assert info.value.header.api_key == 4242
 
 
-def test_trailing_bytes_are_rejected() -> None:
-    body = kp_frame(ApiVersionsRequest[0]()) + b"\x00"
-    with pytest.raises(DecodeError, match="1 trailing bytes") as info:
+def test_trailing_bytes_are_ignored_like_kafka_does() -> None:
+    body = kp_frame(ApiVersionsRequest[0]())
+    assert decode_request(body + b"\x00") == decode_request(body)
+
+
+# librdkafka 2.16's "all topics" Metadata request, captured from confluent-kafka's
+# AdminClient.list_topics(): null topics, two booleans, no tags, then 3 more bytes.
+RDKAFKA_ALL_TOPICS_V13 = (struct.pack(">hhih", 3, 13, 3, 7) + b"rdkafka" + b"\x00"
+                          + bytes.fromhex("00000000" "010000"))
+
+
+@pytest.mark.parametrize("version", [11, 12, 13])  # v9-v10 have one more boolean
+def test_all_topics_metadata_with_3_trailing_bytes_decodes(version: int) -> None:
+    body = struct.pack(">hh", 3, version) + RDKAFKA_ALL_TOPICS_V13[4:]
+    req = decode_request(body)
+    assert req.header == RequestHeader(3, version, 3, "rdkafka")
+    assert req.entity.topics is None  # all topics
+    assert req.entity.allow_auto_topic_creation is False
+    assert req.entity.include_topic_authorized_operations is False
+    # the same request without the extra bytes decodes to the same thing
+    assert decode_request(body[:-3]) == req
+
+
+def test_trailing_bytes_after_unknown_tagged_fields_are_ignored() -> None:
+    plain = decode_request(metadata_v12_body())
+    assert decode_request(metadata_v12_body(top_tags=b"\x01\x07\x02ab") + b"\x01\x00\x00") == plain
+
+
+@pytest.mark.parametrize("topics", [
+    b"\x7f",  # 126 topics announced, a few bytes in the frame
+    b"\x80\x80\x80\x80\x08",  # 2**31 topics: would make kio's native reader abort
+])
+def test_array_longer_than_the_frame_is_still_rejected(topics: bytes) -> None:
+    header = struct.pack(">hhih", 3, 12, 4, 1) + b"c" + b"\x00"
+    # trailing-looking bytes must not make room for the announced elements
+    body = header + topics + b"\x01\x00\x00" + b"\x00" * 16
+    with pytest.raises(DecodeError, match="cannot fit") as info:
         decode_request(body)
-    assert info.value.header is not None
+    assert info.value.header == RequestHeader(3, 12, 4, "c")
+
+
+def test_string_longer_than_the_frame_is_still_rejected() -> None:
+    header = struct.pack(">hhih", 3, 12, 4, 1) + b"c" + b"\x00"
+    topic = uuid.UUID(int=9).bytes + b"\x7ffoo"  # a 126-byte name in a short frame
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_request(header + b"\x02" + topic + b"\x00\x01\x00\x00")
 
 
 def test_every_truncation_of_a_request_is_a_decode_error() -> None:
