@@ -43,12 +43,15 @@ from federation.plugin import PluginError, Plugins, get_plugins
 
 __all__ = [
     "AdminError",
+    "BrokerRefusedError",
     "ClusterAdmin",
     "ClusterUnreachableError",
     "Connect",
     "InvalidRequestError",
     "MapExistsError",
     "NoMapError",
+    "PhysicalTopic",
+    "TopicConfig",
     "TopicExistsError",
     "UnknownClusterError",
     "UnknownTopicError",
@@ -57,6 +60,7 @@ __all__ = [
     "aiokafka_admin",
     "create_topic",
     "delete_topic",
+    "describe_physical",
     "describe_topic",
     "init_map",
     "list_topics",
@@ -69,6 +73,8 @@ __all__ = [
     "remove_cluster",
     "set_cluster_state",
     "set_pool",
+    "topic_name_error",
+    "validate_create_topic",
 ]
 
 log = structlog.get_logger(__name__)
@@ -84,6 +90,28 @@ class AdminError(FedKafkaError):
     """A refused admin operation. ``error_code`` is the Kafka protocol error to answer with."""
 
     error_code: int = -1  # UNKNOWN_SERVER_ERROR
+
+    @property
+    def error_message(self) -> str:
+        """The message to answer a Kafka client with (the proxy's admin requests)."""
+        return str(self)
+
+
+class BrokerRefusedError(AdminError):
+    """A physical cluster refused an operation with a Kafka error (INVALID_CONFIG,
+    INVALID_REPLICATION_FACTOR, POLICY_VIOLATION, ...): ``error_code`` is the broker's
+    code and :attr:`error_message` the broker's own message, so a client of the
+    federation sees what a client of the physical cluster would."""
+
+    def __init__(self, message: str, error_code: int, broker_message: str | None = None
+                 ) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+        self.broker_message = broker_message
+
+    @property
+    def error_message(self) -> str:
+        return self.broker_message or str(self)
 
 
 class InvalidRequestError(AdminError):
@@ -124,6 +152,25 @@ class MapExistsError(AdminError):
 
 class _Refused(Exception):
     """Carries an AdminError out of a mapstore.update change function."""
+
+
+TOPIC_NAME_MAX = 249
+_TOPIC_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+def topic_name_error(name: str) -> str | None:
+    """Why Kafka refuses ``name`` as a topic name (its own words), or None if it is valid."""
+    if not name:
+        return "Topic name is invalid: the empty string is not allowed"
+    if name in (".", ".."):
+        return f"Topic name is invalid: '{name}' is not allowed"
+    if len(name) > TOPIC_NAME_MAX:
+        return (f"Topic name is invalid: the length of '{name}' is longer than the max "
+                f"allowed length {TOPIC_NAME_MAX}")
+    if not _TOPIC_NAME_CHARS.issuperset(name):
+        return (f"Topic name is invalid: '{name}' contains one or more characters other "
+                "than ASCII alphanumerics, '.', '_' and '-'")
+    return None
 
 
 def _no_map() -> NoMapError:
@@ -298,8 +345,19 @@ class ClusterAdmin(Protocol):
         ...
 
     async def create(self, topics: Mapping[str, int], replication: int | None = None,
-                     config: Mapping[str, str] | None = None) -> None:
-        """Create topics (name → partitions). :raises AdminError: naming the topic."""
+                     config: Mapping[str, str] | None = None, *,
+                     validate_only: bool = False) -> None:
+        """Create topics (name → partitions), or only check that the cluster would.
+
+        :param replication: replication factor; None: min(3, brokers); -1: the
+            brokers' default (``default.replication.factor``).
+        :raises AdminError: naming the topic; :class:`BrokerRefusedError` carries the
+            broker's error code and message.
+        """
+        ...
+
+    async def describe(self, topic: str) -> PhysicalTopic:
+        """Partition count, replication factor and every config of an existing topic."""
         ...
 
     async def grow(self, topic: str, partitions: int) -> None:
@@ -309,6 +367,27 @@ class ClusterAdmin(Protocol):
     async def delete(self, topics: Iterable[str]) -> None:
         """Delete topics; unknown ones are ignored."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class TopicConfig:
+    """One topic config as Kafka describes it (DescribeConfigs, CreateTopics v5+)."""
+
+    name: str
+    value: str | None
+    read_only: bool = False
+    source: int = 1  # DYNAMIC_TOPIC_CONFIG; 5 = DEFAULT_CONFIG, 4 = STATIC_BROKER_CONFIG…
+    sensitive: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PhysicalTopic:
+    """A physical topic as its cluster describes it."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    configs: tuple[TopicConfig, ...]
 
 
 #: Opens a :class:`ClusterAdmin` on a cluster (an async context manager factory).
@@ -343,15 +422,19 @@ class _AIOKafkaClusterAdmin:
         return max(1, min(3, len(info.get("brokers", ())) or 1))
 
     async def create(self, topics: Mapping[str, int], replication: int | None = None,
-                     config: Mapping[str, str] | None = None) -> None:
+                     config: Mapping[str, str] | None = None, *,
+                     validate_only: bool = False) -> None:
         from aiokafka.admin import NewTopic
 
         rf = await self._replication(replication)
-        new = [NewTopic(name, count, rf, topic_configs=dict(config or {}))
+        # aiokafka takes rf -1 (broker default, KIP-464) only next to an assignment
+        # argument; an empty one sends none.
+        new = [NewTopic(name, count, rf, replica_assignments={} if rf == -1 else None,
+                        topic_configs=dict(config or {}))
                for name, count in topics.items()]
-        response = await self._call(f"create {', '.join(topics)}",
-                                    self._client.create_topics(new, timeout_ms=10_000))
-        errors = []
+        what = f"{'validate' if validate_only else 'create'} {', '.join(topics)}"
+        response = await self._call(what, self._client.create_topics(
+            new, timeout_ms=10_000, validate_only=validate_only))
         for entry in response.topic_errors:
             name, code = entry[0], entry[1]
             message = entry[2] if len(entry) > 2 else None
@@ -359,10 +442,39 @@ class _AIOKafkaClusterAdmin:
                 raise TopicExistsError(f"topic {name!r} already exists on cluster "
                                        f"{self.cluster.id!r}")
             if code:
-                errors.append(f"{name}: error {code} {message or ''}".strip())
-        if errors:
-            raise AdminError(f"cluster {self.cluster.id!r} refused to create topics: "
-                             + "; ".join(errors))
+                # The first refusal, with the broker's own code and words.
+                raise BrokerRefusedError(
+                    f"cluster {self.cluster.id!r} refused to {what}: error {code}"
+                    + (f": {message}" if message else ""), code, message)
+
+    async def describe(self, topic: str) -> PhysicalTopic:
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        described = await self._call(f"describe {topic}",
+                                     self._client.describe_topics([topic]))
+        found = [t for t in described if t.get("topic") == topic]
+        if not found or found[0].get("error_code", 0):
+            raise UnknownTopicError(f"topic {topic!r} does not exist on cluster "
+                                    f"{self.cluster.id!r}")
+        partitions = found[0]["partitions"]
+        rf = max((len(p["replicas"]) for p in partitions), default=-1)
+        responses = await self._call(f"describe the configs of {topic}",
+                                     self._client.describe_configs(
+                                         [ConfigResource(ConfigResourceType.TOPIC, topic)]))
+        configs: list[TopicConfig] = []
+        for response in responses:
+            for resource in response.resources:
+                code, message, entries = resource[0], resource[1], resource[4]
+                if code:
+                    raise BrokerRefusedError(
+                        f"cluster {self.cluster.id!r} refused to describe the configs of "
+                        f"{topic}: error {code} {message or ''}".strip(), code, message)
+                for e in entries:
+                    # v1+: (name, value, read_only, config_source, is_sensitive, synonyms)
+                    source = e[3] if isinstance(e[3], int) and not isinstance(e[3], bool) else (
+                        5 if e[3] else 1)
+                    configs.append(TopicConfig(e[0], e[1], bool(e[2]), source, bool(e[4])))
+        return PhysicalTopic(topic, len(partitions), rf, tuple(configs))
 
     async def grow(self, topic: str, partitions: int) -> None:
         from aiokafka.admin import NewPartitions
@@ -485,9 +597,9 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     """Create a logical topic: physical topics, shadow topic, then the published map.
 
     :param replication: replication factor of the physical topics (default:
-        min(3, brokers of each cluster)).
-    :raises AdminError: (TopicExistsError, InvalidRequestError, ClusterUnreachableError…)
-        after deleting whatever this call created.
+        min(3, brokers of each cluster); -1: each cluster's default).
+    :raises AdminError: (TopicExistsError, InvalidRequestError, ClusterUnreachableError,
+        BrokerRefusedError…) after deleting whatever this call created.
     """
     fmap = await _load(backend)
     topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
@@ -496,13 +608,7 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     try:
         async def create_on(cluster_id: str, wanted: dict[str, int]) -> None:
             async with connect(fmap.clusters[cluster_id]) as admin:
-                existing = await admin.topics()
-                taken = sorted(set(wanted) & set(existing))
-                if taken:
-                    raise TopicExistsError(
-                        f"topic {name!r}: {', '.join(taken)} already exist(s) on cluster "
-                        f"{cluster_id!r} (left over from an earlier topic?); delete it there "
-                        "or choose another name")
+                await _refuse_taken(admin, name, wanted, cluster_id)
                 # One by one, so a failure leaves an exact record of what exists.
                 for physical, count in wanted.items():
                     is_shadow = physical == name and cluster_id == fmap.coordination_cluster
@@ -538,6 +644,62 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     log.info("topic created", topic=name, partitions=partitions, strategy=strategy,
              clusters=sorted(needs))
     return topic
+
+
+async def _refuse_taken(admin: ClusterAdmin, name: str, wanted: Mapping[str, int],
+                        cluster_id: str) -> None:
+    existing = await admin.topics()
+    taken = sorted(set(wanted) & set(existing))
+    if taken:
+        raise TopicExistsError(
+            f"topic {name!r}: {', '.join(taken)} already exist(s) on cluster "
+            f"{cluster_id!r} (left over from an earlier topic?); delete it there "
+            "or choose another name")
+
+
+async def validate_create_topic(backend: MetadataBackend, name: str, partitions: int,
+                                strategy: str = "contiguous",
+                                config: Mapping[str, str] | None = None,
+                                replication: int | None = None, *,
+                                connect: Connect = aiokafka_admin,
+                                plugins: Plugins | None = None) -> LogicalTopic:
+    """What :func:`create_topic` would create, checked by every physical cluster involved
+    (CreateTopics with ``validate_only``): nothing is created, nothing published.
+
+    :raises AdminError: as :func:`create_topic` would (a broker's refusal of a config or
+        replication factor as :class:`BrokerRefusedError`).
+    """
+    fmap = await _load(backend)
+    topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
+
+    async def validate_on(cluster_id: str, wanted: dict[str, int]) -> None:
+        async with connect(fmap.clusters[cluster_id]) as admin:
+            await _refuse_taken(admin, name, wanted, cluster_id)
+            for physical, count in wanted.items():
+                is_shadow = physical == name and cluster_id == fmap.coordination_cluster
+                await admin.create({physical: count}, replication,
+                                   None if is_shadow else config, validate_only=True)
+
+    needs = physical_needs(fmap, topic)
+    results = await asyncio.gather(*(validate_on(c, w) for c, w in needs.items()),
+                                   return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return topic
+
+
+async def describe_physical(fmap: FederationMap, topic: LogicalTopic, *,
+                            connect: Connect = aiokafka_admin) -> PhysicalTopic:
+    """The physical data topic holding ``topic``'s first partition, as its cluster
+    describes it (replication factor, every config with its source)."""
+    segment = topic.partitions[0].active
+    try:
+        cluster = fmap.clusters[segment.cluster]
+    except KeyError:
+        raise UnknownClusterError(f"cluster {segment.cluster!r} does not exist") from None
+    async with connect(cluster) as admin:
+        return await admin.describe(segment.topic)
 
 
 async def add_partitions(backend: MetadataBackend, name: str, new_count: int, *,

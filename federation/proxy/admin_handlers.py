@@ -3,16 +3,24 @@
 CreateTopics lays the topic out with its mapping strategy (config key
 ``fedkafka.strategy``, default ``contiguous``), creates the physical and shadow topics,
 publishes the map, and answers once this proxy serves the new map, so the client can use
-the topic at once. DeleteTopics and CreatePartitions likewise; DescribeConfigs describes
-a logical topic's own config.
+the topic at once. It answers as Kafka does: the same checks, codes and messages for
+names, partition counts, replication factors and replica assignments; the replication
+factor (-1: the brokers' default) and configs passed to the physical topics, whose
+refusals (INVALID_CONFIG, POLICY_VIOLATION...) come back with their own code and message;
+v5+ results carry the partition count, replication factor and the topic's configs.
+``validate_only`` has every physical cluster validate and creates nothing.
+DeleteTopics and CreatePartitions likewise; DescribeConfigs describes a logical topic's
+own config.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from federation import admin
+from federation.admin import topic_name_error as topic_name_error  # for Metadata too
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
@@ -38,36 +46,165 @@ async def _refresh(state: ProxyState) -> None:
         state.set_map(fmap)
 
 
+INVALID_REPLICA_ASSIGNMENT = 39
+
+
+class _Refusal(Exception):
+    """One topic of a CreateTopics request refused before any physical cluster is asked."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _known_brokers(state: ProxyState) -> set[int]:
+    """Node ids a client may know as brokers: every proxy of every pool (and this one)."""
+    ids = {p.node_id for members in state.fmap.pools.values() for p in members}
+    ids.add(state.config.node_id)
+    return ids
+
+
+def _assignment_layout(state: ProxyState, t: Any) -> tuple[int, int]:
+    """(partitions, replication factor) of an explicit replica assignment, checked the way
+    Kafka's controller checks it (same codes and messages). Replicas name the brokers the
+    client sees (proxies); physical placement is left to each physical cluster, with the
+    same number of replicas."""
+    if int(t.replication_factor) != -1:
+        raise _Refusal(ErrorCode.INVALID_REQUEST, "A manual partition assignment was "
+                       "specified, but replication factor was not set to -1.")
+    if int(t.num_partitions) != -1:
+        raise _Refusal(ErrorCode.INVALID_REQUEST, "A manual partition assignment was "
+                       "specified, but numPartitions was not set to -1.")
+    known = _known_brokers(state)
+    seen: set[int] = set()
+    replicas: int | None = None
+    for a in t.assignments:
+        index = int(a.partition_index)
+        if index in seen:
+            raise _Refusal(INVALID_REPLICA_ASSIGNMENT, "Found multiple manual "
+                           f"partition assignments for partition {index}")
+        seen.add(index)
+        brokers = sorted(int(b) for b in a.broker_ids)
+        if not brokers:
+            raise _Refusal(INVALID_REPLICA_ASSIGNMENT, "The manual partition "
+                           "assignment includes an empty replica list.")
+        previous = None
+        for b in brokers:
+            if b not in known:
+                raise _Refusal(INVALID_REPLICA_ASSIGNMENT, "The manual partition "
+                               f"assignment includes broker {b}, but no such broker is "
+                               "registered.")
+            if b == previous:
+                raise _Refusal(INVALID_REPLICA_ASSIGNMENT, "The manual partition "
+                               f"assignment includes the broker {b} more than once.")
+            previous = b
+        if replicas is not None and len(brokers) != replicas:
+            raise _Refusal(INVALID_REPLICA_ASSIGNMENT, "The manual partition "
+                           f"assignment includes a partition with {len(brokers)} replica(s), "
+                           "but this is not consistent with previous partitions, which have "
+                           f"{replicas} replica(s).")
+        replicas = len(brokers)
+    if seen != set(range(len(seen))):
+        raise _Refusal(INVALID_REPLICA_ASSIGNMENT,
+                       "partitions should be a consecutive 0-based integer sequence")
+    assert replicas is not None
+    return len(seen), replicas
+
+
+def _layout(state: ProxyState, t: Any, configs: dict[str, str]) -> tuple[int, int]:
+    """(partitions, replication factor; -1: the physical brokers' default) asked for."""
+    if t.assignments:
+        return _assignment_layout(state, t)
+    partitions = int(t.num_partitions)
+    if partitions == -1:
+        partitions = int(configs.pop("num.partitions", "1"))
+    if partitions <= 0:
+        raise _Refusal(ErrorCode.INVALID_PARTITIONS,
+                       "Number of partitions was set to an invalid non-positive value.")
+    replication = int(t.replication_factor)
+    if replication == 0 or replication < -1:
+        raise _Refusal(ErrorCode.INVALID_REPLICATION_FACTOR, "Replication factor must be "
+                       "larger than 0, or -1 to use the default value.")
+    return partitions, replication
+
+
+def _topic_configs(mod: Any, configs: list[admin.TopicConfig]) -> tuple[Any, ...]:
+    if not hasattr(mod, "CreatableTopicConfigs"):
+        return ()
+    return tuple(build(mod.CreatableTopicConfigs, name=c.name,
+                       value=None if c.sensitive else c.value, read_only=c.read_only,
+                       config_source=c.source, is_sensitive=c.sensitive)
+                 for c in configs)
+
+
 async def create_topics(state: ProxyState, req: codec.Request) -> Any:
+    """CreateTopics answered the way a Kafka cluster answers it: v5+ results carry the
+    partition count, replication factor and configs (empty, never null, on errors);
+    physical refusals keep their Kafka error code and message."""
     body: Any = req.entity
     mod = resp_module(ApiKey.CREATE_TOPICS, req.header.api_version)
+    names = Counter(t.name for t in body.topics)
     results = []
+    answered: set[str] = set()
     for t in body.topics:
-        configs = {c.name: c.value for c in t.configs if c.value is not None}
-        strategy = configs.pop(STRATEGY_CONFIG, "contiguous")
-        partitions = int(t.num_partitions)
-        if partitions == -1:
-            partitions = int(configs.pop("num.partitions", "1"))
+        if t.name in answered:
+            continue  # a duplicated name gets one answer, as from Kafka
+        answered.add(t.name)
         code, message, topic_id = 0, None, None
+        partitions, replication = -1, -1
+        described: list[admin.TopicConfig] = []
         try:
+            if names[t.name] > 1:
+                raise _Refusal(ErrorCode.INVALID_REQUEST, "Duplicate topic name.")
+            reason = topic_name_error(t.name)
+            if reason is not None:
+                raise _Refusal(ErrorCode.INVALID_TOPIC_EXCEPTION, reason)
+            if t.name in state.fmap.topics:
+                raise _Refusal(ErrorCode.TOPIC_ALREADY_EXISTS,
+                               f"Topic '{t.name}' already exists.")
+            for c in t.configs:
+                if c.value is None:
+                    raise _Refusal(ErrorCode.INVALID_CONFIG,
+                                   f"Null value not supported for topic configs: {c.name}")
+            configs = {c.name: c.value for c in t.configs}
+            strategy = configs.pop(STRATEGY_CONFIG, "contiguous")
+            partitions, replication = _layout(state, t, configs)
             if body.validate_only:
-                admin.plan_create_topic(state.fmap, t.name, partitions, strategy, configs,
-                                        plugins=state.plugins)
+                await admin.validate_create_topic(state.backend, t.name, partitions, strategy,
+                                                  configs, replication, plugins=state.plugins)
+                described = [admin.TopicConfig(k, v) for k, v in configs.items()]
             else:
                 topic = await admin.create_topic(state.backend, t.name, partitions, strategy,
-                                                 configs, plugins=state.plugins)
+                                                 configs, replication, plugins=state.plugins)
                 topic_id = topic.topic_id
                 log.info("created logical topic %s (%d partitions, %s)", t.name, partitions,
                          strategy)
+                described = [admin.TopicConfig(k, v) for k, v in configs.items()]
+                try:
+                    physical = await admin.describe_physical(state.fmap, topic)
+                    described = list(physical.configs)
+                    replication = physical.replication_factor
+                except admin.AdminError as e:  # created all the same; answer what we know
+                    log.warning("created %s but could not describe it: %s", t.name, e)
+            if STRATEGY_CONFIG in {c.name for c in t.configs}:
+                described.append(admin.TopicConfig(STRATEGY_CONFIG, strategy, read_only=True))
+        except _Refusal as e:
+            code, message = e.code, e.message
         except admin.AdminError as e:
-            code, message = e.error_code, str(e)
+            code, message = e.error_code, e.error_message
         except ValueError as e:
             code, message = ErrorCode.INVALID_REQUEST, str(e)
+        except Exception as e:  # one topic's failure, not the connection's
+            log.exception("CreateTopics %s failed", t.name)
+            code, message = ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(e).__name__}: {e}"
+        if code:
+            partitions, replication, described = -1, -1, []
         results.append(build(mod.CreatableTopicResult, name=t.name, topic_id=topic_id,
                              error_code=to_kio(code), error_message=message,
-                             topic_config_error_code=0,
-                             num_partitions=partitions if code == 0 else -1,
-                             replication_factor=-1, configs=None))
+                             topic_config_error_code=0, num_partitions=partitions,
+                             replication_factor=replication,
+                             configs=_topic_configs(mod, described)))
     await _refresh(state)
     return build(mod.CreateTopicsResponse, throttle_time=_ms(0), topics=tuple(results))
 

@@ -255,7 +255,7 @@ class Session:
                 continue
             if topic is None:
                 # As Kafka: a name it could never hold is INVALID_TOPIC_EXCEPTION.
-                invalid = name is not None and admin_handlers.admin.topic_name_error(name)
+                invalid = name is not None and admin_handlers.topic_name_error(name)
                 code = (ErrorCode.INVALID_TOPIC_EXCEPTION if invalid
                         else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
                 topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(code),

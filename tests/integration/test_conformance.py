@@ -12,13 +12,16 @@ import datetime
 import importlib
 import socket
 import struct
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from federation.kafka_dist import KafkaDist, java_executable
 from federation.model import FederationMap
 from federation.protocol import decode_response, encode_request
 
@@ -118,6 +121,14 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
         time.sleep(0.1)
 
 
+def wait_served(proxy: str, name: str) -> None:
+    """Until ``proxy`` serves logical topic ``name`` (it follows the map asynchronously)."""
+    def served() -> bool:
+        [t] = send_raw(proxy, metadata_v12([name])).topics
+        return int(t.error_code) == 0
+    wait_for(served, f"{proxy} to serve {name}")
+
+
 def stored_map(state: dict[str, Any]) -> FederationMap:
     backend = backend_of(state)
     try:
@@ -163,6 +174,7 @@ def test_metadata_v12_with_trailing_bytes_is_answered(local_federation: dict[str
                                                       proxy: str, c1: str) -> None:
     name = _name("trail")
     create_logical_topic(local_federation, name, 3)
+    wait_served(proxy, name)
     # Kafka itself ignores the extra bytes...
     direct = send_raw(c1, metadata_v12(None), TRAILING)
     assert direct.brokers and direct.cluster_id
@@ -194,9 +206,268 @@ def test_confluent_kafka_lists_all_topics_through_the_proxy(local_federation: di
     admin_mod = pytest.importorskip("confluent_kafka.admin")
     name = _name("rdk")
     create_logical_topic(local_federation, name, 4)
+    wait_served(proxy, name)
     client = admin_mod.AdminClient({"bootstrap.servers": proxy, "client.id": "fk-conformance"})
     # list_topics() without a topic: librdkafka's "all topics" request (trailing bytes).
     metadata = client.list_topics(timeout=30)
     assert name in metadata.topics
     assert len(metadata.topics[name].partitions) == 4
     assert set(metadata.brokers) <= {p["node_id"] for p in local_federation["proxies"]}
+
+
+# -- 2. CreateTopics answered as Kafka answers it ---------------------------------------
+
+
+def _row(result: Any) -> tuple[Any, ...]:
+    configs = None if result.configs is None else len(result.configs)
+    return (int(result.error_code), result.error_message, int(result.num_partitions),
+            int(result.replication_factor), configs)
+
+
+def _configs(result: Any) -> set[tuple[Any, ...]]:
+    return {(c.name, c.value, c.read_only, int(c.config_source), c.is_sensitive)
+            for c in result.configs if c.name != "fedkafka.strategy"}
+
+
+def _config_values(result: Any) -> dict[str, str | None]:
+    return {c.name: c.value for c in result.configs if c.name != "fedkafka.strategy"}
+
+
+def federation_partitions(state: dict[str, Any], clusters: list[dict[str, Any]], name: str
+                          ) -> tuple[int, int]:
+    """(partitions of ``name``'s physical data topics summed over every cluster, partitions
+    of its shadow topic on the coordination cluster)."""
+    fmap = stored_map(state)
+    physical = fmap.physical_topic_name(name)
+    data = sum(physical_partitions(c["bootstrap"], [physical]).get(physical, 0)
+               for c in clusters)
+    coordination = next(c for c in clusters if c["name"] == fmap.coordination_cluster)
+    shadow = physical_partitions(coordination["bootstrap"], [name]).get(name, 0)
+    return data, shadow
+
+
+def assert_nothing_created(state: dict[str, Any], clusters: list[dict[str, Any]],
+                           name: str) -> None:
+    assert name not in stored_map(state).topics
+    assert federation_partitions(state, clusters, name) == (0, 0)
+
+
+def _assign(n: int, broker: int) -> Assignment:
+    return [(i, [broker]) for i in range(n)]
+
+
+# name, partitions, rf, assignment (of n partitions to the first broker), configs, validate
+CASES: dict[str, tuple[int, int, int, dict[str, str | None], bool]] = {
+    "configs set": (3, -1, 0, {"retention.ms": "1000", "cleanup.policy": "compact"}, False),
+    "explicit replication factor": (2, 1, 0, {}, False),
+    "broker default partitions and replication": (-1, -1, 0, {}, False),
+    "replica assignment of 22 partitions": (-1, -1, 22, {}, False),
+    "invalid config value": (3, -1, 0, {"retention.ms": "abc"}, False),
+    "unknown config": (3, -1, 0, {"no.such.config": "1"}, False),
+    "null config value": (1, -1, 0, {"retention.ms": None}, False),
+    "replication factor beyond the brokers": (3, 3, 0, {}, False),
+    "replication factor 0": (1, 0, 0, {}, False),
+    "0 partitions": (0, -1, 0, {}, False),
+    "assignment with a partition count": (22, -1, 22, {}, False),
+    "assignment with a replication factor": (-1, 1, 2, {}, False),
+    "validate only, bad config": (2, -1, 0, {"retention.ms": "abc"}, True),
+    "validate only, replication factor beyond the brokers": (2, 3, 0, {}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_create_topics_v7_answers_like_kafka(case: str, local_federation: dict[str, Any],
+                                             clusters: list[dict[str, Any]], proxy: str,
+                                             c1: str, c1_broker: int,
+                                             proxy_ids: list[int]) -> None:
+    partitions, rf, assigned, configs, validate_only = CASES[case]
+    direct_name, fed_name = _name("direct"), _name("fed")
+    direct = create_one(c1, direct_name, partitions, rf, _assign(assigned, c1_broker), configs,
+                        validate_only)
+    fed = create_one(proxy, fed_name, partitions, rf, _assign(assigned, proxy_ids[0]), configs,
+                     validate_only)
+    assert _row(fed) == _row(direct)
+    if int(direct.error_code) or validate_only:
+        assert fed.configs == ()  # empty, never null
+        assert_nothing_created(local_federation, clusters, fed_name)
+        return
+    assert fed.topic_id is not None
+    # Every config of the topic with its value, as Kafka. (Sources come from the physical
+    # topic's DescribeConfigs, which Kafka itself answers differently from CreateTopics for
+    # a few broker-derived defaults, e.g. retention.ms from log.retention.hours.)
+    assert _config_values(fed) == _config_values(direct)
+    for name in configs:
+        assert (name, configs[name], False, DYNAMIC_TOPIC_CONFIG, False) in _configs(fed)
+    expected = int(fed.num_partitions)
+    assert expected == (assigned or (1 if partitions == -1 else partitions))
+    assert stored_map(local_federation).topics[fed_name].partition_count == expected
+    assert federation_partitions(local_federation, clusters, fed_name) == (expected, expected)
+    if rf > 0:  # the physical topics have the replication factor asked for
+        fmap = stored_map(local_federation)
+        physical = fmap.physical_topic_name(fed_name)
+        for c in clusters:
+            for t in send_raw(c["bootstrap"].split(",")[0], metadata_v12([physical])).topics:
+                if int(t.error_code) == 0:
+                    assert {len(p.replica_nodes) for p in t.partitions} == {rf}
+
+
+def test_validate_only_creates_nothing(local_federation: dict[str, Any],
+                                       clusters: list[dict[str, Any]], proxy: str) -> None:
+    name = _name("val")
+    answer = create_one(proxy, name, 4, -1, configs={"retention.ms": "1000"},
+                        validate_only=True)
+    assert (int(answer.error_code), int(answer.num_partitions)) == (0, 4)
+    assert ("retention.ms", "1000", False, DYNAMIC_TOPIC_CONFIG, False) in _configs(answer)
+    assert_nothing_created(local_federation, clusters, name)
+    created = create_one(proxy, name, 4, -1, configs={"retention.ms": "1000"})
+    assert int(created.error_code) == 0  # the name was not taken by the validation
+    assert federation_partitions(local_federation, clusters, name) == (4, 4)
+
+
+def test_existing_duplicate_and_invalid_names(proxy: str, c1: str) -> None:
+    existing_direct, existing_fed = _name("dup"), _name("dup")
+    for address, name in ((c1, existing_direct), (proxy, existing_fed)):
+        assert int(create_one(address, name).error_code) == 0
+    again = [create_one(c1, existing_direct), create_one(proxy, existing_fed)]
+    assert [int(r.error_code) for r in again] == [TOPIC_ALREADY_EXISTS] * 2
+    assert [r.error_message for r in again] == [f"Topic '{existing_direct}' already exists.",
+                                               f"Topic '{existing_fed}' already exists."]
+    twice = _name("twice")
+    request = create_topics_request([(twice, 1, -1, [], {}), (twice, 1, -1, [], {})])
+    assert ([_row(r) for r in send_raw(proxy, request).topics]
+            == [_row(r) for r in send_raw(c1, request).topics]
+            == [(INVALID_REQUEST, "Duplicate topic name.", -1, -1, 0)])  # one answer
+    bad = ["bad name!", "a" * 250, ".", "..", ""]
+    request = create_topics_request([(n, 1, -1, [], {}) for n in bad])
+    fed = send_raw(proxy, request).topics
+    assert [_row(r) for r in fed] == [_row(r) for r in send_raw(c1, request).topics]
+    assert {int(r.error_code) for r in fed} == {INVALID_TOPIC_EXCEPTION}
+
+
+def test_create_topics_v4_answers_without_configs(local_federation: dict[str, Any],
+                                                  clusters: list[dict[str, Any]],
+                                                  proxy: str) -> None:
+    name = _name("v4")
+    answer = create_one(proxy, name, 2, -1, version=4)
+    assert int(answer.error_code) == 0 and not hasattr(answer, "configs")
+    assert federation_partitions(local_federation, clusters, name) == (2, 2)
+
+
+def test_metadata_of_invalid_names_is_invalid_topic(proxy: str, c1: str) -> None:
+    names = ["bad name!", "a" * 250, ".", "..", _name("unknown")]
+    direct = send_raw(c1, metadata_v12(names)).topics
+    fed = send_raw(proxy, metadata_v12(names)).topics
+    assert ({t.name: int(t.error_code) for t in fed}
+            == {t.name: int(t.error_code) for t in direct}
+            == {**dict.fromkeys(names[:4], INVALID_TOPIC_EXCEPTION),
+                names[4]: UNKNOWN_TOPIC_OR_PARTITION})
+
+
+# -- Kafka's Java AdminClient: kafka-topics.sh --create -------------------------------
+
+_QUIET_LOG4J2 = """status = error
+appender.err.type = Console
+appender.err.name = STDERR
+appender.err.target = SYSTEM_ERR
+appender.err.layout.type = PatternLayout
+appender.err.layout.pattern = %p %m%n
+rootLogger.level = WARN
+rootLogger.appenderRef.err.ref = STDERR
+"""
+_QUIET_LOG4J = """log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=%p %m%n
+"""
+
+Tool = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture(scope="module")
+def kafka_topics(kafka_dist: KafkaDist, tmp_path_factory: pytest.TempPathFactory) -> Tool:
+    """Runs Kafka's TopicCommand (kafka-topics.sh: the Java AdminClient) quietly."""
+    folder: Path = tmp_path_factory.mktemp("java-tools")
+    if kafka_dist.major >= 4:
+        (folder / "log4j2.properties").write_text(_QUIET_LOG4J2)
+        logging = f"-Dlog4j2.configurationFile={folder / 'log4j2.properties'}"
+        main = "org.apache.kafka.tools.TopicCommand"
+    else:
+        (folder / "log4j.properties").write_text(_QUIET_LOG4J)
+        logging = f"-Dlog4j.configuration=file:{folder / 'log4j.properties'}"
+        main = "kafka.admin.TopicCommand"
+
+    def run(bootstrap: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [java_executable(), "-Xmx256m", "-XX:+UseSerialGC",
+                   "-XX:TieredStopAtLevel=1", logging, "-cp", kafka_dist.classpath, main,
+                   "--bootstrap-server", bootstrap, *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+    return run
+
+
+def _same_output(direct: subprocess.CompletedProcess[str], direct_name: str,
+                 fed: subprocess.CompletedProcess[str], fed_name: str) -> None:
+    assert "NullPointerException" not in fed.stderr + fed.stdout, fed
+    assert fed.returncode == direct.returncode, (direct, fed)
+    assert fed.stdout.replace(fed_name, "NAME") == direct.stdout.replace(direct_name, "NAME")
+
+
+def test_kafka_topics_create_through_the_federation(local_federation: dict[str, Any],
+                                                    clusters: list[dict[str, Any]],
+                                                    proxy: str, c1: str,
+                                                    kafka_topics: Tool) -> None:
+    direct_name, fed_name = _name("jdirect"), _name("jfed")
+    args = ["--partitions", "5", "--replication-factor", "1", "--config", "retention.ms=60000"]
+    direct = kafka_topics(c1, "--create", "--topic", direct_name, *args)
+    fed = kafka_topics(proxy, "--create", "--topic", fed_name, *args)
+    _same_output(direct, direct_name, fed, fed_name)
+    assert fed.returncode == 0 and fed.stdout.strip() == f"Created topic {fed_name}."
+    assert federation_partitions(local_federation, clusters, fed_name) == (5, 5)
+    assert stored_map(local_federation).topics[fed_name].config == {"retention.ms": "60000"}
+    # No partition count or replication factor: the brokers' defaults (-1, -1).
+    direct_name, fed_name = _name("jdirect"), _name("jfed")
+    direct = kafka_topics(c1, "--create", "--topic", direct_name)
+    fed = kafka_topics(proxy, "--create", "--topic", fed_name)
+    _same_output(direct, direct_name, fed, fed_name)
+    assert fed.returncode == 0
+    assert federation_partitions(local_federation, clusters, fed_name) == (
+        physical_partitions(c1, [direct_name])[direct_name],) * 2
+
+
+def test_kafka_topics_replica_assignment(local_federation: dict[str, Any],
+                                         clusters: list[dict[str, Any]], proxy: str, c1: str,
+                                         c1_broker: int, proxy_ids: list[int],
+                                         kafka_topics: Tool) -> None:
+    n = 22
+    direct_name, fed_name = _name("jdirect"), _name("jfed")
+    direct = kafka_topics(c1, "--create", "--topic", direct_name,
+                          "--replica-assignment", ",".join([str(c1_broker)] * n))
+    fed = kafka_topics(proxy, "--create", "--topic", fed_name,
+                       "--replica-assignment", ",".join([str(proxy_ids[0])] * n))
+    _same_output(direct, direct_name, fed, fed_name)
+    assert fed.returncode == 0
+    assert wait_for(lambda: physical_partitions(c1, [direct_name]),
+                    "the direct topic") == {direct_name: n}
+    assert stored_map(local_federation).topics[fed_name].partition_count == n
+    assert federation_partitions(local_federation, clusters, fed_name) == (n, n)
+
+
+# Refusals by the brokers (kafka-topics checks config names and value types itself).
+@pytest.mark.parametrize(("args", "exception"), [
+    (["--partitions", "3", "--config", "remote.storage.enable=true"],
+     "InvalidConfigurationException"),  # INVALID_CONFIG: tiered storage is off
+    (["--partitions", "3", "--replication-factor", "3"],
+     "InvalidReplicationFactorException"),  # 1 broker per cluster
+], ids=["invalid-config", "replication-factor"])
+def test_kafka_topics_refusals_match_kafka(args: list[str], exception: str,
+                                           local_federation: dict[str, Any],
+                                           clusters: list[dict[str, Any]], proxy: str,
+                                           c1: str, kafka_topics: Tool) -> None:
+    direct_name, fed_name = _name("jdirect"), _name("jfed")
+    direct = kafka_topics(c1, "--create", "--topic", direct_name, *args)
+    fed = kafka_topics(proxy, "--create", "--topic", fed_name, *args)
+    assert direct.returncode != 0 and "Error while executing topic command" in direct.stdout
+    assert exception in direct.stderr and exception in fed.stderr  # the same Kafka error
+    _same_output(direct, direct_name, fed, fed_name)
+    assert_nothing_created(local_federation, clusters, fed_name)
