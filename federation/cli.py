@@ -281,10 +281,11 @@ def _run_loop(coro: Any) -> None:
 
 
 def _register_plugins_commands() -> None:
-    from federation import bench, bench_metadata, cli_admin
+    from federation import bench, bench_elastic, bench_metadata, cli_admin
 
     bench.register(app)
     bench_metadata.register(app)
+    bench_elastic.register(app)
     cli_admin.register(app)
 
 

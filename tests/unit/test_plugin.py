@@ -126,7 +126,8 @@ def test_fedkafka_mapping_strategies(plugins: Plugins) -> None:
 
 
 def test_unknown_strategy_lists_the_available_ones(plugins: Plugins) -> None:
-    with pytest.raises(PluginError, match="'nope'; available: contiguous, round_robin, stable, weighted"):
+    with pytest.raises(PluginError,
+                       match="'nope'; available: contiguous, round_robin, stable, weighted"):
         plugins.strategy("nope")
 
 
