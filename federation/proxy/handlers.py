@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from federation.model import NO_MECHANISM, Operation, Principal, ResourceType
+from federation.offsets import list_offsets
 from federation.protocol import codec, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
@@ -533,16 +534,57 @@ class Session:
             self._inflight_fetch[key] = (signature, conn, fut)
             sends.append((grp, conn, fut))
         timeout = self.state.request_timeout + body.max_wait.total_seconds()
-        return self._fetch_reply(req, sends, failed, timeout)
+        # A sealed segment's own high watermark is its seal: the partition's is that of its
+        # active segment, asked for alongside (a Fetch answer's watermarks are always true).
+        sealed = [p for g in groups.values() for p in g.parts if p.seg.sealed_end is not None]
+        ends = asyncio.ensure_future(self._logical_ends(sealed)) if sealed else None
+        return self._fetch_reply(req, sends, failed, timeout, ends)
+
+    async def _logical_ends(self, parts: list[_Part]) -> dict[tuple[str, int], int]:
+        """(topic, partition) → logical high watermark (its active segment's, translated)."""
+        fmap = self.fmap
+        by_cluster: dict[str, list[tuple[tuple[str, int], Any]]] = defaultdict(list)
+        for p in parts:
+            topic = fmap.topics.get(p.topic)
+            if topic is None or p.partition >= topic.partition_count:
+                continue
+            active = topic.partitions[p.partition].active
+            by_cluster[active.cluster].append(((p.topic, p.partition), active))
+        out: dict[tuple[str, int], int] = {}
+
+        async def one(cluster_id: str, items: list[tuple[tuple[str, int], Any]]) -> None:
+            try:
+                ends = await list_offsets(self.state.cluster(cluster_id),
+                                          [(seg.topic, seg.partition) for _, seg in items],
+                                          timeout=self.state.request_timeout)
+            except UpstreamError:
+                return  # the active cluster is away: the seal is the best known end
+            for key, seg in items:
+                end = ends.get((seg.topic, seg.partition))
+                if end is not None:
+                    out[key] = seg.to_logical(max(end, seg.physical_start))
+
+        await asyncio.gather(*(one(c, i) for c, i in by_cluster.items()))
+        return out
+
+    def _caught_up(self, part: _Part) -> bool:
+        """Whether the partition's broker last answered that it has nothing at this offset
+        (so an empty answer with those watermarks is true while its long poll is out)."""
+        known = self._watermarks.get((part.topic, part.partition))
+        return known is not None and known[0] <= int(part.item.fetch_offset)
 
     async def _fetch_reply(self, req: codec.Request, sends: list[Any],
-                           failed: list[tuple[str, int, int]], timeout: float) -> Any:
+                           failed: list[tuple[str, int, int]], timeout: float,
+                           ends: asyncio.Future[dict[tuple[str, int], int]] | None = None
+                           ) -> Any:
         """Merge sub-fetches; answer as soon as the data in hand meets ``min_bytes``.
 
         A physical cluster with nothing new long-polls up to ``max_wait``: waiting for it
-        would hold back the data another cluster already returned. Partitions whose
-        sub-fetch is still out are answered empty (their last known watermarks), and that
-        sub-fetch is reused by the client's next Fetch if it asks for the same offsets.
+        would hold back the data another cluster already returned. A partition whose
+        sub-fetch is still out is answered early (empty) only when its broker's last answer
+        said it has nothing at this offset: its watermarks are then known and true. Any
+        other pending partition is waited for. A pending sub-fetch is reused by the client's
+        next Fetch if it asks for the same offsets.
         """
         body: Any = req.entity
         mod = resp_module(ApiKey.FETCH, req.header.api_version)
@@ -599,9 +641,10 @@ class Session:
         pending = set(tasks)
         got = 0
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_wait + 1.0
+        deadline: float | None = loop.time() + max_wait + 1.0
         while pending:
-            done, pending = await asyncio.wait(pending, timeout=max(0.0, deadline - loop.time()),
+            wait = None if deadline is None else max(0.0, deadline - loop.time())
+            done, pending = await asyncio.wait(pending, timeout=wait,
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 t_ms, size, out, errs = task.result()
@@ -609,13 +652,18 @@ class Session:
                 got += size
                 results.update(out)
                 failed.extend(errs)
-            if got >= min_bytes or not done:
+            if not pending:
                 break
+            expired = deadline is not None and loop.time() >= deadline
+            if (got >= min_bytes or expired) and all(
+                    self._caught_up(p) for task in pending for p in tasks[task].parts):
+                break
+            if expired:
+                deadline = None  # only unknown partitions left: their own timeout bounds it
         for task in pending:
             task.cancel()  # the upstream request itself stays in flight (shielded)
             for p in tasks[task].parts:
-                hwm, lso, log_start = self._watermarks.get(
-                    (p.topic, p.partition), (int(p.item.fetch_offset),) * 3)
+                hwm, lso, log_start = self._watermarks[(p.topic, p.partition)]
                 results[(p.topic, p.partition)] = build(
                     mod.PartitionData, partition_index=p.partition, error_code=to_kio(0),
                     high_watermark=hwm, last_stable_offset=lso, log_start_offset=log_start,
@@ -626,6 +674,11 @@ class Session:
                 mod.PartitionData, partition_index=partition, error_code=to_kio(code),
                 high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
                 aborted_transactions=None, preferred_read_replica=-1, records=b"")
+        if ends is not None:
+            for key, end in (await ends).items():
+                r = results.get(key)
+                if r is not None and int(r.error_code) == 0 and end > int(r.high_watermark):
+                    results[key] = replace(r, high_watermark=end, last_stable_offset=end)
         ordered: dict[str, list[Any]] = defaultdict(list)
         ids: dict[str, Any] = {}
         for t in body.topics:
