@@ -118,6 +118,11 @@ def local_up(
                                                   "standing by).")] = 1,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for everything to answer.")]
     = 180.0,
+    exporter: Annotated[bool, typer.Option(help="Run the lag exporter (metrics on base+70).")]
+    = True,
+    monitoring: Annotated[bool, typer.Option(help="Also run Prometheus (base+80) scraping "
+                                             "every component, with fedkafka's rules.")]
+    = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a federation of real Kafka clusters on loopback and write federation.json."""
@@ -134,13 +139,15 @@ def local_up(
         state = fed.up(clusters=clusters, brokers_per_cluster=brokers_per_cluster,
                        metadata=metadata, kafka_version=kafka_version, base_port=base_port,
                        heap=heap, timeout=timeout, progress=progress, proxies=proxies,
-                       controllers=controllers)
+                       controllers=controllers, exporter=exporter, monitoring=monitoring)
     if as_json:
         _print_json(state)
         return
     err.print(f"federation up in {time.monotonic() - t0:.1f}s; state in {fed.state_path}")
     _status_table(fed)
     out.print(f"bootstrap: [bold]{state['bootstrap']}[/bold]")
+    if state.get("prometheus"):
+        out.print(f"prometheus: [bold]{state['prometheus']}[/bold]")
 
 
 @local_app.command("down")
@@ -281,12 +288,13 @@ def _run_loop(coro: Any) -> None:
 
 
 def _register_plugins_commands() -> None:
-    from federation import bench, bench_elastic, bench_metadata, cli_admin
+    from federation import bench, bench_elastic, bench_metadata, cli_admin, cli_group
 
     bench.register(app)
     bench_metadata.register(app)
     bench_elastic.register(app)
     cli_admin.register(app)
+    cli_group.register(app)
 
 
 _register_plugins_commands()
@@ -294,7 +302,8 @@ _register_plugins_commands()
 
 def main() -> None:
     """Console-script entry point: one line per user error, no traceback."""
-    long_running = len(sys.argv) > 1 and sys.argv[1] in ("proxy", "nameservice", "controller")
+    long_running = len(sys.argv) > 1 and sys.argv[1] in ("proxy", "nameservice", "controller",
+                                                         "exporter")
     logs.configure("INFO" if long_running else "WARNING")
     try:
         app()

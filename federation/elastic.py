@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -96,11 +96,14 @@ async def start_drain(backend: MetadataBackend, cluster_id: str) -> None:
     await admin.set_cluster_state(backend, cluster_id, ClusterState.DRAINING)
 
 
-async def committed_offsets(fmap: FederationMap, timeout: float = 10.0
+async def committed_offsets(fmap: FederationMap, timeout: float = 10.0,
+                            include: Callable[[str], bool] | None = None
                             ) -> dict[str, dict[tuple[str, int], int]]:
     """group → {(logical topic, partition) → committed logical offset}, for logical topics.
 
     Read from the coordination cluster, where groups commit logical offsets.
+
+    :param include: read only the groups it accepts (by group id); default: all.
     """
     if fmap.coordination_cluster is None:
         return {}
@@ -116,6 +119,8 @@ async def committed_offsets(fmap: FederationMap, timeout: float = 10.0
         out: dict[str, dict[tuple[str, int], int]] = {}
         for entry in groups:
             group = entry[0]
+            if include is not None and not include(group):
+                continue
             offsets = await client.list_consumer_group_offsets(group)
             mine = {(tp.topic, tp.partition): int(om.offset) for tp, om in offsets.items()
                     if tp.topic in fmap.topics and om.offset >= 0}

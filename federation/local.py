@@ -226,12 +226,21 @@ class LocalFederation:
         proxies: int = 1,
         controllers: int = 1,
         controller_options: dict[str, Any] | None = None,
+        exporter: bool = True,
+        monitoring: bool = False,
+        exporter_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Start the federation and return its description (also in federation.json).
 
         :param controller_options: controller config fields over the local defaults
             (:data:`LOCAL_CONTROLLER_DEFAULTS`), e.g. ``{"failover_after": 3}``.
+        :param exporter: start the lag exporter (``fedkafka exporter``) on ``base + 70``.
+        :param monitoring: also start a Prometheus (Debian's ``prometheus`` package) on
+            ``base + 80`` scraping every component, with fedkafka's rules loaded.
+        :param exporter_options: exporter config fields, e.g. ``{"max_groups": 10}``.
         """
+        from federation import local_monitoring
+
         if metadata not in ("file", "zookeeper"):
             raise ConfigError(f"--metadata {metadata!r} is unknown; use 'file' or 'zookeeper'")
         java_executable()  # fail first, and clearly, when there is no Java
@@ -249,6 +258,8 @@ class LocalFederation:
         zk_port = base_port + 20 if metadata == "zookeeper" else None
         proxy_ports = [base_port + i for i in range(proxies)]
         self._check_ports(plans, zk_port, proxy_ports)
+        if monitoring and proxy_ports:
+            local_monitoring.check_ports(base_port)
 
         progress(f"installing Apache Kafka {kafka_version} (cached after the first time)")
         dist, _ = install_kafka(kafka_version)
@@ -258,7 +269,7 @@ class LocalFederation:
             zk_dist, _ = install_zookeeper()
 
         # A fresh start: data of an earlier, stopped federation in this workdir is discarded.
-        for sub in ("clusters", "zookeeper", "logs", "run", "store", "proxies"):
+        for sub in ("clusters", "zookeeper", "logs", "run", "store", "proxies", "monitoring"):
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
         state: dict[str, Any] = {
             "format": FORMAT,
@@ -301,7 +312,13 @@ class LocalFederation:
                 for i in range(controllers):
                     started.append(self._start_controller(state, base_port, progress, i,
                                                           controller_options))
+                if exporter:
+                    started.append(local_monitoring.start_exporter(
+                        self, state, base_port, progress, exporter_options))
                 self._wait_proxies(state, started, timeout, progress)
+                if monitoring:
+                    started.append(local_monitoring.start_prometheus(
+                        self, state, base_port, progress, timeout))
                 state["proxy_bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
                 state["bootstrap"] = f"{HOST}:{base_port + 10}"
                 state["nameservice_http"] = f"http://{HOST}:{base_port + 11}"
@@ -443,6 +460,7 @@ class LocalFederation:
             wanted += [(base + 10, "the name service"), (base + 11, "the name service HTTP")]
             wanted += [(base + 50 + i, "proxy metrics") for i in range(len(proxy_ports))]
             wanted += [(base + 60 + i, "controller metrics") for i in range(3)]
+            wanted += [(base + 70, "the lag exporter")]
         for p in plans:
             for b in p.brokers:
                 wanted.append((b.port, f"cluster {p.name} broker {b.node_id}"))
@@ -649,7 +667,7 @@ class LocalFederation:
             if rec.kind == "zookeeper":
                 if zookeeper_ok(HOST, new.ports[0]):
                     return new
-            elif rec.kind == "controller":
+            elif rec.kind in ("controller", "exporter", "prometheus"):
                 if not probe.port_in_use(HOST, new.ports[0]):
                     time.sleep(0.2)
                     continue

@@ -45,6 +45,7 @@ __all__ = [
     "plan_evacuations",
     "plan_rebalance",
     "plan_retire",
+    "segment_unread",
 ]
 
 #: A physical partition: (cluster, physical topic, physical partition).
@@ -283,6 +284,18 @@ class DrainProgress:
                 "done": self.done}
 
 
+def segment_unread(seg: Segment, committed: int, end: int,
+                   physical_log_start: int | None = None) -> int:
+    """Records of ``seg`` a group whose committed logical offset is ``committed`` has not
+    read yet: from the later of the committed offset and the segment's first record still
+    kept (``physical_log_start``: retention) up to logical ``end`` (the seal, or for the
+    active segment the partition's logical high watermark)."""
+    first = seg.logical_start
+    if physical_log_start is not None:
+        first = max(first, seg.to_logical(physical_log_start))
+    return max(0, end - max(first, committed))
+
+
 def drain_progress(fmap: FederationMap, cluster_id: str,
                    committed: Mapping[str, Mapping[tuple[str, int], int]],
                    log_start: Mapping[PhysKey, int] | None = None) -> DrainProgress:
@@ -304,15 +317,12 @@ def drain_progress(fmap: FederationMap, cluster_id: str,
                     progress.active.append(f"{topic.name}[{lp.index}]")
                     continue
                 assert seg.sealed_end is not None
-                first = seg.logical_start
                 phys_start = starts.get(phys_key(seg))
-                if phys_start is not None:
-                    first = max(first, seg.to_logical(phys_start))
                 for group, offsets in committed.items():
                     off = offsets.get((topic.name, lp.index))
                     if off is None:
                         continue
-                    unread = seg.sealed_end - max(first, off)
+                    unread = segment_unread(seg, off, seg.sealed_end, phys_start)
                     if unread > 0:
                         progress.remaining_records += unread
                         progress.groups[group] = progress.groups.get(group, 0) + unread

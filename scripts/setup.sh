@@ -12,6 +12,8 @@ need_apt=()
 command -v java >/dev/null || need_apt+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v kcat >/dev/null || need_apt+=(kcat)
+# Prometheus and promtool: `fedkafka local up --monitoring`, rule checks in the tests.
+command -v promtool >/dev/null || need_apt+=(prometheus)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "==> apt-get install ${need_apt[*]}"

@@ -53,7 +53,7 @@ def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
         comps = json.loads(st.stdout)["components"]
         assert {c["name"]: c["health"] for c in comps} == {
             "c1-b1": "healthy", "c2-b1": "healthy", "c3-b1": "healthy", "proxy-1": "healthy",
-            "nameservice": "healthy", "controller-1": "running"}
+            "nameservice": "healthy", "controller-1": "running", "exporter": "running"}
         # The federation's entry point is the name service, which answers with the proxies.
         host, port = state["bootstrap"].split(":")
         assert [b.port for b in probe.metadata(host, int(port)).brokers] == [
