@@ -223,14 +223,17 @@ class FileBackend:
         record = dict(data)
 
         def change(members: _Members) -> None:
-            self._own[(kind, member_id)] = record  # under the guard, as the heartbeat reads it
+            # Under the guard, as the heartbeat and close() read and clear self._own.
+            if self._closed.is_set():  # close() ran since the check above
+                raise RuntimeError("backend is closed")
+            self._own[(kind, member_id)] = record
             self._refresh_own(members)
+            if self._heartbeat is None:
+                self._heartbeat = threading.Thread(target=self._beat, daemon=True,
+                                                   name=f"fedkafka-file-heartbeat:{self.path}")
+                self._heartbeat.start()
 
         self._write_members(change)
-        if self._heartbeat is None:
-            self._heartbeat = threading.Thread(target=self._beat, daemon=True,
-                                               name=f"fedkafka-file-heartbeat:{self.path}")
-            self._heartbeat.start()
 
     def _refresh_own(self, members: _Members) -> None:
         now = time.time()
@@ -268,21 +271,25 @@ class FileBackend:
         return status
 
     def close(self) -> None:
-        if self._closed.is_set():
-            return
-        self._closed.set()
+        with self._guard:  # no register_member() adds a member after this
+            if self._closed.is_set():
+                return
+            self._closed.set()
+            withdraw = bool(self._own)
         for w in self._watches:
             w.cancel()
         self._watches.clear()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
-        if self._own:
-            own = list(self._own)
-            self._own.clear()
+        if withdraw:
 
             def change(members: _Members) -> None:
-                for kind, member_id in own:
+                # Forgotten under the guard, in the same write that removes them: a
+                # heartbeat still running (a join that timed out on a slow disk) then has
+                # nothing left to refresh, and cannot bring the members back.
+                for kind, member_id in self._own:
                     members.get(kind, {}).pop(member_id, None)
+                self._own.clear()
 
             try:
                 self._write_members(change)

@@ -8,14 +8,35 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from federation import probe, procs
+from federation.testing.clients import KcatClient
 
 FEDKAFKA = [sys.executable, "-m", "federation.cli"]
 BASE = int(os.environ.get("FEDKAFKA_TEST_CLI_BASE_PORT", "22092"))
+
+
+def wait_until_leader_serves(bootstrap: str, topic: str, partition: int,
+                             timeout: float = 120) -> None:
+    """Wait until the partition's leader answers for it (ListOffsets, via ``kcat -Q``).
+
+    CreateTopics returns once the controller committed the topic; the broker learns of it
+    later, and its metadata can name a leader before the log is ready to take writes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        q = subprocess.run(["kcat", "-b", bootstrap, "-Q", "-t", f"{topic}:{partition}:-1"],
+                           capture_output=True, text=True, timeout=60, check=False)
+        if q.returncode == 0 and f"{topic} [{partition}] offset " in q.stdout:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{topic} [{partition}] has no serving leader on {bootstrap} "
+                                 f"after {timeout}s: {q.stdout}{q.stderr}")
+        time.sleep(0.2)
 
 
 def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300
@@ -64,14 +85,16 @@ def test_local_up_status_logs_down(tmp_path: Path, kafka_dist: object) -> None:
             from tests.integration.kafka_admin import create_topic
 
             create_topic(c3, "direct", 1)
-            lines = "".join(f"m{i}\n" for i in range(50))
-            prod = subprocess.run(["kcat", "-b", c3, "-P", "-t", "direct"], input=lines,
-                                  text=True, capture_output=True, timeout=60, check=False)
-            assert prod.returncode == 0, prod.stderr
+            wait_until_leader_serves(c3, "direct", 0)
+            # Idempotent, acks=all, exit code and delivery reports checked: a batch retried
+            # on a just-created partition can neither be lost nor overtaken by a later one.
+            KcatClient().produce(c3, "direct", [(None, f"m{i}".encode()) for i in range(50)],
+                                 idempotent=True)
             cons = subprocess.run(["kcat", "-b", c3, "-C", "-t", "direct", "-o", "beginning",
-                                   "-c", "50", "-e"], text=True, capture_output=True,
-                                  timeout=60, check=False)
-            assert cons.stdout.split() == [f"m{i}" for i in range(50)]
+                                   "-e", "-f", "%p %o %s\n"], text=True, capture_output=True,
+                                  timeout=120, check=False)
+            assert cons.returncode == 0, cons.stderr
+            assert cons.stdout.splitlines() == [f"0 {i} m{i}" for i in range(50)], cons.stderr
         logs = run("local", "logs", "c1-b1", "--workdir", str(wd))
         assert "Kafka Server started" in logs.stdout
 

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from federation import mapstore
 from federation.mapstore import EMPTY_VERSION, MetadataBackend, VersionConflict
 from federation.model import FederationMap, PhysicalCluster
 from federation.plugin import Plugins, make_plugin_manager
-from plugins.file_backend import FileBackend
+from plugins.file_backend import MEMBERS_FILE, FileBackend, _atomic_write, _locked
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -155,26 +156,50 @@ def test_watch_keeps_the_last_map_over_a_corrupt_file(backend: FileBackend) -> N
                                 "version": 2, "watches": 1}
 
 
+def _member_entries(backend: FileBackend, kind: str) -> dict[str, dict[str, Any]]:
+    """What ``members.json`` holds for ``kind``, expired entries included."""
+    return dict(json.loads(backend.members_path.read_text()).get(kind, {}))
+
+
+def _register_as_crashed_process(backend: FileBackend, kind: str, member_id: str,
+                                 heartbeat: float) -> None:
+    """Write a member the way another process would (locked, atomic), then never beat."""
+    with _locked(backend.members_path.with_name(MEMBERS_FILE + ".lock")):
+        members = json.loads(backend.members_path.read_text())
+        members.setdefault(kind, {})[member_id] = {"data": {}, "heartbeat": heartbeat,
+                                                   "pid": 1}
+        _atomic_write(backend.members_path, json.dumps(members))
+
+
 def test_members_register_expire_and_withdraw(tmp_path: Path) -> None:
+    # A TTL that a loaded machine's scheduling and fsyncs cannot eat, and waits on
+    # conditions (with deadlines far beyond the TTL), not on fixed sleeps.
+    ttl = 3.0
     path = tmp_path / "map.json"
-    proxy = FileBackend(path, member_ttl=0.3)
-    observer = FileBackend(path, member_ttl=0.3)
+    proxy = FileBackend(path, member_ttl=ttl)
+    observer = FileBackend(path, member_ttl=ttl)
     try:
+        registered = time.time()
         proxy.register_member("proxy", "p1", {"host": "h1", "port": 9192})
         assert observer.members("proxy") == {"p1": {"host": "h1", "port": 9192}}
         assert observer.members("controller") == {}
-        time.sleep(0.6)  # beyond the TTL: the heartbeat keeps it live
-        assert set(observer.members("proxy")) == {"p1"}
-        # a crashed process's member (no heartbeat) expires after the TTL
-        members = json.loads((tmp_path / "members.json").read_text())
-        members["proxy"]["dead"] = {"data": {}, "heartbeat": time.time() - 1, "pid": 1}
-        (tmp_path / "members.json").write_text(json.dumps(members))
+        # A crashed process's member (no heartbeat after its registration) expires after
+        # the TTL, and not before; it is hidden, not lost from the file.
+        crashed = time.time()
+        _register_as_crashed_process(observer, "proxy", "dead", crashed)
+        wait_for(lambda: "dead" not in observer.members("proxy"), timeout=ttl + 60)
+        assert time.time() - crashed >= ttl
+        assert "dead" in _member_entries(observer, "proxy")
+        # The heartbeat keeps p1 live beyond the TTL of its registration.
+        wait_for(lambda: _member_entries(observer, "proxy")["p1"]["heartbeat"]
+                 > registered + ttl, timeout=ttl + 60)
         assert set(observer.members("proxy")) == {"p1"}
         proxy.register_member("proxy", "p1", {"host": "h2"})  # re-registering replaces data
         assert observer.members("proxy")["p1"] == {"host": "h2"}
     finally:
         proxy.close()
     assert observer.members("proxy") == {}  # close withdraws at once
+    assert "p1" not in _member_entries(observer, "proxy")
     observer.close()
     with pytest.raises(RuntimeError, match="closed"):
         proxy.register_member("proxy", "p1", {})
