@@ -37,6 +37,7 @@ from federation.model import (
     LogicalTopic,
     PhysicalCluster,
     ProxyEndpoint,
+    RoutingRule,
     new_topic_id,
 )
 from federation.plugin import PluginError, Plugins, get_plugins
@@ -879,6 +880,49 @@ async def set_pool(backend: MetadataBackend, name: str, endpoints: Sequence[Prox
         except ValueError as e:
             raise InvalidRequestError(f"pool {name!r}: {e}") from None
         return new
+
+    return await _publish(backend, change, plugins)
+
+
+async def set_route(backend: MetadataBackend, pattern: str, pool: str,
+                    role: str | None = None, *, plugins: Plugins | None = None
+                    ) -> FederationMap:
+    """Route clients whose client.id matches ``pattern`` to ``pool`` (as ``role``).
+
+    A rule with the same pattern is replaced in place; a new rule goes last (rules are
+    tried in order, the first match wins).
+    """
+    rule = RoutingRule(pattern, pool, role)
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        rules = list(current.routing)
+        at = next((i for i, r in enumerate(rules) if r.pattern == pattern), None)
+        if at is None:
+            rules.append(rule)
+        else:
+            rules[at] = rule
+        try:
+            new = dataclasses.replace(current, routing=tuple(rules))
+            new.validate()
+        except ValueError as e:
+            raise InvalidRequestError(f"route {pattern!r}: {e}") from None
+        return new
+
+    return await _publish(backend, change, plugins)
+
+
+async def remove_route(backend: MetadataBackend, pattern: str, *,
+                       plugins: Plugins | None = None) -> FederationMap:
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        if not any(r.pattern == pattern for r in current.routing):
+            known = ", ".join(repr(r.pattern) for r in current.routing) or "none"
+            raise InvalidRequestError(f"no route with pattern {pattern!r}; routes: {known}")
+        return dataclasses.replace(current, routing=tuple(r for r in current.routing
+                                                          if r.pattern != pattern))
 
     return await _publish(backend, change, plugins)
 

@@ -486,6 +486,39 @@ def pool_set(
     out.print(f"pool {name}: {what}; map version {fmap.version}")
 
 
+@pool_app.command("route")
+def pool_route(
+    pattern: Annotated[str, typer.Argument(help="Regex the whole client.id must match.")],
+    pool: Annotated[str, typer.Argument(help="Pool that serves those clients.")],
+    role: Annotated[str | None, typer.Option(
+        help="producer or consumer: those clients only ever go to proxies with that "
+             "role [default: proxies with both roles].")] = None,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Route clients by client.id to a pool (and a role); replaces a rule with that pattern."""
+    if role is not None and role not in (ROLE_PRODUCER, ROLE_CONSUMER):
+        raise ConfigError(f"bad --role {role!r}: use {ROLE_PRODUCER} or {ROLE_CONSUMER}")
+    with _backend(store, workdir) as backend:
+        fmap = _run(admin.set_route(backend, pattern, pool, role))
+    rules = [{"pattern": r.pattern, "pool": r.pool, "role": r.role} for r in fmap.routing]
+    if as_json:
+        _print_json(rules)
+        return
+    out.print(f"clients matching {pattern!r} → pool {pool}"
+              f"{f' as {role}s' if role else ''}; map version {fmap.version}")
+
+
+@pool_app.command("unroute")
+def pool_unroute(
+    pattern: Annotated[str, typer.Argument(help="The pattern of the rule to remove.")],
+    store: StoreOpt = None, workdir: WorkdirOpt = None,
+) -> None:
+    """Remove a routing rule."""
+    with _backend(store, workdir) as backend:
+        fmap = _run(admin.remove_route(backend, pattern))
+    out.print(f"route {pattern!r} removed; map version {fmap.version}")
+
+
 # -- status and controller -------------------------------------------------------------------
 
 

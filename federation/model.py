@@ -298,10 +298,16 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True)
 class RoutingRule:
-    """Clients whose whole ``client.id`` matches ``pattern`` (a regex) go to ``pool``."""
+    """Clients whose whole ``client.id`` matches ``pattern`` (a regex) go to ``pool``.
+
+    ``role`` (``producer`` or ``consumer``) says what the matching clients are: they are
+    then only ever sent to the pool's proxies with that role. Without a role, a client is
+    sent to the pool's proxies that have both roles (or, if none has, to all of them).
+    """
 
     pattern: str
     pool: str
+    role: str | None = None
 
     def matches(self, client_id: str | None) -> bool:
         return client_id is not None and _compiled(self.pattern).fullmatch(client_id) is not None
@@ -371,6 +377,13 @@ class FederationMap:
                         needed[segment.topic] = max(needed.get(segment.topic, 0),
                                                     segment.partition + 1)
         return needed
+
+    def client_role(self, client_id: str | None) -> str | None:
+        """The role of the first routing rule with a role that matches ``client_id``."""
+        for rule in self.routing:
+            if rule.role is not None and rule.matches(client_id):
+                return rule.role
+        return None
 
     def pool_for(self, name: str) -> tuple[ProxyEndpoint, ...]:
         """Endpoints of pool ``name``, falling back to the default pool."""
@@ -487,6 +500,9 @@ class FederationMap:
                 raise ValueError(f"routing pattern {rule.pattern!r}: {e}") from None
             if self.pools and rule.pool not in self.pools:
                 raise ValueError(f"routing rule {rule.pattern!r} names unknown pool {rule.pool!r}")
+            if rule.role not in (None, ROLE_PRODUCER, ROLE_CONSUMER):
+                raise ValueError(f"routing rule {rule.pattern!r}: role must be "
+                                 f"{ROLE_PRODUCER!r} or {ROLE_CONSUMER!r}, got {rule.role!r}")
 
     # -- plain-data form (serialised as JSON by federation.mapstore) -----------------------
 
@@ -519,7 +535,9 @@ class FederationMap:
                         "roles": sorted(e.roles)} for e in endpoints]
                 for name, endpoints in self.pools.items()
             },
-            "routing": [{"pattern": r.pattern, "pool": r.pool} for r in self.routing],
+            "routing": [{"pattern": r.pattern, "pool": r.pool,
+                         **({"role": r.role} if r.role is not None else {})}
+                        for r in self.routing],
         }
         if self.moves:
             out["moves"] = [{"topic": m.topic, "partition": m.partition, "target": m.target,
@@ -570,7 +588,7 @@ class FederationMap:
                 coordination_cluster=data.get("coordination_cluster"),
                 physical_topic_template=data.get("physical_topic_template", "{topic}.fk"),
                 pools=pools,
-                routing=tuple(RoutingRule(r["pattern"], r["pool"])
+                routing=tuple(RoutingRule(r["pattern"], r["pool"], r.get("role"))
                               for r in data.get("routing", ())),
                 default_pool=data.get("default_pool", DEFAULT_POOL),
                 moves=tuple(Move(m["topic"], int(m["partition"]), m.get("target"),

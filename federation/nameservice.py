@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from federation.proxy.routing import serving
+
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState
 
@@ -26,9 +28,12 @@ MAX_REQUEST = 16 << 10
 
 def route(state: ProxyState, client_id: str | None) -> dict[str, Any]:
     name = state.pool_name(client_id)
-    return {"client_id": client_id, "pool": name, "map_version": state.fmap.version,
+    role = state.fmap.client_role(client_id)
+    return {"client_id": client_id, "pool": name, "role": role,
+            "map_version": state.fmap.version,
             "proxies": [{"node_id": p.node_id, "host": p.host, "port": p.port,
-                         "roles": sorted(p.roles)} for p in state.pool_members(name)]}
+                         "roles": sorted(p.roles)}
+                        for p in serving(state.pool_members(name), role)]}
 
 
 def handle(state: ProxyState, method: str, target: str) -> tuple[int, str, bytes]:

@@ -18,7 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from federation.model import NO_MECHANISM, Operation, Principal, ResourceType
+from federation.model import (
+    NO_MECHANISM,
+    ROLE_CONSUMER,
+    ROLE_PRODUCER,
+    Operation,
+    Principal,
+    ResourceType,
+)
 from federation.offsets import list_offsets
 from federation.protocol import codec, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
@@ -87,6 +94,7 @@ class Session:
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.mechanism: str | None = None
         self.authenticated = False
+        self._seen_role: str | None = None  # producer/consumer, from the APIs it sent
         self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
             ApiKey.API_VERSIONS: self.api_versions,
             ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
@@ -161,8 +169,14 @@ class Session:
                          self.principal, self.peer)
         return verdict
 
-    def pool(self) -> tuple[Any, ...]:
-        return self.state.pool(self.client_id)
+    @property
+    def role(self) -> str | None:
+        """What this client is: from a routing rule, else from what it has sent so far."""
+        return self.fmap.client_role(self.client_id) or self._seen_role
+
+    def pool(self, role: str | None = None) -> tuple[Any, ...]:
+        """The proxies this client may be sent to (its pool's, with its role)."""
+        return self.state.pool(self.client_id, role or self.role)
 
     # -- SASL -----------------------------------------------------------------------------
 
@@ -300,6 +314,7 @@ class Session:
     # -- Produce ------------------------------------------------------------------------
 
     async def produce(self, req: codec.Request) -> Reply:
+        self._seen_role = self._seen_role or ROLE_PRODUCER
         body: Any = req.entity
         if body.transactional_id is not None:
             return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
@@ -451,6 +466,7 @@ class Session:
         return True
 
     async def init_producer_id(self, req: codec.Request) -> Reply:
+        self._seen_role = self._seen_role or ROLE_PRODUCER
         body: Any = req.entity
         if body.transactional_id is not None:
             log.info("refusing transactional producer %r from %s: transactions are not "
@@ -470,6 +486,7 @@ class Session:
     # -- Fetch --------------------------------------------------------------------------
 
     async def fetch(self, req: codec.Request) -> Reply:
+        self._seen_role = self._seen_role or ROLE_CONSUMER
         body: Any = req.entity
         fmap = self.fmap
         failed: list[tuple[str, int, int]] = []
@@ -698,6 +715,7 @@ class Session:
     # -- ListOffsets --------------------------------------------------------------------
 
     async def list_offsets(self, req: codec.Request) -> Reply:
+        self._seen_role = self._seen_role or ROLE_CONSUMER
         body: Any = req.entity
         fmap = self.fmap
         mod = resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
@@ -771,7 +789,8 @@ class Session:
     async def find_coordinator(self, req: codec.Request) -> Reply:
         body: Any = req.entity
         mod = resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
-        pool = self.pool()
+        self._seen_role = self._seen_role or ROLE_CONSUMER
+        pool = self.pool(ROLE_CONSUMER)  # group coordination is a consumer's business
         key_type = int(getattr(body, "key_type", 0))
         keys = list(body.coordinator_keys) if routing.has_field(body, "coordinator_keys") \
             else [body.key]

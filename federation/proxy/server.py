@@ -27,6 +27,7 @@ from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
 from federation.proxy.config import ProxyConfig, parse_store
 from federation.proxy.handlers import Session
 from federation.proxy.metrics import ProxyMetrics
+from federation.proxy.routing import serving
 from federation.proxy.upstream import ClusterClient, UpstreamError
 from federation.rolls import PhysKey, fenced_partitions, phys_key, phys_key_text
 
@@ -60,12 +61,9 @@ CAPS: dict[int, tuple[int, int]] = {
     ApiKey.CREATE_PARTITIONS: (0, 3),
     ApiKey.DESCRIBE_CONFIGS: (1, 4),
 }
-PRODUCER_APIS = {ApiKey.PRODUCE, ApiKey.INIT_PRODUCER_ID}
-CONSUMER_APIS = {ApiKey.FETCH, ApiKey.LIST_OFFSETS, ApiKey.FIND_COORDINATOR,
-                 ApiKey.JOIN_GROUP, ApiKey.SYNC_GROUP, ApiKey.HEARTBEAT, ApiKey.LEAVE_GROUP,
-                 ApiKey.OFFSET_COMMIT, ApiKey.OFFSET_FETCH, ApiKey.DESCRIBE_GROUPS,
-                 ApiKey.LIST_GROUPS}
 MAX_QUEUED_REQUESTS = 64
+#: Client ids a proxy remembers having served (for operators and tests; bounded).
+MAX_CLIENT_IDS = 1024
 #: Longest a fence report waits for the proxy's writes in flight to the fenced partitions.
 FENCE_DRAIN_SECONDS = 5.0
 
@@ -98,6 +96,8 @@ class ProxyState:
         self.member_id: str | None = None  #: set when registered in the store
         self.member_data: dict[str, Any] = {}
         self._report_task: asyncio.Task[None] | None = None
+        #: client.id → connections that announced it (the most recent MAX_CLIENT_IDS ids)
+        self.clients_seen: dict[str, int] = {}
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
         self.metrics.store_healthy.set(1)
@@ -121,6 +121,13 @@ class ProxyState:
         if old.version != fmap.version:
             log.info("serving map version %d (was %d)", fmap.version, old.version)
             self._after_map_change(fmap)
+
+    def saw_client(self, client_id: str | None) -> None:
+        key = client_id or ""
+        count = self.clients_seen.pop(key, 0) + 1
+        self.clients_seen[key] = count  # most recent last
+        if len(self.clients_seen) > MAX_CLIENT_IDS:
+            del self.clients_seen[next(iter(self.clients_seen))]
 
     # -- rolls: fences and acknowledged offsets ---------------------------------------
 
@@ -196,8 +203,10 @@ class ProxyState:
             self.metrics.routed(name)
         return name
 
-    def pool(self, client_id: str | None = None) -> tuple[ProxyEndpoint, ...]:
-        return self.pool_members(self.pool_name(client_id))
+    def pool(self, client_id: str | None = None, role: str | None = None
+             ) -> tuple[ProxyEndpoint, ...]:
+        """The proxies a client may be sent to: its pool's, those with its ``role``."""
+        return serving(self.pool_members(self.pool_name(client_id)), role)
 
     def pool_members(self, name: str) -> tuple[ProxyEndpoint, ...]:
         members = self.fmap.pools.get(name)
@@ -232,10 +241,11 @@ class ProxyState:
         keys = set(CAPS)
         if not self.plugins.sasl_mechanisms():
             keys -= {ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE}
-        if "producer" not in self.config.roles:
-            keys -= PRODUCER_APIS
-        if "consumer" not in self.config.roles:
-            keys -= CONSUMER_APIS
+        # Roles decide where clients are *sent* (Metadata, FindCoordinator, the name
+        # service), not what a proxy can parse: every proxy advertises every API, because
+        # clients infer features from ApiVersions as a whole (librdkafka takes message
+        # format v2 only from a broker advertising Produce v3+ *and* Fetch v4+, and falls
+        # back to magic 1, which Kafka 4 refuses, on a producer-only proxy).
         out: dict[int, tuple[int, int]] = {}
         for key in sorted(keys):
             lo, hi = CAPS[key]
@@ -388,7 +398,9 @@ class ClientConnection(asyncio.Protocol):
     async def _dispatch(self, frame: bytes) -> tuple[codec.RequestHeader, Any] | None:
         assert self.session is not None
         header, _ = codec.parse_request_header(frame)
-        self.session.client_id = header.client_id
+        if self.session.client_id != header.client_id:
+            self.session.client_id = header.client_id
+            self.state.saw_client(header.client_id)
         advertised = self.state.advertised()
         rng = advertised.get(header.api_key)
         if header.api_key == ApiKey.API_VERSIONS and (rng is None or header.api_version > rng[1]):
