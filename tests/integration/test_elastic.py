@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -38,7 +39,7 @@ from .fedtopics import backend_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-BASE_PORT = 29500  # the session federation uses 29092..29400
+BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_ELASTIC_PORT", "29500"))  # session: 29092+
 FAILOVER_AFTER = 3.0
 
 
