@@ -17,7 +17,7 @@ from kio.index import load_request_schema
 from federation.protocol.errors import ErrorCode
 from federation.proxy.upstream import ClusterClient, UpstreamError
 
-__all__ = ["EARLIEST", "LATEST", "list_offsets"]
+__all__ = ["EARLIEST", "LATEST", "list_offsets", "producer_states"]
 
 LATEST = -1
 EARLIEST = -2
@@ -89,3 +89,25 @@ async def _ask(client: ClusterClient, node: int, tps: list[tuple[str, int]], tim
         for p in t.partitions:
             out[(t.name, int(p.partition_index))] = (int(p.error_code), int(p.offset))
     return out
+
+
+async def producer_states(client: ClusterClient, topic: str, partition: int,
+                          timeout: float = 5.0) -> dict[int, tuple[int, int]]:
+    """producer id → (epoch, last sequence written) on one physical partition (KIP-664).
+
+    :raises UpstreamError: when the leader cannot be reached or answers an error.
+    """
+    info = await client.leader(topic, partition)
+    conn = await client.connection(info.leader, "admin")
+    schema: Any = load_request_schema(61, 0)
+    module = sys.modules[schema.__module__]
+    req = schema(topics=(module.TopicRequest(name=topic, partition_indexes=(partition,)),))
+    resp = await conn.request(req, timeout)
+    for t in resp.topics:
+        for p in t.partitions:
+            if int(p.error_code):
+                raise UpstreamError(f"{client.id}: DescribeProducers {topic}-{partition}: "
+                                    f"error {int(p.error_code)}", int(p.error_code))
+            return {int(s.producer_id): (int(s.producer_epoch), int(s.last_sequence))
+                    for s in p.active_producers}
+    raise UpstreamError(f"{client.id}: DescribeProducers {topic}-{partition}: no answer")

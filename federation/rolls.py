@@ -46,6 +46,7 @@ __all__ = [
     "plan_rebalance",
     "plan_retire",
     "segment_unread",
+    "written_before_seal",
 ]
 
 #: A physical partition: (cluster, physical topic, physical partition).
@@ -248,6 +249,25 @@ def apply_seals(fmap: FederationMap, seals: Sequence[Seal]) -> tuple[FederationM
         topics[s.topic] = dataclasses.replace(topic, partitions=tuple(parts))
         done.append(s)
     return dataclasses.replace(fmap, topics=topics), done
+
+
+def written_before_seal(producer_id: int, producer_epoch: int, base_sequence: int,
+                        count: int, sealed: Mapping[int, tuple[int, int]]) -> bool:
+    """Whether an idempotent batch was already written to the segment a roll sealed.
+
+    A producer's sequence numbers run on across a roll (the new physical partition
+    accepts them: KIP-360). A batch whose first attempt landed in the old segment but
+    whose acknowledgement was lost is retried into the new one; it is a duplicate exactly
+    when the sealed partition's last sequence for that producer id and epoch already
+    covers it. ``sealed``: producer id → (epoch, last sequence) of the sealed partition,
+    read when nothing lies beyond its seal (so everything it covers is visible).
+    """
+    if producer_id < 0 or base_sequence < 0 or count < 1:
+        return False
+    state = sealed.get(producer_id)
+    if state is None or state[0] != producer_epoch:
+        return False
+    return base_sequence + count - 1 <= state[1]
 
 
 def used_partitions(fmap: FederationMap, cluster: str, physical_topic: str) -> int:

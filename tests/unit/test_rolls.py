@@ -197,3 +197,13 @@ def test_fenced_partition_is_unwritable_in_routing() -> None:
     assert routing.produce_target(fenced, "t", 3).segment.cluster == "a"
     lp: LogicalPartition = fenced.topics["t"].partitions[2]
     assert not routing.writable(fenced, lp)
+
+
+def test_written_before_seal_only_for_the_same_producer_epoch_and_covered_sequences() -> None:
+    sealed = {7: (0, 19)}  # producer 7, epoch 0, last sequence 19 in the sealed segment
+    assert rolls.written_before_seal(7, 0, 15, 5, sealed)  # 15..19: already there
+    assert not rolls.written_before_seal(7, 0, 20, 5, sealed)  # the next batch
+    assert not rolls.written_before_seal(7, 0, 18, 5, sealed)  # runs past: not a retry
+    assert not rolls.written_before_seal(7, 1, 15, 5, sealed)  # another epoch
+    assert not rolls.written_before_seal(8, 0, 0, 5, sealed)  # another producer
+    assert not rolls.written_before_seal(-1, -1, -1, 5, sealed)  # not idempotent
