@@ -7,7 +7,9 @@ The files shipped in ``monitoring/`` are generated from here
 rules and the dashboard against a real Prometheus scraping a local federation.
 
 Scrape job names matter: the rules use ``fedkafka-proxy``, ``fedkafka-nameservice``,
-``fedkafka-controller`` and ``fedkafka-exporter`` (:data:`JOBS`).
+``fedkafka-controller`` and ``fedkafka-exporter`` (:data:`JOBS`). Several lag exporters may
+run (say, one beside each controller): expressions take the ``max`` over exporters before
+summing, so their series are not counted twice.
 """
 
 from __future__ import annotations
@@ -55,16 +57,27 @@ class Alert:
 
 
 _LAG = "fedkafka_consumer_group_lag_records"
+_PART = "group, topic, partition"
+
+
+def _dedup(expr: str, by: str = _PART) -> str:
+    """One series per label set whatever the number of exporters reporting it."""
+    return f"max by ({by}) ({expr})"
+
 
 RECORDS: tuple[Record, ...] = (
-    Record("fedkafka:consumer_group_lag_records:sum", f"sum by (group) ({_LAG})"),
-    Record("fedkafka:consumer_group_topic_lag_records:sum", f"sum by (group, topic) ({_LAG})"),
+    Record("fedkafka:consumer_group_lag_records:sum", f"sum by (group) ({_dedup(_LAG)})"),
+    Record("fedkafka:consumer_group_topic_lag_records:sum",
+           f"sum by (group, topic) ({_dedup(_LAG)})"),
     Record("fedkafka:cluster_unread_records:sum",
-           "sum by (cluster) (fedkafka_consumer_group_unread_records)"),
+           "sum by (cluster) "
+           f"({_dedup('fedkafka_consumer_group_unread_records', 'group, cluster')})"),
     Record("fedkafka:consumer_group_consumed_records:rate5m",
-           "sum by (group) (clamp_min(deriv(fedkafka_consumer_group_committed_offset[5m]), 0))"),
+           "sum by (group) (clamp_min("
+           f"{_dedup('deriv(fedkafka_consumer_group_committed_offset[5m])')}, 0))"),
     Record("fedkafka:topic_produced_records:rate5m",
-           "sum by (topic) (clamp_min(deriv(fedkafka_partition_end_offset[5m]), 0))"),
+           "sum by (topic) (clamp_min("
+           f"{_dedup('deriv(fedkafka_partition_end_offset[5m])', 'topic, partition')}, 0))"),
     Record("fedkafka:proxy_map_version_skew",
            "max(fedkafka_proxy_map_version) - min(fedkafka_proxy_map_version)"),
     Record("fedkafka:proxy_request_seconds:p99",
@@ -83,6 +96,8 @@ RECORDS: tuple[Record, ...] = (
 _LEADER_CLUSTER_UP = ("fedkafka_controller_cluster_up * on (instance) group_left () "
                       "(fedkafka_controller_is_leader == 1)")
 _EXPORTER_AGE = "time() - fedkafka_lag_exporter_last_success_timestamp_seconds"
+_UNREAD = _dedup("fedkafka_consumer_group_unread_records", "group, cluster")
+_DRAINING = 'max by (cluster) (fedkafka_map_cluster_state{state="draining"})'
 
 ALERTS: tuple[Alert, ...] = (
     Alert("FedkafkaComponentDown", 'up{job=~"fedkafka-.*"} == 0', "2m", "critical",
@@ -94,11 +109,12 @@ ALERTS: tuple[Alert, ...] = (
           "{{ $value }} active fedkafka controllers (want exactly 1)",
           "Without an active controller no failover, drain or repair happens.",
           ("sum(fedkafka_controller_is_leader)",)),
-    Alert("FedkafkaClusterDown", 'fedkafka_map_cluster_state{state="down"} == 1', "1m",
+    Alert("FedkafkaClusterDown",
+          'max by (cluster) (fedkafka_map_cluster_state{state="down"}) == 1', "1m",
           "critical", "Physical cluster {{ $labels.cluster }} is down",
           "The controller marked {{ $labels.cluster }} down; its active partitions fail over "
           "after failover_after seconds, reads of its sealed segments wait for it.",
-          ('fedkafka_map_cluster_state{state="down"}',)),
+          ('max by (cluster) (fedkafka_map_cluster_state{state="down"})',)),
     Alert("FedkafkaClusterUnreachable", f"({_LEADER_CLUSTER_UP}) == 0", "30s", "warning",
           "The active controller cannot reach cluster {{ $labels.cluster }}",
           "Health checks of {{ $labels.cluster }} fail; it is marked down after down_after "
@@ -111,14 +127,14 @@ ALERTS: tuple[Alert, ...] = (
           "warning", "{{ $labels.instance }} serves its last map without the store",
           "The proxy lost the metadata store; it keeps serving its last map but misses "
           "changes (rolls, new topics).", ("fedkafka_proxy_store_healthy",)),
-    Alert("FedkafkaRollStuck", "fedkafka_map_fenced_partitions > 0", "5m", "warning",
+    Alert("FedkafkaRollStuck", "max(fedkafka_map_fenced_partitions) > 0", "5m", "warning",
           "{{ $value }} partitions fenced for 5 minutes (writes paused)",
           "A roll did not complete: is a controller active, do all proxies report?",
-          ("fedkafka_map_fenced_partitions",)),
-    Alert("FedkafkaMovesPending", "fedkafka_map_moves_pending > 0", "15m", "warning",
+          ("max(fedkafka_map_fenced_partitions)",)),
+    Alert("FedkafkaMovesPending", "max(fedkafka_map_moves_pending) > 0", "15m", "warning",
           "{{ $value }} rebalance moves pending for 15 minutes",
           "The controller has not carried out requested moves.",
-          ("fedkafka_map_moves_pending",)),
+          ("max(fedkafka_map_moves_pending)",)),
     Alert("FedkafkaConsumerGroupLagGrowing",
           "fedkafka:consumer_group_lag_records:sum > 1000 "
           "and deriv(fedkafka:consumer_group_lag_records:sum[15m]) > 0", "15m", "warning",
@@ -134,13 +150,11 @@ ALERTS: tuple[Alert, ...] = (
           ("fedkafka:consumer_group_lag_records:sum",
            "fedkafka:consumer_group_consumed_records:rate5m")),
     Alert("FedkafkaDrainBlockedByGroup",
-          "fedkafka_consumer_group_unread_records > 0 "
-          'and on (cluster) (fedkafka_map_cluster_state{state="draining"} == 1)', "1h",
+          f"{_UNREAD} > 0 and on (cluster) ({_DRAINING} == 1)", "1h",
           "warning", "Group {{ $labels.group }} keeps draining cluster {{ $labels.cluster }}",
           "{{ $value }} records on the draining cluster are unread by the group; the cluster "
           "cannot be retired until it reads them (or `fedkafka cluster retire --force`).",
-          ("fedkafka_consumer_group_unread_records",
-           'fedkafka_map_cluster_state{state="draining"}')),
+          (_UNREAD, _DRAINING)),
     Alert("FedkafkaLagExporterStale", f"{_EXPORTER_AGE} > 300", "5m", "warning",
           "The lag exporter has not completed a collection for 5 minutes",
           "Lag metrics are stale; see fedkafka_lag_exporter_errors_total and its log.",
@@ -150,10 +164,11 @@ ALERTS: tuple[Alert, ...] = (
           "The lag exporter cannot read offsets of cluster {{ $labels.cluster }}",
           "Lag of partitions whose active segment is there is not reported.",
           ("fedkafka_lag_exporter_cluster_reachable",)),
-    Alert("FedkafkaLagExporterGroupsCapped", 'fedkafka_lag_exporter_groups{status="capped"} > 0',
+    Alert("FedkafkaLagExporterGroupsCapped",
+          'max(fedkafka_lag_exporter_groups{status="capped"}) > 0',
           "1h", "info", "{{ $value }} consumer groups are left out of the lag metrics",
           "Raise max_groups or narrow group_allow/group_deny in the exporter config.",
-          ('fedkafka_lag_exporter_groups{status="capped"}',)),
+          ('max(fedkafka_lag_exporter_groups{status="capped"})',)),
     Alert("FedkafkaProxyErrorRatioHigh", "fedkafka:proxy_error_ratio:rate5m > 0.05", "10m",
           "warning", "{{ $labels.api }}: {{ $value | humanizePercentage }} of requests fail",
           "Partition-level errors returned by the proxies.",
@@ -297,18 +312,19 @@ def dashboard() -> dict[str, Any]:
                        .sort(model.VariableSort.ALPHABETICAL_ASC))
         .with_row(dash.Row("Consumer lag").id(next(ids)))
         .with_panel(series("Lag per group (records)", "short",
-                           query(f"sum by (group) ({lag_group})", "{{group}}"),
+                           query(f"sum by (group) ({_dedup(lag_group)})", "{{group}}"),
                            description="Logical end offset minus committed offset, summed "
                            "over the group's logical partitions."))
         .with_panel(series("Unread records per physical cluster", "short",
-                           query("sum by (cluster) (fedkafka_consumer_group_unread_records"
-                                 f"{group})", "{{cluster}}"),
+                           query("sum by (cluster) (" + _dedup(
+                               f"fedkafka_consumer_group_unread_records{group}",
+                               "group, cluster") + ")", "{{cluster}}"),
                            description="Records the selected groups have not read, by the "
                            "physical cluster storing them: what a drain of that cluster "
                            "waits for."))
         .with_panel(table.Panel().id(next(ids)).title("Lag per logical partition")
                     .datasource(ds).span(12).height(8)
-                    .with_target(query(lag_group, instant=True)))
+                    .with_target(query(_dedup(lag_group), instant=True)))
         .with_panel(series("Consumed and produced (records/s)", "short",
                            query(f"fedkafka:consumer_group_consumed_records:rate5m{group}",
                                  "consumed by {{group}}"),
@@ -327,10 +343,11 @@ def dashboard() -> dict[str, Any]:
                            unit="s"))
         .with_panel(table.Panel().id(next(ids)).title("Cluster states").datasource(ds)
                     .span(8).height(8)
-                    .with_target(query('fedkafka_map_cluster_state == 1', instant=True)))
+                    .with_target(query("max by (cluster, state) "
+                                       "(fedkafka_map_cluster_state) == 1", instant=True)))
         .with_panel(bargauge.Panel().id(next(ids)).title("Segments per cluster")
                     .datasource(ds).span(8).height(8)
-                    .with_target(query("sum by (cluster, kind) (fedkafka_map_segments)",
+                    .with_target(query("max by (cluster, kind) (fedkafka_map_segments)",
                                        "{{cluster}} {{kind}}", instant=True)))
         .with_panel(series("Clusters reachable (active controller)", "none",
                            query(_LEADER_CLUSTER_UP, "{{cluster}}"), span=8))
