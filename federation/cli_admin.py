@@ -526,7 +526,7 @@ async def _status(backend: MetadataBackend) -> dict[str, Any]:
     fmap = await asyncio.to_thread(backend.load)
     health = await asyncio.to_thread(backend.health)
     members = {kind: await asyncio.to_thread(backend.members, kind)
-               for kind in ("controller", "proxy", "nameservice")}
+               for kind in ("controller", "proxy", "nameservice", "exporter")}
     clusters = []
     if fmap is not None:
         async def check(c: PhysicalCluster) -> dict[str, Any]:
@@ -539,9 +539,11 @@ async def _status(backend: MetadataBackend) -> dict[str, Any]:
                     "reachable": reachable, "kafka_cluster_id": kafka_id, "error": error}
 
         clusters = list(await asyncio.gather(*(check(c) for c in fmap.clusters.values())))
+    from federation.cli_group import status_extras
+
     return {"store": health, "map_version": fmap.version if fmap else None,
             "topics": len(fmap.topics) if fmap else 0, "clusters": clusters,
-            "members": members}
+            "members": members, **await status_extras(fmap)}
 
 
 def status(store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False) -> None:
@@ -567,6 +569,9 @@ def status(store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt 
             names = ", ".join(f"{m}{' (leader)' if d.get('leader') else ''}"
                               for m, d in sorted(members.items()))
             out.print(f"{kind}s: {names}")
+    from federation.cli_group import print_status_extras
+
+    print_status_extras(report)
 
 
 def controller(

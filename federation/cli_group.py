@@ -16,7 +16,8 @@ from rich.table import Table
 
 from federation import admin
 from federation.cli_admin import JsonOpt, StoreOpt, WorkdirOpt, _backend, _print_json, _run, out
-from federation.errors import ConfigError
+from federation.errors import ConfigError, FedKafkaError
+from federation.model import FederationMap
 
 __all__ = ["group_app", "register"]
 
@@ -181,6 +182,60 @@ def group_reset_offsets(
     for r in rows:
         table.add_row(str(r["topic"]), str(r["partition"]), _num(r["committed"]), str(r["new"]))
     out.print(table)
+
+
+# -- what `fedkafka status` shows of groups and segments ------------------------------------
+
+
+async def status_extras(fmap: FederationMap | None) -> dict[str, Any]:
+    """Segments per cluster and the biggest lags, for ``fedkafka status``."""
+    from federation.lag import top_lags
+
+    if fmap is None:
+        return {"segments": {}, "top_lags": [], "lag_error": None}
+    segments = {c: {"active": 0, "sealed": 0} for c in sorted(fmap.clusters)}
+    for topic in fmap.topics.values():
+        for lp in topic.partitions:
+            for seg in lp.segments:
+                kind = "active" if seg.is_active else "sealed"
+                segments.setdefault(seg.cluster, {"active": 0, "sealed": 0})[kind] += 1
+    lags: list[dict[str, Any]] = []
+    error = None
+    try:
+        lags = await top_lags(fmap)
+    except FedKafkaError as e:
+        error = str(e)
+    return {"segments": segments, "top_lags": lags, "lag_error": error}
+
+
+def print_status_extras(report: dict[str, Any]) -> None:
+    """The proxies by pool and role, segments per cluster and the biggest lags."""
+    proxies = report.get("members", {}).get("proxy", {})
+    if proxies:
+        table = Table(title="proxies")
+        for col in ("member", "pool", "roles", "node id"):
+            table.add_column(col)
+        for member, data in sorted(proxies.items(),
+                                   key=lambda kv: (str(kv[1].get("pool")), kv[0])):
+            table.add_row(member, str(data.get("pool", "-")),
+                          ",".join(data.get("roles", [])) or "-", str(data.get("node_id", "-")))
+        out.print(table)
+    segments = report.get("segments", {})
+    if segments:
+        out.print("segments: " + ", ".join(f"{c} {n['active']} active/{n['sealed']} sealed"
+                                           for c, n in segments.items()))
+    if report.get("lag_error"):
+        out.print(f"[yellow]lag unknown: {report['lag_error']}[/yellow]")
+    elif report.get("top_lags"):
+        table = Table(title="biggest consumer lags")
+        for col in ("group", "topic", "partition", "lag", "unread on"):
+            table.add_column(col)
+        for r in report["top_lags"]:
+            table.add_row(r["group"], r["topic"], str(r["partition"]), _num(r["lag"]),
+                          _unread_text(r["unread"]))
+        out.print(table)
+    else:
+        out.print("consumer lag: none")
 
 
 def exporter(

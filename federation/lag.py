@@ -31,7 +31,7 @@ from federation.proxy.upstream import ClusterClient, UpstreamError
 from federation.rolls import PhysKey, phys_key, segment_unread
 
 __all__ = ["GroupFilter", "LagReport", "OffsetReader", "Offsets", "PartitionLag", "collect",
-           "compute_lag", "logical_end", "logical_log_start"]
+           "compute_lag", "logical_end", "logical_log_start", "top_lags"]
 
 #: group → {(logical topic, partition) → committed logical offset}
 Committed = Mapping[str, Mapping[tuple[str, int], int]]
@@ -313,3 +313,12 @@ async def collect(fmap: FederationMap, *, groups: GroupFilter | Sequence[str] | 
         kept, capped = groups.limit(committed)
         committed = {g: committed[g] for g in kept}
     return compute_lag(fmap, committed, offsets), capped
+
+
+async def top_lags(fmap: FederationMap, n: int = 5, timeout: float = 5.0
+                   ) -> list[dict[str, Any]]:
+    """The ``n`` biggest lags (group, logical partition) of the federation, biggest first."""
+    report, _ = await collect(fmap, timeout=timeout)
+    rows = [p for p in report.partitions if p.lag]
+    rows.sort(key=lambda p: (-(p.lag or 0), p.group, p.topic, p.partition))
+    return [p.to_dict() for p in rows[:n]]

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -29,7 +32,8 @@ pytestmark = [
                        reason="Prometheus not installed (Debian package prometheus)"),
 ]
 
-BASE_PORT = 35700  # the session federation uses 35092..35392 (FEDKAFKA_TEST_BASE_PORT)
+# Below the ephemeral port range (32768+) by default, clear of the other tests' ranges.
+BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_MONITORING_PORT", "24592"))
 DASHBOARD = Path(__file__).resolve().parents[2] / "monitoring" / "grafana" / \
     "fedkafka-overview.json"
 TOPIC = "monitored"
@@ -120,6 +124,32 @@ def test_every_rule_and_dashboard_expression_returns_data(fed: dict[str, Any]) -
     )["result"]}
     # contiguous layout: partitions 0-1 on c1, 2-3 on c2
     assert by_cluster == {"c1": (40 - 40) + (30 - 10), "c2": (20 - 0) + (10 - 5)}
+
+
+def test_status_shows_proxies_segments_and_biggest_lags(fed: dict[str, Any]) -> None:
+    """`fedkafka status` on the same federation (after the test above)."""
+    proc = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--json",
+                           "--store", fed["store"]], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["segments"] == {"c1": {"active": 2, "sealed": 0},
+                                  "c2": {"active": 2, "sealed": 0}}
+    assert [(r["group"], r["partition"], r["lag"], r["unread"]) for r in report["top_lags"]] == [
+        ("monitored-group", 1, 20, {"c1": 20}), ("monitored-group", 2, 20, {"c2": 20}),
+        ("monitored-group", 3, 5, {"c2": 5})]
+    # Proxies by pool and role (the name service registers as a proxy of its pool too).
+    proxies = report["members"]["proxy"]
+    endpoints = [f"{p['host']}:{p['port']}" for p in fed["proxies"]]
+    assert set(proxies) == {*endpoints, fed["bootstrap"]}
+    assert {(d["pool"], tuple(d["roles"])) for d in proxies.values()} == {
+        ("default", ("consumer", "producer"))}
+    assert list(report["members"]["exporter"]) == ["exporter-1"]
+    text = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--store",
+                           fed["store"]], capture_output=True, text=True, timeout=120,
+                          check=False)
+    assert text.returncode == 0, text.stderr
+    assert "biggest consumer lags" in text.stdout and "monitored-group" in text.stdout
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
