@@ -74,6 +74,7 @@ __all__ = [
     "remove_cluster",
     "set_cluster_state",
     "set_pool",
+    "set_topic_config",
     "topic_name_error",
     "validate_create_topic",
 ]
@@ -737,6 +738,41 @@ async def add_partitions(backend: MetadataBackend, name: str, new_count: int, *,
         raise
     log.info("partitions added", topic=name, old=old.partition_count, new=new_count)
     return topic
+
+
+async def set_topic_config(backend: MetadataBackend, name: str, config: Mapping[str, str], *,
+                           plugins: Plugins | None = None) -> LogicalTopic:
+    """Record ``name``'s topic config (its physical topics' dynamic configs) in the map, so
+    that physical topics created later for it (new segments, repairs) get it too. The
+    physical topics themselves are altered by the caller (the proxy's AlterConfigs)."""
+    wanted = dict(config)
+    updated: list[LogicalTopic] = []
+
+    def change(current: FederationMap | None) -> FederationMap | None:
+        if current is None:
+            raise _no_map()
+        topic = _topic(current, name)
+        updated[:] = [dataclasses.replace(topic, config=wanted)]
+        if dict(topic.config) == wanted:
+            return None
+        return current.with_topic(updated[0])
+
+    def publish(current: FederationMap | None) -> FederationMap | None:
+        try:
+            return change(current)
+        except AdminError as e:
+            raise _Refused() from e
+
+    before = await asyncio.to_thread(backend.load)
+    try:
+        new = await asyncio.to_thread(mapstore.update, backend, publish)
+    except _Refused as e:
+        assert isinstance(e.__cause__, AdminError)
+        raise e.__cause__ from None
+    if new is not None:
+        (plugins or get_plugins()).notify_map_published(before, new)
+        log.info("topic config recorded", topic=name, config=wanted)
+    return updated[0]
 
 
 @dataclass(frozen=True, slots=True)

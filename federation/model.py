@@ -329,6 +329,44 @@ class Move:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoCreatePolicy:
+    """Automatic topic creation (Kafka's ``auto.create.topics.enable``), federation-wide.
+
+    A Metadata request naming an unknown, valid topic with ``allow_auto_topic_creation``
+    creates it as a logical topic with these settings (ADR 0012).
+    """
+
+    enabled: bool = True
+    partitions: int = 1  #: as Kafka's ``num.partitions`` default
+    strategy: str = "contiguous"
+    replication_factor: int = -1  #: -1: each physical cluster's default
+
+    def validate(self) -> None:
+        if self.partitions < 1:
+            raise ValueError(f"auto_create.partitions must be >= 1, got {self.partitions}")
+        if self.replication_factor == 0 or self.replication_factor < -1:
+            raise ValueError("auto_create.replication_factor must be >= 1, or -1 for each "
+                             f"cluster's default, got {self.replication_factor}")
+        if not self.strategy:
+            raise ValueError("auto_create.strategy must name a mapping strategy")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "partitions": self.partitions,
+                "strategy": self.strategy, "replication_factor": self.replication_factor}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AutoCreatePolicy:
+        _check_keys("auto_create", data, {"enabled", "partitions", "strategy",
+                                          "replication_factor"})
+        default = cls()
+        return cls(enabled=bool(data.get("enabled", default.enabled)),
+                   partitions=int(data.get("partitions", default.partitions)),
+                   strategy=str(data.get("strategy", default.strategy)),
+                   replication_factor=int(data.get("replication_factor",
+                                                   default.replication_factor)))
+
+
+@dataclass(frozen=True, slots=True)
 class FederationMap:
     """Everything a proxy or the name service needs, under one monotonically growing version."""
 
@@ -341,6 +379,7 @@ class FederationMap:
     routing: tuple[RoutingRule, ...] = ()
     default_pool: str = DEFAULT_POOL
     moves: tuple[Move, ...] = ()  #: requested rolls, waiting for the controller
+    auto_create: AutoCreatePolicy = AutoCreatePolicy()  #: automatic topic creation policy
     _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
                                                      hash=False)
 
@@ -418,6 +457,7 @@ class FederationMap:
         self._validate_template()
         self._validate_topics()
         self._validate_pools()
+        self.auto_create.validate()
 
     def _validate_template(self) -> None:
         template = self.physical_topic_template
@@ -542,6 +582,8 @@ class FederationMap:
         if self.moves:
             out["moves"] = [{"topic": m.topic, "partition": m.partition, "target": m.target,
                              "reason": m.reason} for m in self.moves]
+        if self.auto_create != AutoCreatePolicy():  # written only when set (older readers)
+            out["auto_create"] = self.auto_create.to_dict()
         return out
 
     @classmethod
@@ -594,13 +636,15 @@ class FederationMap:
                 moves=tuple(Move(m["topic"], int(m["partition"]), m.get("target"),
                                  m.get("reason", "rebalance"))
                             for m in data.get("moves", ())),
+                auto_create=AutoCreatePolicy.from_dict(data.get("auto_create", {})),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
 
 
 _MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
-                       "default_pool", "clusters", "topics", "pools", "routing", "moves"})
+                       "default_pool", "clusters", "topics", "pools", "routing", "moves",
+                       "auto_create"})
 _SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
                            "sealed_end"})
 

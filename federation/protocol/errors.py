@@ -84,6 +84,7 @@ class ErrorCode(enum.IntEnum):
     KAFKA_STORAGE_ERROR = 56
     SASL_AUTHENTICATION_FAILED = 58
     UNKNOWN_PRODUCER_ID = 59
+    NON_EMPTY_GROUP = 68
     GROUP_ID_NOT_FOUND = 69
     FETCH_SESSION_ID_NOT_FOUND = 70
     INVALID_FETCH_SESSION_EPOCH = 71
@@ -206,6 +207,45 @@ _MIRRORS: Final[Mapping[int, tuple[_Mirror, ...]]] = {
             "results",
             "resources",
             {"resource_type": "resource_type", "resource_name": "resource_name"},
+        ),
+    ),
+    33: (  # AlterConfigs
+        _Mirror(
+            "responses",
+            "resources",
+            {"resource_type": "resource_type", "resource_name": "resource_name"},
+        ),
+    ),
+    44: (  # IncrementalAlterConfigs
+        _Mirror(
+            "responses",
+            "resources",
+            {"resource_type": "resource_type", "resource_name": "resource_name"},
+        ),
+    ),
+    21: (  # DeleteRecords
+        _Mirror(
+            "topics",
+            "topics",
+            {"name": "name"},
+            (_Mirror("partitions", "partitions", {"partition_index": "partition_index"}),),
+        ),
+    ),
+    42: (_Mirror("results", "groups_names", {"group_id": ""}),),  # DeleteGroups
+    47: (  # OffsetDelete
+        _Mirror(
+            "topics",
+            "topics",
+            {"name": "name"},
+            (_Mirror("partitions", "partitions", {"partition_index": "partition_index"}),),
+        ),
+    ),
+    61: (  # DescribeProducers
+        _Mirror(
+            "topics",
+            "topics",
+            {"name": "name"},
+            (_Mirror("partitions", "partition_indexes", {"partition_index": ""}),),
         ),
     ),
 }

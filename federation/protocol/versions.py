@@ -51,9 +51,15 @@ class ApiKey:
     DELETE_TOPICS: Final = 20
     INIT_PRODUCER_ID: Final = 22
     OFFSET_FOR_LEADER_EPOCH: Final = 23
+    DELETE_RECORDS: Final = 21
     DESCRIBE_CONFIGS: Final = 32
+    ALTER_CONFIGS: Final = 33
     CREATE_PARTITIONS: Final = 37
+    DELETE_GROUPS: Final = 42
+    INCREMENTAL_ALTER_CONFIGS: Final = 44
+    OFFSET_DELETE: Final = 47
     DESCRIBE_CLUSTER: Final = 60
+    DESCRIBE_PRODUCERS: Final = 61
 
 
 SERVED_API_KEYS: Final[tuple[int, ...]] = (
@@ -80,6 +86,12 @@ SERVED_API_KEYS: Final[tuple[int, ...]] = (
     ApiKey.DELETE_TOPICS,
     ApiKey.CREATE_PARTITIONS,
     ApiKey.DESCRIBE_CONFIGS,
+    ApiKey.ALTER_CONFIGS,
+    ApiKey.INCREMENTAL_ALTER_CONFIGS,
+    ApiKey.DELETE_RECORDS,
+    ApiKey.DELETE_GROUPS,
+    ApiKey.OFFSET_DELETE,
+    ApiKey.DESCRIBE_PRODUCERS,
 )
 """The APIs the proxy answers, in the order they are advertised."""
 

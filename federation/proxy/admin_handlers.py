@@ -9,8 +9,9 @@ factor (-1: the brokers' default) and configs passed to the physical topics, who
 refusals (INVALID_CONFIG, POLICY_VIOLATION...) come back with their own code and message;
 v5+ results carry the partition count, replication factor and the topic's configs.
 ``validate_only`` has every physical cluster validate and creates nothing.
-DeleteTopics and CreatePartitions likewise; DescribeConfigs describes a logical topic's
-own config.
+DeleteTopics and CreatePartitions likewise. Configs: :mod:`federation.proxy.configs`;
+DeleteRecords, DeleteGroups, OffsetDelete, DescribeProducers:
+:mod:`federation.proxy.admin_apis`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedkafka.proxy.admin")
 STRATEGY_CONFIG = "fedkafka.strategy"
-TOPIC_RESOURCE = 2
 
 
 def _ms(value: int) -> Any:
@@ -259,29 +259,3 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
     await _refresh(state)
     return build(mod.CreatePartitionsResponse, throttle_time=_ms(0), results=tuple(results))
 
-
-async def describe_configs(state: ProxyState, req: codec.Request) -> Any:
-    body: Any = req.entity
-    mod = resp_module(ApiKey.DESCRIBE_CONFIGS, req.header.api_version)
-    results = []
-    for r in body.resources:
-        configs: list[Any] = []
-        code, message = 0, None
-        if int(r.resource_type) == TOPIC_RESOURCE:
-            topic = state.fmap.topics.get(r.resource_name)
-            if topic is None:
-                code, message = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "unknown topic"
-            else:
-                wanted = set(r.configuration_keys) if r.configuration_keys else None
-                values = {**topic.config, STRATEGY_CONFIG: topic.strategy}
-                for k, v in sorted(values.items()):
-                    if wanted is None or k in wanted:
-                        configs.append(build(mod.DescribeConfigsResourceResult, name=k,
-                                             value=v, read_only=k == STRATEGY_CONFIG,
-                                             config_source=1, is_sensitive=False,
-                                             is_default=False, synonyms=(), config_type=2,
-                                             documentation=None))
-        results.append(build(mod.DescribeConfigsResult, error_code=to_kio(code),
-                             error_message=message, resource_type=r.resource_type,
-                             resource_name=r.resource_name, configs=tuple(configs)))
-    return build(mod.DescribeConfigsResponse, throttle_time=_ms(0), results=tuple(results))

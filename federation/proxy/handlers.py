@@ -30,7 +30,7 @@ from federation.offsets import list_offsets
 from federation.protocol import codec, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy import admin_handlers, routing
+from federation.proxy import admin_apis, admin_handlers, configs, routing
 from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
 from federation.rolls import PhysKey, phys_key
@@ -117,13 +117,25 @@ class Session:
             ApiKey.CREATE_TOPICS: self._admin(admin_handlers.create_topics),
             ApiKey.DELETE_TOPICS: self._admin(admin_handlers.delete_topics),
             ApiKey.CREATE_PARTITIONS: self._admin(admin_handlers.create_partitions),
-            ApiKey.DESCRIBE_CONFIGS: self._admin(admin_handlers.describe_configs),
+            ApiKey.DESCRIBE_CONFIGS: self._admin(configs.describe_configs),
+            ApiKey.ALTER_CONFIGS: self._admin(configs.alter_configs),
+            ApiKey.INCREMENTAL_ALTER_CONFIGS: self._admin(configs.alter_configs),
+            ApiKey.DELETE_RECORDS: self._with_session(admin_apis.delete_records),
+            ApiKey.DELETE_GROUPS: self._with_session(admin_apis.delete_groups),
+            ApiKey.OFFSET_DELETE: self._with_session(admin_apis.offset_delete),
+            ApiKey.DESCRIBE_PRODUCERS: self._with_session(admin_apis.describe_producers),
         }
 
     def _admin(self, fn: Callable[[ProxyState, codec.Request], Awaitable[Any]]
                ) -> Callable[[codec.Request], Awaitable[Reply]]:
         async def handler(req: codec.Request) -> Reply:
             return fn(self.state, req)
+        return handler
+
+    def _with_session(self, fn: Callable[[Session, codec.Request], Awaitable[Any]]
+                      ) -> Callable[[codec.Request], Awaitable[Reply]]:
+        async def handler(req: codec.Request) -> Reply:
+            return fn(self, req)
         return handler
 
     def close(self) -> None:
@@ -354,7 +366,8 @@ class Session:
             sub = replace(body, topic_data=_regroup_produce(grp.parts))
             try:
                 conn = await self.lane(grp.cluster, grp.node)
-                fut = conn.send(sub, expect_response=body.acks != 0)
+                fut = conn.send(sub, expect_response=body.acks != 0,
+                                client_id=req.header.client_id)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 for p in grp.parts:
@@ -477,7 +490,8 @@ class Session:
         cluster = self.state.cluster(self.state.pid_cluster())
         try:
             conn = await cluster.any_connection()
-            return _done(await conn.request(body, self.state.request_timeout))
+            return _done(await conn.request(body, self.state.request_timeout,
+                                            client_id=req.header.client_id))
         except UpstreamError as e:
             return _done(error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
                                         if e.error_code == ErrorCode.NETWORK_EXCEPTION
@@ -541,7 +555,7 @@ class Session:
                 continue
             try:
                 conn = await self.lane(grp.cluster, grp.node)
-                fut = conn.send(sub)
+                fut = conn.send(sub, client_id=req.header.client_id)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
@@ -777,7 +791,7 @@ class Session:
             replace(p, partition_index=seg.partition, timestamp=ts, current_leader_epoch=-1),
         )),))
         conn = await self.lane(cluster, info.leader)
-        resp = await conn.request(sub, self.state.request_timeout)
+        resp = await conn.request(sub, self.state.request_timeout, client_id=self.client_id)
         pr = resp.topics[0].partitions[0]
         code = int(pr.error_code)
         if code in RETRIABLE_LEADER_ERRORS:
@@ -819,7 +833,8 @@ class Session:
         for attempt in range(2):
             node = await cluster.coordinator(group_id)
             conn = await self.lane(cluster, node)
-            resp = await conn.request(req.entity, self.state.request_timeout + 300)
+            resp = await conn.request(req.entity, self.state.request_timeout + 300,
+                                      client_id=req.header.client_id)
             code = int(getattr(resp, "error_code", 0) or 0)
             if code in (ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_NOT_AVAILABLE) \
                     and attempt == 0:
@@ -891,7 +906,8 @@ class Session:
                 groups: list[Any] = []
                 for node in view.brokers:
                     conn = await self.lane(cluster, node)
-                    resp = await conn.request(req.entity, self.state.request_timeout)
+                    resp = await conn.request(req.entity, self.state.request_timeout,
+                                              client_id=req.header.client_id)
                     groups.extend(resp.groups)
                 return build(mod.ListGroupsResponse, throttle_time=_ms(0), error_code=to_kio(0),
                              groups=tuple(groups))

@@ -156,12 +156,17 @@ class BrokerConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------
 
-    def send(self, entity: Any, expect_response: bool = True) -> asyncio.Future[Any] | None:
-        """Write ``entity`` now (pipelined); returns the future of its response entity."""
+    def send(self, entity: Any, expect_response: bool = True, client_id: str | None = None
+             ) -> asyncio.Future[Any] | None:
+        """Write ``entity`` now (pipelined); returns the future of its response entity.
+
+        :param client_id: the request header's client id (the application's, for requests
+            forwarded on its behalf); None: this connection's own.
+        """
         if not self.alive or self._transport is None:
             raise UpstreamError(f"{self.label}: connection is closed")
         cid = next(self._correlation) & 0x7FFFFFFF
-        parts = codec.encode_request(entity, cid, self.client_id)
+        parts = codec.encode_request(entity, cid, client_id or self.client_id)
         self._transport.writelines(parts)
         if not expect_response:
             return None
@@ -188,10 +193,10 @@ class BrokerConnection(asyncio.Protocol):
         """Wait while the socket's write buffer is over its limit (backpressure)."""
         await self._drain()
 
-    async def request(self, entity: Any, timeout: float) -> Any:
+    async def request(self, entity: Any, timeout: float, client_id: str | None = None) -> Any:
         """Send ``entity`` and wait for its response entity (at most ``timeout`` s)."""
         await self._drain()
-        fut = self.send(entity)
+        fut = self.send(entity, client_id=client_id)
         assert fut is not None
         return await self.wait(fut, timeout)
 

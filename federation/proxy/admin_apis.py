@@ -1,0 +1,281 @@
+"""DeleteRecords, DeleteGroups, OffsetDelete and DescribeProducers on logical entities.
+
+* **DeleteRecords**: a logical offset is translated across the partition's segments
+  (:func:`plan_delete_records`): the segment holding it has its physical partition
+  truncated before the translated offset, every earlier (sealed) segment is deleted
+  entirely, and the answer's low watermark is logical. The segment holding the offset goes
+  first, so an offset beyond the high watermark is refused (OFFSET_OUT_OF_RANGE, by its
+  broker) before anything is deleted. Records of *another* logical partition that share a
+  physical partition (a layout no built-in strategy makes) are never deleted: the
+  deletion stops before them.
+* **DeleteGroups**, **OffsetDelete**: groups live on the coordination cluster (their
+  offsets are logical, under logical topic names): forwarded to each group's coordinator
+  there, like the other group APIs.
+* **DescribeProducers**: answered from the physical partition of each logical partition's
+  active segment, where idempotent producers write now (their state on sealed segments
+  is not merged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from federation.model import FederationMap, LogicalPartition, Operation, Segment
+from federation.offsets import EARLIEST, list_offsets
+from federation.protocol import codec
+from federation.protocol.errors import ErrorCode, error_response, to_kio
+from federation.protocol.versions import ApiKey
+from federation.proxy.routing import build, replace, resp_module
+from federation.proxy.upstream import UpstreamError
+
+if TYPE_CHECKING:
+    from federation.proxy.handlers import Session
+
+HIGH_WATERMARK = -1
+_LEADER_ERRORS = {ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE,
+                  ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
+
+
+def _ms(value: int) -> Any:
+    import datetime
+
+    return datetime.timedelta(milliseconds=value)
+
+
+def _request_class(entity: Any, name: str) -> Any:
+    return getattr(sys.modules[type(entity).__module__], name)
+
+
+# -- DeleteRecords -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Deletion:
+    """Delete the records of ``segment``'s physical partition before ``physical_offset``
+    (-1: its high watermark)."""
+
+    segment: Segment
+    physical_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePlan:
+    final: Deletion  #: in the segment holding the offset: its answer is the low watermark
+    earlier: tuple[Deletion, ...]  #: whole sealed segments before it
+
+
+def plan_delete_records(fmap: FederationMap, partition: LogicalPartition, offset: int
+                        ) -> DeletePlan:
+    """What DeleteRecords(``offset``) deletes on each physical partition (pure).
+
+    :param offset: a logical offset, or -1 for the partition's high watermark.
+    """
+    segments = partition.segments
+    if offset == HIGH_WATERMARK:
+        holding, physical = segments[-1], HIGH_WATERMARK
+    elif offset < segments[0].logical_start:  # already gone: nothing of ours to delete
+        holding, physical = segments[0], segments[0].physical_start
+    else:
+        found = partition.segment_for(offset)
+        holding = found if found is not None else segments[-1]
+        physical = holding.to_physical(offset)
+    index = segments.index(holding)
+    own = set(segments[:index + 1])
+    earlier = []
+    for seg in segments[:index]:
+        # A whole sealed segment: up to its end, or to the high watermark (the records a
+        # seal left behind belong to nobody) when nothing else lives after it there.
+        end = seg.physical_end
+        assert end is not None
+        after = _starts_on(fmap, seg, exclude=set())
+        target = end if any(start >= end for start in after) else HIGH_WATERMARK
+        earlier.append(Deletion(seg, _capped(fmap, seg, target, own)))
+    return DeletePlan(Deletion(holding, _capped(fmap, holding, physical, own)), tuple(earlier))
+
+
+def _starts_on(fmap: FederationMap, seg: Segment, exclude: set[Segment]) -> list[int]:
+    """Physical starts of the other segments (any topic) on ``seg``'s physical partition."""
+    out = []
+    for topic in fmap.topics.values():
+        for lp in topic.partitions:
+            for other in lp.segments:
+                if (other is not seg and other not in exclude and other.cluster == seg.cluster
+                        and other.topic == seg.topic and other.partition == seg.partition):
+                    out.append(other.physical_start)
+    return out
+
+
+def _capped(fmap: FederationMap, seg: Segment, target: int, own: set[Segment]) -> int:
+    """``target``, lowered so that no record of a segment we do not delete goes with it
+    (one of another logical partition on the same physical partition, before ``target``)."""
+    foreign = [s for s in _starts_on(fmap, seg, own) if target == HIGH_WATERMARK or s < target]
+    return min(foreign) if foreign else target
+
+
+async def delete_records(session: Session, req: codec.Request) -> Any:
+    body: Any = req.entity
+    mod = resp_module(ApiKey.DELETE_RECORDS, req.header.api_version)
+    fmap = session.fmap
+
+    async def one(name: str, p: Any) -> Any:
+        index = int(p.partition_index)
+        offset = int(p.offset)
+        code, low = 0, -1
+        try:
+            topic = fmap.topics.get(name)
+            if topic is None or not 0 <= index < topic.partition_count:
+                code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+            elif not session.allowed(Operation.DELETE, name):
+                code = ErrorCode.TOPIC_AUTHORIZATION_FAILED
+            elif offset < HIGH_WATERMARK:
+                code = ErrorCode.OFFSET_OUT_OF_RANGE
+            else:
+                plan = plan_delete_records(fmap, topic.partitions[index], offset)
+                code, physical_low = await _delete(session, body, plan.final, req)
+                if not code:
+                    answers = await asyncio.gather(*(_delete(session, body, d, req)
+                                                      for d in plan.earlier))
+                    code = next((c for c, _ in answers if c), 0)
+                    if not code:
+                        low = await _logical_low(session, topic.partitions[index],
+                                                 plan.final.segment, physical_low)
+        except UpstreamError as e:
+            code = e.error_code
+        return build(mod.DeleteRecordsPartitionResult, partition_index=index,
+                     low_watermark=low, error_code=to_kio(code))
+
+    topics = []
+    for t in body.topics:
+        parts = await asyncio.gather(*(one(t.name, p) for p in t.partitions))
+        topics.append(build(mod.DeleteRecordsTopicResult, name=t.name, partitions=tuple(parts)))
+    return build(mod.DeleteRecordsResponse, throttle_time=_ms(0), topics=tuple(topics))
+
+
+async def _logical_low(session: Session, partition: LogicalPartition, holding: Segment,
+                       physical_low: int) -> int:
+    """The partition's logical low watermark, given ``holding``'s physical one: past a
+    sealed segment that has nothing left, in the next segment that has."""
+    segments = partition.segments
+    for seg in segments[segments.index(holding):]:
+        if seg is not holding:
+            try:
+                found = await list_offsets(session.state.cluster(seg.cluster),
+                                           [(seg.topic, seg.partition)], EARLIEST,
+                                           timeout=session.state.request_timeout)
+            except UpstreamError:
+                break  # that cluster is away: the best known answer
+            physical_low = found[(seg.topic, seg.partition)]
+        end = seg.physical_end
+        if end is None or physical_low < end:
+            return max(seg.logical_start, seg.to_logical(physical_low))
+        holding = seg
+    return max(holding.logical_start, holding.to_logical(physical_low))
+
+
+async def _delete(session: Session, body: Any, d: Deletion, req: codec.Request
+                  ) -> tuple[int, int]:
+    """(error code, physical low watermark) of one physical DeleteRecords."""
+    seg = d.segment
+    cluster = session.state.cluster(seg.cluster)
+    sub = replace(body, topics=(build(_request_class(body, "DeleteRecordsTopic"), name=seg.topic,
+                                      partitions=(build(_request_class(body,
+                                                                       "DeleteRecordsPartition"),
+                                                        partition_index=seg.partition,
+                                                        offset=d.physical_offset),)),))
+    timeout = session.state.request_timeout + body.timeout.total_seconds()
+    code = 0
+    for _ in range(2):
+        info = await cluster.leader(seg.topic, seg.partition)
+        conn = await session.lane(cluster, info.leader)
+        resp = await conn.request(sub, timeout, client_id=req.header.client_id)
+        [pr] = resp.topics[0].partitions
+        code = int(pr.error_code)
+        if code in _LEADER_ERRORS:
+            cluster.invalidate()
+            continue
+        return code, int(pr.low_watermark)
+    return code, -1
+
+
+# -- groups --------------------------------------------------------------------------------
+
+
+async def delete_groups(session: Session, req: codec.Request) -> Any:
+    """Each group to its own coordinator on the coordination cluster; answers merged."""
+    body: Any = req.entity
+    mod = resp_module(ApiKey.DELETE_GROUPS, req.header.api_version)
+
+    async def one(group_id: str) -> Any:
+        sub = codec.Request(req.header, replace(body, groups_names=(group_id,)))
+        try:
+            resp = await session._to_coordinator(sub, group_id)
+        except UpstreamError:
+            session._coordination_cluster(group_id).forget_coordinator(group_id)
+            return build(mod.DeletableGroupResult, group_id=group_id,
+                         error_code=to_kio(ErrorCode.COORDINATOR_NOT_AVAILABLE))
+        [result] = resp.results
+        return result
+
+    results = await asyncio.gather(*(one(g) for g in body.groups_names))
+    return build(mod.DeleteGroupsResponse, throttle_time=_ms(0), results=tuple(results))
+
+
+async def offset_delete(session: Session, req: codec.Request) -> Any:
+    body: Any = req.entity
+    try:
+        return await session._to_coordinator(req, body.group_id)
+    except UpstreamError:
+        session._coordination_cluster(body.group_id).forget_coordinator(body.group_id)
+        return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
+
+
+# -- DescribeProducers ---------------------------------------------------------------------
+
+
+async def describe_producers(session: Session, req: codec.Request) -> Any:
+    body: Any = req.entity
+    mod = resp_module(ApiKey.DESCRIBE_PRODUCERS, req.header.api_version)
+    fmap = session.fmap
+
+    def failed(index: int, code: int, message: str | None = None) -> Any:
+        return build(mod.PartitionResponse, partition_index=index, error_code=to_kio(code),
+                     error_message=message, active_producers=())
+
+    async def one(name: str, index: int) -> Any:
+        topic = fmap.topics.get(name)
+        if topic is None or not 0 <= index < topic.partition_count:
+            return failed(index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+        if not session.allowed(Operation.READ, name):
+            return failed(index, ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+        seg = topic.partitions[index].active
+        cluster = session.state.cluster(seg.cluster)
+        topic_cls = _request_class(body, "TopicRequest")
+        sub = replace(body, topics=(build(topic_cls, name=seg.topic,
+                                          partition_indexes=(seg.partition,)),))
+        try:
+            info = await cluster.leader(seg.topic, seg.partition)
+            conn = await session.lane(cluster, info.leader)
+            resp = await conn.request(sub, session.state.request_timeout,
+                                      client_id=req.header.client_id)
+        except UpstreamError as e:
+            return failed(index, e.error_code, str(e))
+        [pr] = resp.topics[0].partitions
+        if int(pr.error_code) in _LEADER_ERRORS:
+            cluster.invalidate()
+        producers = tuple(replace(s, current_txn_start_offset=-1 if int(
+            s.current_txn_start_offset) < 0 else seg.to_logical(int(s.current_txn_start_offset)))
+            for s in pr.active_producers)
+        return replace(pr, partition_index=index, active_producers=producers)
+
+    topics = []
+    by_topic: dict[str, list[Any]] = defaultdict(list)
+    for t in body.topics:
+        by_topic[t.name].extend(await asyncio.gather(*(one(t.name, int(i))
+                                                       for i in t.partition_indexes)))
+    for name, parts in by_topic.items():
+        topics.append(build(mod.TopicResponse, name=name, partitions=tuple(parts)))
+    return build(mod.DescribeProducersResponse, throttle_time=_ms(0), topics=tuple(topics))

@@ -1,0 +1,361 @@
+"""DescribeConfigs, AlterConfigs and IncrementalAlterConfigs through the proxy.
+
+Resources, by type (docs/compatibility.md has the table):
+
+* **TOPIC** (a logical topic): described from the physical data topic holding partition
+  0's active segment (every config with its source, synonyms and documentation, as Kafka
+  answers), plus the read-only ``fedkafka.strategy``. An alter is validated by every
+  cluster holding a segment of the topic (``validate_only``), then applied to every
+  physical data topic of the topic on every one of them, with the client's own request and
+  version, so Kafka's checks, semantics (AlterConfigs replaces the dynamic set;
+  IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT) and messages hold. The resulting
+  dynamic configs are recorded in the map (``LogicalTopic.config``): physical topics
+  created later for the topic (new segments, repairs) get them too.
+* **BROKER** / **BROKER_LOGGER**: the brokers a client sees are proxies. Described from one
+  broker of the coordination cluster (``""``: the cluster-wide dynamic defaults), answered
+  under the proxy's id, with the federation's own values for ``node.id``/``broker.id``,
+  ``advertised.listeners``, ``auto.create.topics.enable`` and ``num.partitions`` (the
+  auto-creation policy). Altering them is refused with INVALID_REQUEST: broker settings
+  belong to each physical cluster.
+* **GROUP**: consumer groups live on the coordination cluster: forwarded there.
+* anything else: INVALID_REQUEST, as Kafka answers a resource type it does not support.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from kio.schema.describe_configs.v1 import request as describe_configs_v1
+from kio.static.primitive import i8
+
+from federation import admin
+from federation.model import FederationMap, LogicalTopic
+from federation.protocol import codec
+from federation.protocol.errors import ErrorCode, to_kio
+from federation.protocol.versions import ApiKey
+from federation.proxy.routing import build, replace, resp_module
+from federation.proxy.upstream import BrokerConnection, UpstreamError
+
+if TYPE_CHECKING:
+    from federation.proxy.server import ProxyState
+
+log = logging.getLogger("fedkafka.proxy.configs")
+
+STRATEGY_CONFIG = "fedkafka.strategy"
+UNKNOWN_RESOURCE, TOPIC, BROKER, BROKER_LOGGER, GROUP = 0, 2, 4, 8, 32
+DYNAMIC_TOPIC_CONFIG = 1
+#: ``source`` of the read-only ``fedkafka.strategy`` entry: UNKNOWN (not a Kafka config,
+#: so ``kafka-configs --describe`` lists it only with ``--all``).
+STRATEGY_SOURCE = 0
+#: Broker configs answered with the federation's values (see :func:`_federation_values`).
+_PER_PROXY = ("node.id", "broker.id")
+
+
+def _ms(value: int) -> Any:
+    import datetime
+
+    return datetime.timedelta(milliseconds=value)
+
+
+class _Refused(Exception):
+    def __init__(self, code: int, message: str | None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _unknown_topic(name: str) -> _Refused:
+    return _Refused(ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "")  # Kafka's words: none
+
+
+def _logical_topic(fmap: FederationMap, name: str) -> LogicalTopic:
+    topic = fmap.topics.get(name)
+    if topic is None:
+        reason = admin.topic_name_error(name)
+        if reason is not None:
+            raise _Refused(ErrorCode.INVALID_TOPIC_EXCEPTION, reason)
+        raise _unknown_topic(name)
+    return topic
+
+
+def physical_topics(topic: LogicalTopic) -> dict[str, list[str]]:
+    """cluster → the physical data topics holding a segment of ``topic`` (sealed ones too)."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for partition in topic.partitions:
+        for s in partition.segments:
+            if s.topic not in out[s.cluster]:
+                out[s.cluster].append(s.topic)
+    return dict(out)
+
+
+def _broker_id(state: ProxyState, name: str) -> int | None:
+    """The proxy id a BROKER resource names (None: ``""``, the cluster-wide defaults)."""
+    if name == "":
+        return None
+    try:
+        wanted = int(name)
+    except ValueError:
+        raise _Refused(ErrorCode.INVALID_REQUEST,
+                       f"Broker id must be an integer, but it is: {name}") from None
+    known = {p.node_id for members in state.fmap.pools.values() for p in members}
+    known.add(state.config.node_id)
+    if wanted not in known:
+        raise _Refused(ErrorCode.INVALID_REQUEST,
+                       f"Unexpected broker id, expected {state.config.node_id} or empty "
+                       f"string, but received {name}")
+    return wanted
+
+
+async def _broker_connection(state: ProxyState, cluster_id: str
+                             ) -> tuple[int, BrokerConnection]:
+    """(node id, connection) of one broker (the lowest id) of a physical cluster."""
+    cluster = state.cluster(cluster_id)
+    view = cluster.view if cluster.view.brokers else await cluster.refresh()
+    node = min(view.brokers)
+    return node, await cluster.connection(node)
+
+
+async def _any(state: ProxyState, cluster_id: str) -> BrokerConnection:
+    return await state.cluster(cluster_id).any_connection()
+
+
+# -- DescribeConfigs -----------------------------------------------------------------------
+
+
+async def describe_configs(state: ProxyState, req: codec.Request) -> Any:
+    body: Any = req.entity
+    mod = resp_module(ApiKey.DESCRIBE_CONFIGS, req.header.api_version)
+    client_id = req.header.client_id
+
+    async def one(r: Any) -> Any:
+        kind, name = int(r.resource_type), r.resource_name
+        try:
+            if kind == TOPIC:
+                return await _describe_topic(state, body, r, mod, client_id)
+            if kind in (BROKER, BROKER_LOGGER):
+                return await _describe_broker(state, body, r, client_id)
+            if kind == GROUP:
+                return await _forward_one(state, body, "resources", r,
+                                          state.coordination_cluster(name), client_id,
+                                          "results")
+            raise _Refused(ErrorCode.INVALID_REQUEST, f"Unsupported resource type {kind}: "
+                           "this federation describes TOPIC, BROKER, BROKER_LOGGER and GROUP "
+                           "configs")
+        except _Refused as e:
+            code, message = e.code, e.message
+        except UpstreamError as e:
+            code, message = e.error_code, str(e)
+        return build(mod.DescribeConfigsResult, error_code=to_kio(code), error_message=message,
+                     resource_type=r.resource_type, resource_name=name, configs=())
+
+    results = await asyncio.gather(*(one(r) for r in body.resources))
+    return build(mod.DescribeConfigsResponse, throttle_time=_ms(0), results=tuple(results))
+
+
+async def _forward_one(state: ProxyState, body: Any, field: str, resource: Any,
+                       cluster_id: str, client_id: str | None, answers: str,
+                       conn: BrokerConnection | None = None) -> Any:
+    """Send ``body`` with only ``resource`` (its ``field`` array) to a cluster; its answer."""
+    conn = conn or await _any(state, cluster_id)
+    resp = await conn.request(replace(body, **{field: (resource,)}), state.request_timeout,
+                              client_id=client_id)
+    [result] = getattr(resp, answers)
+    return result
+
+
+async def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
+                          client_id: str | None) -> Any:
+    topic = _logical_topic(state.fmap, r.resource_name)
+    keys = r.configuration_keys
+    wanted_strategy = keys is None or STRATEGY_CONFIG in keys
+    sub = r
+    if keys is not None:
+        sub = replace(r, configuration_keys=tuple(k for k in keys if k != STRATEGY_CONFIG))
+    configs: tuple[Any, ...] = ()
+    result = None
+    if keys is None or sub.configuration_keys:
+        segment = topic.partitions[0].active
+        result = await _forward_one(state, body, "resources",
+                                    replace(sub, resource_name=segment.topic),
+                                    segment.cluster, client_id, "results")
+        if int(result.error_code):
+            return replace(result, resource_name=r.resource_name)
+        configs = tuple(result.configs)
+    if wanted_strategy:
+        configs += (build(mod.DescribeConfigsResourceResult, name=STRATEGY_CONFIG,
+                          value=topic.strategy, read_only=True, config_source=STRATEGY_SOURCE,
+                          is_sensitive=False, synonyms=(), config_type=2,
+                          documentation="fedkafka: the mapping strategy that lays the "
+                          "topic's partitions out over physical clusters (set at creation)"
+                          if body.include_documentation else None),)
+    return build(mod.DescribeConfigsResult, error_code=to_kio(0), error_message=None,
+                 resource_type=r.resource_type, resource_name=r.resource_name,
+                 configs=configs)
+
+
+def _federation_values(state: ProxyState, proxy_id: int | None) -> dict[str, str]:
+    policy = state.fmap.auto_create
+    values = {"auto.create.topics.enable": "true" if policy.enabled else "false",
+              "num.partitions": str(policy.partitions)}
+    if proxy_id is not None:
+        endpoint = next((p for members in state.fmap.pools.values() for p in members
+                         if p.node_id == proxy_id), None)
+        host, port = ((endpoint.host, endpoint.port) if endpoint is not None
+                      else state.config.advertised)
+        values.update({k: str(proxy_id) for k in _PER_PROXY})
+        values["advertised.listeners"] = f"PLAINTEXT://{host}:{port}"
+    return values
+
+
+async def _describe_broker(state: ProxyState, body: Any, r: Any, client_id: str | None
+                          ) -> Any:
+    proxy_id = _broker_id(state, r.resource_name)
+    if proxy_id is None and int(r.resource_type) == BROKER_LOGGER:
+        raise _Refused(ErrorCode.INVALID_REQUEST, "Broker id must be an integer, but it is: ")
+    cluster_id = state.pid_cluster()
+    node, conn = await _broker_connection(state, cluster_id)
+    name = "" if proxy_id is None else str(node)
+    result = await _forward_one(state, body, "resources", replace(r, resource_name=name),
+                                cluster_id, client_id, "results", conn)
+    values = _federation_values(state, proxy_id) if int(r.resource_type) == BROKER else {}
+
+    def fix(entry: Any) -> Any:
+        if entry.name not in values:
+            return entry
+        synonyms = tuple(replace(s, value=values[entry.name]) if s.name == entry.name else s
+                         for s in getattr(entry, "synonyms", ()) or ())
+        return replace(entry, value=values[entry.name], synonyms=synonyms)
+
+    return replace(result, resource_name=r.resource_name,
+                   configs=tuple(fix(c) for c in result.configs))
+
+
+# -- AlterConfigs / IncrementalAlterConfigs -------------------------------------------------
+
+
+async def alter_configs(state: ProxyState, req: codec.Request) -> Any:
+    """AlterConfigs (the whole dynamic set replaced) and IncrementalAlterConfigs."""
+    body: Any = req.entity
+    key = req.header.api_key
+    mod = resp_module(key, req.header.api_version)
+    client_id = req.header.client_id
+    incremental = key == ApiKey.INCREMENTAL_ALTER_CONFIGS
+
+    async def one(r: Any) -> Any:
+        kind, name = int(r.resource_type), r.resource_name
+        code, message = 0, None
+        try:
+            if kind == TOPIC:
+                await _alter_topic(state, body, r, incremental, client_id)
+            elif kind in (BROKER, BROKER_LOGGER):
+                _broker_id(state, name)
+                raise _Refused(ErrorCode.INVALID_REQUEST,
+                               "fedkafka: broker configs cannot be altered through the "
+                               "federation (the brokers a client sees are proxies); alter "
+                               "each physical cluster's brokers directly")
+            elif kind == GROUP:
+                result = await _forward_one(state, body, "resources", r,
+                                            state.coordination_cluster(name), client_id,
+                                            "responses")
+                code, message = int(result.error_code), result.error_message
+            else:
+                raise _Refused(ErrorCode.INVALID_REQUEST, f"Unsupported resource type {kind}: "
+                               "this federation alters TOPIC and GROUP configs")
+        except _Refused as e:
+            code, message = e.code, e.message
+        except UpstreamError as e:
+            code, message = e.error_code, str(e)
+        except admin.AdminError as e:
+            code, message = e.error_code, e.error_message
+        return build(mod.AlterConfigsResourceResponse, error_code=to_kio(code),
+                     error_message=message, resource_type=r.resource_type, resource_name=name)
+
+    # One resource at a time: two alters of one topic in a request apply in order.
+    results = [await one(r) for r in body.resources]
+    return build(mod.AlterConfigsResponse if not incremental
+                 else mod.IncrementalAlterConfigsResponse,
+                 throttle_time=_ms(0), responses=tuple(results))
+
+
+def _strip_strategy(r: Any, topic: LogicalTopic, incremental: bool) -> Any:
+    """``r`` without ``fedkafka.strategy``, which is read-only (set at creation): an alter
+    that would change it is refused with INVALID_CONFIG, one that keeps it is accepted."""
+    kept = []
+    for c in r.configs:
+        if c.name != STRATEGY_CONFIG:
+            kept.append(c)
+            continue
+        unchanged = c.value == topic.strategy and (not incremental or
+                                                   int(c.config_operation) == 0)
+        if not unchanged:
+            raise _Refused(ErrorCode.INVALID_CONFIG, f"{STRATEGY_CONFIG} is read-only: the "
+                           "mapping strategy is chosen when the topic is created")
+    return replace(r, configs=tuple(kept))
+
+
+async def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
+                       client_id: str | None) -> None:
+    topic = _logical_topic(state.fmap, r.resource_name)
+    r = _strip_strategy(r, topic, incremental)
+    where = physical_topics(topic)
+
+    async def on(cluster_id: str, names: list[str], validate_only: bool) -> tuple[int, str | None]:
+        sub = replace(body, validate_only=validate_only,
+                      resources=tuple(replace(r, resource_name=n) for n in names))
+        conn = await _any(state, cluster_id)
+        resp = await conn.request(sub, state.request_timeout, client_id=client_id)
+        for answer in resp.responses:
+            if int(answer.error_code):
+                return int(answer.error_code), answer.error_message
+        return 0, None
+
+    async def everywhere(validate_only: bool) -> None:
+        outcomes = await asyncio.gather(*(on(c, n, validate_only) for c, n in where.items()),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome[0]:
+                raise _Refused(*outcome)
+
+    # Every cluster validates first, so a refusal (INVALID_CONFIG...) changes nothing.
+    await everywhere(True)
+    if body.validate_only:
+        return
+    try:
+        await everywhere(False)
+    finally:
+        # What the physical topics now hold is the logical topic's config (recorded even
+        # if one cluster failed: a retry converges, and new segments get it).
+        config = await _dynamic_configs(state, topic, client_id)
+        if config is not None:
+            await admin.set_topic_config(state.backend, topic.name, config,
+                                         plugins=state.plugins)
+            fmap = await asyncio.to_thread(state.backend.load)
+            if fmap is not None:
+                state.set_map(fmap)
+
+
+async def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: str | None
+                           ) -> dict[str, str] | None:
+    """The dynamic (per-topic) configs of ``topic``'s first physical data topic."""
+    segment = topic.partitions[0].active
+    request = describe_configs_v1.DescribeConfigsRequest(
+        resources=(describe_configs_v1.DescribeConfigsResource(
+            resource_type=i8(TOPIC), resource_name=segment.topic, configuration_keys=None),),
+        include_synonyms=False)
+    try:
+        conn = await _any(state, segment.cluster)
+        resp = await conn.request(request, state.request_timeout, client_id=client_id)
+    except UpstreamError as e:
+        log.warning("could not read back the configs of %s on %s: %s", segment.topic,
+                    segment.cluster, e)
+        return None
+    [result] = resp.results
+    if int(result.error_code):
+        return None
+    return {c.name: c.value for c in result.configs
+            if int(c.config_source) == DYNAMIC_TOPIC_CONFIG and c.value is not None}

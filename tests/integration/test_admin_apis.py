@@ -1,0 +1,461 @@
+"""Admin APIs on logical entities (issue 10), each run through the federation and, for
+comparison in the same test, straight against one physical cluster with Kafka's own tools:
+kafka-configs.sh (topic and broker configs), kafka-delete-records.sh (logical offsets over
+segments), kafka-consumer-groups.sh (list, describe, members' client ids, reset offsets,
+delete), automatic topic creation on and off, read-your-writes of topic changes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from federation.kafka_dist import KafkaDist
+from federation.model import Segment
+
+from .fedtopics import create_logical_topic
+from .java_tools import Tool, java_tool
+from .test_conformance import create_one, send_raw, stored_map, wait_for, wait_served
+
+pytestmark = pytest.mark.integration
+
+DYNAMIC_TOPIC_CONFIG = 1
+INVALID_REQUEST = 42
+LEADER_NOT_AVAILABLE = 5
+UNKNOWN_TOPIC_OR_PARTITION = 3
+OFFSET_OUT_OF_RANGE = 1
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="module")
+def proxy(local_federation: dict[str, Any]) -> str:
+    first = local_federation["proxies"][0]
+    return f"{first['host']}:{first['port']}"
+
+
+@pytest.fixture(scope="module")
+def c1(clusters: list[dict[str, Any]]) -> str:
+    return str(clusters[0]["bootstrap"]).split(",")[0]
+
+
+@pytest.fixture(scope="module")
+def tools(kafka_dist: KafkaDist, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Tool]:
+    folder: Path = tmp_path_factory.mktemp("admin-tools")
+    return {name: java_tool(kafka_dist, folder, name)
+            for name in ("configs", "consumer-groups", "delete-records", "topics")}
+
+
+def same_output(direct: Any, direct_name: str, fed: Any, fed_name: str) -> None:
+    assert fed.returncode == direct.returncode, (direct, fed)
+    assert fed.stdout.replace(fed_name, "NAME") == direct.stdout.replace(direct_name, "NAME"), (
+        direct.stdout, fed.stdout)
+
+
+# -- configs ---------------------------------------------------------------------------------
+
+
+def describe_configs_v4(topic: str, resource_type: int = 2) -> Any:
+    from kio.schema.describe_configs.v4.request import (
+        DescribeConfigsRequest,
+        DescribeConfigsResource,
+    )
+    from kio.static.primitive import i8
+
+    return DescribeConfigsRequest(resources=(DescribeConfigsResource(
+        resource_type=i8(resource_type), resource_name=topic, configuration_keys=None),),
+        include_synonyms=False, include_documentation=False)
+
+
+def dynamic_configs(address: str, topic: str) -> dict[str, str | None]:
+    """A topic's dynamic (per-topic) configs as its cluster describes them."""
+    [result] = send_raw(address, describe_configs_v4(topic)).results
+    assert int(result.error_code) == 0, result
+    return {c.name: c.value for c in result.configs
+            if int(c.config_source) == DYNAMIC_TOPIC_CONFIG}
+
+
+def physical_holders(state: dict[str, Any], clusters: list[dict[str, Any]], name: str
+                     ) -> list[str]:
+    """Bootstrap of every cluster holding a segment of logical topic ``name``."""
+    fmap = stored_map(state)
+    used = {s.cluster for p in fmap.topics[name].partitions for s in p.segments}
+    return [c["bootstrap"].split(",")[0] for c in clusters if c["name"] in used]
+
+
+def test_kafka_configs_alters_and_describes_a_topic(local_federation: dict[str, Any],
+                                                    clusters: list[dict[str, Any]],
+                                                    proxy: str, c1: str,
+                                                    tools: dict[str, Tool]) -> None:
+    direct_name, fed_name = _name("cfgd"), _name("cfgf")
+    assert int(create_one(c1, direct_name, 4).error_code) == 0
+    assert int(create_one(proxy, fed_name, 4).error_code) == 0
+    physical = stored_map(local_federation).physical_topic_name(fed_name)
+    holders = physical_holders(local_federation, clusters, fed_name)
+    assert len(holders) == 2  # 4 partitions, contiguous over both clusters
+
+    def both(*args: str) -> tuple[Any, Any]:
+        common = ("--entity-type", "topics", "--entity-name")
+        return (tools["configs"](c1, *common, direct_name, *args),
+                tools["configs"](proxy, *common, fed_name, *args))
+
+    direct, fed = both("--alter", "--add-config",
+                       "retention.ms=123456,cleanup.policy=[compact,delete]")
+    same_output(direct, direct_name, fed, fed_name)
+    assert fed.returncode == 0, fed
+    expected = {"retention.ms": "123456", "cleanup.policy": "compact,delete"}
+    # Every physical data topic has it, and so does the map (for segments created later).
+    for address in holders:
+        assert dynamic_configs(address, physical) == expected
+    assert dict(stored_map(local_federation).topics[fed_name].config) == expected
+    direct, fed = both("--describe")
+    same_output(direct, direct_name, fed, fed_name)
+    assert "retention.ms=123456" in fed.stdout
+
+    direct, fed = both("--alter", "--delete-config", "retention.ms")
+    same_output(direct, direct_name, fed, fed_name)
+    for address in holders:
+        assert dynamic_configs(address, physical) == {"cleanup.policy": "compact,delete"}
+    assert dict(stored_map(local_federation).topics[fed_name].config) == {
+        "cleanup.policy": "compact,delete"}
+    direct, fed = both("--describe")
+    same_output(direct, direct_name, fed, fed_name)
+
+    # A value the brokers refuse: the same Kafka error, and nothing changes anywhere.
+    direct, fed = both("--alter", "--add-config", "retention.ms=abc")
+    assert direct.returncode != 0 and fed.returncode == direct.returncode
+    assert "InvalidConfigurationException" in direct.stderr + direct.stdout
+    assert "InvalidConfigurationException" in fed.stderr + fed.stdout
+    for address in holders:
+        assert dynamic_configs(address, physical) == {"cleanup.policy": "compact,delete"}
+
+    # --describe --all: every config Kafka lists, plus the read-only strategy.
+    direct, fed = both("--describe", "--all")
+    assert fed.returncode == direct.returncode == 0
+
+    def names(out: str) -> set[str]:
+        return {line.strip().split("=", 1)[0] for line in out.splitlines()
+                if line.startswith("  ")}
+    assert names(fed.stdout) == names(direct.stdout) | {"fedkafka.strategy"}
+
+
+def test_describe_configs_of_an_unknown_topic_matches_kafka(proxy: str, c1: str,
+                                                            tools: dict[str, Tool]) -> None:
+    for name in (_name("nosuch"), "bad name!", "a" * 250):
+        direct = send_raw(c1, describe_configs_v4(name)).results[0]
+        fed = send_raw(proxy, describe_configs_v4(name)).results[0]
+        assert (int(fed.error_code), fed.error_message) == (int(direct.error_code),
+                                                            direct.error_message), name
+    name = _name("nosuch")
+    direct = tools["configs"](c1, "--entity-type", "topics", "--entity-name", name, "--describe")
+    fed = tools["configs"](proxy, "--entity-type", "topics", "--entity-name", name, "--describe")
+    same_output(direct, name, fed, name)
+
+
+def alter_configs_v2(topic: str, configs: dict[str, str]) -> Any:
+    from kio.schema.alter_configs.v2.request import (
+        AlterableConfig,
+        AlterConfigsRequest,
+        AlterConfigsResource,
+    )
+    from kio.static.primitive import i8
+
+    return AlterConfigsRequest(resources=(AlterConfigsResource(
+        resource_type=i8(2), resource_name=topic,
+        configs=tuple(AlterableConfig(name=k, value=v) for k, v in configs.items())),),
+        validate_only=False)
+
+
+def test_legacy_alter_configs_replaces_the_dynamic_set(local_federation: dict[str, Any],
+                                                       clusters: list[dict[str, Any]],
+                                                       proxy: str, c1: str) -> None:
+    direct_name, fed_name = _name("altd"), _name("altf")
+    for address, name in ((c1, direct_name), (proxy, fed_name)):
+        assert int(create_one(address, name, 2, configs={"cleanup.policy": "compact"}
+                              ).error_code) == 0
+    physical = stored_map(local_federation).physical_topic_name(fed_name)
+    direct = send_raw(c1, alter_configs_v2(direct_name, {"retention.ms": "7777"})).responses[0]
+    fed = send_raw(proxy, alter_configs_v2(fed_name, {"retention.ms": "7777"})).responses[0]
+    assert (int(fed.error_code), fed.error_message) == (int(direct.error_code),
+                                                        direct.error_message) == (0, None)
+    assert dynamic_configs(c1, direct_name) == {"retention.ms": "7777"}
+    for address in physical_holders(local_federation, clusters, fed_name):
+        assert dynamic_configs(address, physical) == {"retention.ms": "7777"}
+    assert dict(stored_map(local_federation).topics[fed_name].config) == {"retention.ms": "7777"}
+    # The strategy is read-only: changing it is refused, nothing changes.
+    refused = send_raw(proxy, alter_configs_v2(fed_name, {"fedkafka.strategy": "round_robin",
+                                                          "retention.ms": "1"})).responses[0]
+    assert int(refused.error_code) == 40  # INVALID_CONFIG
+    for address in physical_holders(local_federation, clusters, fed_name):
+        assert dynamic_configs(address, physical) == {"retention.ms": "7777"}
+
+
+def test_kafka_configs_brokers(local_federation: dict[str, Any], proxy: str, c1: str,
+                               clusters: list[dict[str, Any]], tools: dict[str, Tool]) -> None:
+    proxy_id = str(local_federation["proxies"][0]["node_id"])
+    broker_id = str(clusters[0]["brokers"][0]["node_id"])
+    direct = tools["configs"](c1, "--entity-type", "brokers", "--entity-name", broker_id,
+                              "--describe", "--all")
+    fed = tools["configs"](proxy, "--entity-type", "brokers", "--entity-name", proxy_id,
+                           "--describe", "--all")
+    assert direct.returncode == fed.returncode == 0, fed
+
+    def values(out: str) -> dict[str, str]:
+        found = {}
+        for line in out.splitlines():
+            if line.startswith("  "):
+                key, _, rest = line.strip().partition("=")
+                found[key] = rest.split(" sensitive=")[0]
+        return found
+    direct_values, fed_values = values(direct.stdout), values(fed.stdout)
+    assert set(fed_values) == set(direct_values)
+    # The federation's own values where the proxies are the brokers.
+    assert fed_values["node.id"] == proxy_id
+    assert fed_values["auto.create.topics.enable"] == "true"
+    assert fed_values["advertised.listeners"] == f"PLAINTEXT://{proxy}"
+    assert fed_values["num.io.threads"] == direct_values["num.io.threads"]
+    # Cluster-wide defaults: described as Kafka does.
+    direct = tools["configs"](c1, "--entity-type", "brokers", "--entity-default", "--describe")
+    fed = tools["configs"](proxy, "--entity-type", "brokers", "--entity-default", "--describe")
+    assert (fed.returncode, fed.stdout) == (direct.returncode, direct.stdout)
+    # Altering a broker through the federation is refused, clearly.
+    fed = tools["configs"](proxy, "--entity-type", "brokers", "--entity-default", "--alter",
+                           "--add-config", "log.cleaner.threads=2")
+    assert fed.returncode != 0
+    assert "InvalidRequestException" in fed.stderr + fed.stdout
+    assert "broker configs cannot be altered through the federation" in fed.stderr + fed.stdout
+
+
+# -- kafka-delete-records.sh -----------------------------------------------------------------
+
+
+def produce(bootstrap: str, topic: str, count: int, partition: int = 0) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, client_id="fk-admin-apis",
+                             enable_idempotence=False, acks="all")
+    try:
+        for i in range(count):
+            producer.send(topic, f"r{i}".encode(), partition=partition)
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+
+
+def earliest(bootstrap: str, topic: str, partition: int = 0) -> int:
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="fk-admin-apis")
+    try:
+        tp = TopicPartition(topic, partition)
+        return int(consumer.beginning_offsets([tp])[tp])
+    finally:
+        consumer.close()
+
+
+def delete_records(tool: Tool, bootstrap: str, topic: str, offset: int, folder: Path) -> Any:
+    spec = folder / f"delete-{uuid.uuid4().hex[:6]}.json"
+    spec.write_text(json.dumps({"version": 1, "partitions": [
+        {"topic": topic, "partition": 0, "offset": offset}]}))
+    return tool(bootstrap, "--offset-json-file", str(spec))
+
+
+def test_kafka_delete_records_over_segments(local_federation: dict[str, Any],
+                                            clusters: list[dict[str, Any]], proxy: str,
+                                            c1: str, tools: dict[str, Tool],
+                                            tmp_path: Path) -> None:
+    """A logical partition of two segments: logical 0..9 sealed on c1, 10.. active on c2."""
+    c2 = clusters[1]["bootstrap"].split(",")[0]
+    names = {c["name"]: c for c in clusters}
+    first, second = clusters[0]["name"], clusters[1]["name"]
+    assert set(names) >= {first, second}
+    direct_name, fed_name = _name("deld"), _name("delf")
+    assert int(create_one(c1, direct_name, 1).error_code) == 0
+    physical = stored_map(local_federation).physical_topic_name(fed_name)
+    create_logical_topic(local_federation, fed_name, 1, layout=[[
+        Segment(first, physical, 0, 0, 0, sealed_end=10), Segment(second, physical, 0, 10, 0)]])
+    wait_served(proxy, fed_name)
+    produce(c1, direct_name, 20)
+    produce(c1, physical, 10)  # the sealed segment's records, on c1
+    produce(proxy, fed_name, 10)  # through the federation: logical 10..19, on c2
+    tool = tools["delete-records"]
+
+    # Beyond the high watermark: refused as Kafka refuses it, nothing deleted.
+    direct = delete_records(tool, c1, direct_name, 25, tmp_path)
+    fed = delete_records(tool, proxy, fed_name, 25, tmp_path)
+    same_output(direct, direct_name, fed, fed_name)
+    assert "OffsetOutOfRangeException" in fed.stdout
+    assert (earliest(c1, physical), earliest(c2, physical)) == (0, 0)
+
+    # Logical 15: all of c1's segment, c2's records before its physical offset 5.
+    direct = delete_records(tool, c1, direct_name, 15, tmp_path)
+    fed = delete_records(tool, proxy, fed_name, 15, tmp_path)
+    assert (earliest(c1, physical), earliest(c2, physical)) == (10, 5), fed.stdout
+    same_output(direct, direct_name, fed, fed_name)
+    assert f"partition: {fed_name}-0\tlow_watermark: 15" in fed.stdout
+    assert earliest(proxy, fed_name) == earliest(c1, direct_name) == 15
+
+    # Before the low watermark: nothing happens, the low watermark is answered.
+    direct = delete_records(tool, c1, direct_name, 3, tmp_path)
+    fed = delete_records(tool, proxy, fed_name, 3, tmp_path)
+    same_output(direct, direct_name, fed, fed_name)
+    assert "low_watermark: 15" in fed.stdout
+
+    # -1: up to the high watermark.
+    direct = delete_records(tool, c1, direct_name, -1, tmp_path)
+    fed = delete_records(tool, proxy, fed_name, -1, tmp_path)
+    same_output(direct, direct_name, fed, fed_name)
+    assert "low_watermark: 20" in fed.stdout
+    assert earliest(c2, physical) == 10 and earliest(proxy, fed_name) == 20
+
+
+# -- kafka-consumer-groups.sh ----------------------------------------------------------------
+
+
+class GroupMember:
+    """A confluent-kafka consumer in a group, with the application's own client.id."""
+
+    def __init__(self, bootstrap: str, group: str, topic: str, client_id: str) -> None:
+        from confluent_kafka import Consumer
+
+        self.consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": group, "client.id": client_id,
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "session.timeout.ms": 10000, "heartbeat.interval.ms": 500})
+        self.consumer.subscribe([topic])
+
+    def consume(self, count: int, timeout: float = 60) -> None:
+        got = 0
+        deadline = time.monotonic() + timeout
+        while got < count:
+            assert time.monotonic() < deadline, f"consumed {got} of {count}"
+            msg = self.consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got += 1
+        self.consumer.commit(asynchronous=False)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def _rows(out: str) -> list[list[str]]:
+    return [line.split() for line in out.splitlines() if line.strip()]
+
+
+def test_kafka_consumer_groups_through_the_federation(local_federation: dict[str, Any],
+                                                      proxy: str, c1: str,
+                                                      tools: dict[str, Tool]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    direct_topic, fed_topic = f"cgd-{tag}", f"cgf-{tag}"  # same lengths: same column widths
+    direct_group, fed_group = f"gd-{tag}", f"gf-{tag}"
+    app_id = f"fk-app-{tag}"
+    assert int(create_one(c1, direct_topic, 4).error_code) == 0
+    assert int(create_one(proxy, fed_topic, 4).error_code) == 0
+    for p in range(4):
+        produce(c1, direct_topic, 5, partition=p)
+        produce(proxy, fed_topic, 5, partition=p)
+    run = tools["consumer-groups"]
+    members = [GroupMember(c1, direct_group, direct_topic, app_id),
+               GroupMember(local_federation["bootstrap"], fed_group, fed_topic, app_id)]
+    try:
+        for m in members:
+            m.consume(20)
+
+        def described(address: str, group: str) -> Any:
+            out = run(address, "--describe", "--group", group, "--members")
+            return out if out.returncode == 0 and app_id in out.stdout else None
+
+        # The application's own client id, as the coordinator sees it (not the proxy's).
+        direct = wait_for(lambda: described(c1, direct_group), "direct members")
+        fed = wait_for(lambda: described(proxy, fed_group), "members through the proxy")
+        assert _rows(fed.stdout)[0] == _rows(direct.stdout)[0]  # the header
+        [row] = _rows(fed.stdout)[1:]
+        assert row[0] == fed_group and row[3] == app_id and row[-1] == "4"
+        assert "fedkafka" not in fed.stdout
+    finally:
+        for m in members:
+            m.close()
+
+    # An empty group with committed offsets: --list, --describe.
+    listed = run(proxy, "--list")
+    assert listed.returncode == 0 and fed_group in listed.stdout.split()
+
+    def both(*args: str) -> tuple[Any, Any]:
+        return (run(c1, *args, "--group", direct_group, *_topic(args, direct_topic)),
+                run(proxy, *args, "--group", fed_group, *_topic(args, fed_topic)))
+
+    def same(direct: Any, fed: Any) -> None:
+        """The same answer, rows in any order (Kafka lists partitions unsorted)."""
+        norm = [(out.returncode, sorted(out.stdout.replace(direct_topic, "T")
+                                        .replace(fed_topic, "T").replace(direct_group, "G")
+                                        .replace(fed_group, "G").splitlines()))
+                for out in (direct, fed)]
+        assert norm[0] == norm[1], (direct, fed)
+
+    direct, fed = both("--describe")
+    same(direct, fed)
+    assert {r[2]: (r[3], r[4]) for r in _rows(fed.stdout)[1:]} == {
+        str(p): ("5", "5") for p in range(4)}
+    direct, fed = both("--reset-offsets", "--to-earliest", "--execute")
+    same(direct, fed)
+    direct, fed = both("--describe")
+    same(direct, fed)
+    assert {r[3] for r in _rows(fed.stdout)[1:]} == {"0"}
+    direct, fed = both("--reset-offsets", "--to-offset", "3", "--dry-run")
+    same(direct, fed)
+    direct, fed = both("--delete-offsets")
+    same(direct, fed)
+    direct, fed = both("--delete")
+    same(direct, fed)
+    assert "successful" in fed.stdout
+    listed = run(proxy, "--list")
+    assert listed.returncode == 0 and fed_group not in listed.stdout.split()
+    direct, fed = both("--delete")  # again: the group is gone
+    same(direct, fed)
+
+
+def _topic(args: tuple[str, ...], topic: str) -> tuple[str, ...]:
+    """The --topic option for the sub-commands that need one."""
+    if args[0] in ("--reset-offsets", "--delete-offsets"):
+        return ("--topic", topic)
+    return ()
+
+
+# -- DescribeProducers -----------------------------------------------------------------------
+
+
+def describe_producers_v0(topic: str, partitions: list[int]) -> Any:
+    from kio.schema.describe_producers.v0.request import DescribeProducersRequest, TopicRequest
+    from kio.static.primitive import i32
+
+    return DescribeProducersRequest(topics=(TopicRequest(
+        name=topic, partition_indexes=tuple(i32(p) for p in partitions)),))
+
+
+def test_describe_producers_answers_from_the_active_segment(proxy: str, c1: str) -> None:
+    from kafka import KafkaProducer
+
+    direct_name, fed_name = _name("prodd"), _name("prodf")
+    for address, name in ((c1, direct_name), (proxy, fed_name)):
+        assert int(create_one(address, name, 1).error_code) == 0
+        producer = KafkaProducer(bootstrap_servers=address, enable_idempotence=True,
+                                 client_id="fk-admin-apis")
+        try:
+            for i in range(5):
+                producer.send(name, f"v{i}".encode(), partition=0).get(timeout=60)
+        finally:
+            producer.close()
+    direct = send_raw(c1, describe_producers_v0(direct_name, [0, 7])).topics[0].partitions
+    fed = send_raw(proxy, describe_producers_v0(fed_name, [0, 7])).topics[0].partitions
+
+    def summary(parts: Any) -> list[tuple[int, int, list[int]]]:
+        return [(int(p.partition_index), int(p.error_code),
+                 [int(s.last_sequence) for s in p.active_producers]) for p in parts]
+    assert summary(fed) == summary(direct) == [(0, 0, [4]), (7, UNKNOWN_TOPIC_OR_PARTITION, [])]
