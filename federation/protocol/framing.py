@@ -82,6 +82,14 @@ class FrameReader:
     def max_frame_size(self) -> int:
         return self._max_frame_size
 
+    @max_frame_size.setter
+    def max_frame_size(self, value: int) -> None:
+        """Change the limit for frames whose length prefix is not read yet (e.g. raise it
+        once the client has authenticated)."""
+        if value <= 0:
+            raise ValueError(f"max_frame_size must be positive, got {value}")
+        self._max_frame_size = value
+
     @property
     def buffered(self) -> int:
         """Number of bytes held that do not yet form a complete frame."""

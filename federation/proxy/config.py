@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.errors import ConfigError
+from federation.proxy.limits import Limits
 
 ROLES = frozenset({"producer", "consumer"})
 
@@ -49,6 +50,7 @@ class ProxyConfig:
     shutdown_grace: float = 10.0  # seconds in-flight requests get after SIGTERM
     sasl_required: bool = False  # refuse clients that do not authenticate with SASL
     http: tuple[str, int] | None = None  # the name service's HTTP API
+    limits: Limits = field(default_factory=Limits)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -56,7 +58,7 @@ class ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
                  "shutdown_grace", "sasl_required",
-                 "http", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
+                 "http", "limits", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"proxy config has unknown field(s) {', '.join(unknown)}; "
@@ -86,7 +88,8 @@ class ProxyConfig:
                    route_by_client_id=bool(data.get("route_by_client_id", False)),
                    shutdown_grace=float(data.get("shutdown_grace", 10.0)),
                    sasl_required=bool(data.get("sasl_required", False)),
-                   http=parse_hostport(str(data["http"]), "http") if data.get("http") else None)
+                   http=parse_hostport(str(data["http"]), "http") if data.get("http") else None,
+                   limits=Limits.from_dict(data.get("limits")))
 
     @classmethod
     def load(cls, path: Path) -> ProxyConfig:

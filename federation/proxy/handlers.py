@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from federation import rolls
 from federation.model import (
     NO_MECHANISM,
     ROLE_CONSUMER,
@@ -346,6 +347,12 @@ class Session:
                     tgt = routing.produce_target(self.fmap, t.name, int(pd.index))
                     phys = phys_key(tgt.segment)
                     inflight[phys] = inflight.get(phys, 0) + 1
+                    if phys in self.state.recent_rolls and await self._written_before_seal(
+                            phys, t.name, int(pd.index), pd.records):
+                        self._landed(phys)
+                        failed.append((t.name, int(pd.index),
+                                       ErrorCode.DUPLICATE_SEQUENCE_NUMBER))
+                        continue
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
@@ -444,6 +451,31 @@ class Session:
         topics = tuple(build(mod.TopicProduceResponse, name=name, partition_responses=tuple(ps))
                        for name, ps in ordered.items())
         return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
+
+    async def _written_before_seal(self, key: PhysKey, topic: str, partition: int,
+                                   data: bytes | None) -> bool:
+        """A retried idempotent batch that the segment sealed by a recent roll already
+        holds: answered DUPLICATE_SEQUENCE_NUMBER (clients count it as written), not
+        written again (docs/adr/0011-rolls-fence-seal-reopen.md)."""
+        if not data:
+            return False
+        try:
+            batches = list(records.iter_batches(data))
+            if len(batches) != 1:
+                return False
+            info = records.batch_info(data, 0)
+        except records.RecordBatchError:
+            return False
+        if info.producer_id < 0:
+            return False
+        sealed = await self.state.sealed_producers(key)
+        if not rolls.written_before_seal(info.producer_id, info.producer_epoch,
+                                         info.base_sequence, info.record_count, sealed):
+            return False
+        log.info("%s-%d: producer %d's batch at sequence %d is already in the segment sealed "
+                 "by the last roll; answering DUPLICATE_SEQUENCE_NUMBER", topic, partition,
+                 info.producer_id, info.base_sequence)
+        return True
 
     def _landed(self, key: PhysKey) -> None:
         """One produce to ``key`` is no longer in flight."""

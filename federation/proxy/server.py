@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from federation.mapstore import MetadataBackend
-from federation.model import FederationMap, ProxyEndpoint
+from federation.model import FederationMap, ProxyEndpoint, Segment
 from federation.plugin import Plugins, get_plugins
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response
@@ -26,6 +26,7 @@ from federation.protocol.framing import FrameError, FrameReader
 from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
 from federation.proxy.config import ProxyConfig, parse_store
 from federation.proxy.handlers import Session
+from federation.proxy.limits import idle_reason
 from federation.proxy.metrics import ProxyMetrics
 from federation.proxy.routing import serving
 from federation.proxy.upstream import ClusterClient, UpstreamError
@@ -70,6 +71,10 @@ CAPS: dict[int, tuple[int, int]] = {
 MAX_QUEUED_REQUESTS = 64
 #: Client ids a proxy remembers having served (for operators and tests; bounded).
 MAX_CLIENT_IDS = 1024
+#: How long after seeing a roll a proxy checks writes to the new segment for retries of
+#: writes the sealed segment already holds (a lost acknowledgement's retry comes within
+#: the producer's delivery timeout, 120 s by default).
+ROLL_DEDUP_SECONDS = 180.0
 #: Longest a fence report waits for the proxy's writes in flight to the fenced partitions.
 FENCE_DRAIN_SECONDS = 5.0
 
@@ -102,8 +107,12 @@ class ProxyState:
         self.member_id: str | None = None  #: set when registered in the store
         self.member_data: dict[str, Any] = {}
         self._report_task: asyncio.Task[None] | None = None
+        #: new active segment → (the segment its roll sealed, when this proxy saw the roll)
+        self.recent_rolls: dict[PhysKey, tuple[Segment, float]] = {}
+        self._sealed_states: dict[PhysKey, asyncio.Future[dict[int, tuple[int, int]]]] = {}
         #: client.id → connections that announced it (the most recent MAX_CLIENT_IDS ids)
         self.clients_seen: dict[str, int] = {}
+        self.per_address: dict[str, int] = {}  #: source address → client connections
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
         self.metrics.store_healthy.set(1)
@@ -127,6 +136,31 @@ class ProxyState:
         if old.version != fmap.version:
             log.info("serving map version %d (was %d)", fmap.version, old.version)
             self._after_map_change(fmap)
+            self._note_rolls(old, fmap)
+
+    def admit(self, address: str) -> str | None:
+        """Count a new client connection from ``address``; why it is refused, if it is."""
+        limits = self.config.limits
+        if len(self.connections) >= limits.max_connections:
+            return f"the proxy holds {len(self.connections)} connections (limits.max_connections)"
+        count = self.per_address.get(address, 0)
+        if count >= limits.max_connections_per_address:
+            return (f"{count} connections from {address} already "
+                    "(limits.max_connections_per_address)")
+        self.per_address[address] = count + 1
+        return None
+
+    def release(self, address: str) -> None:
+        left = self.per_address.get(address, 0) - 1
+        if left > 0:
+            self.per_address[address] = left
+        else:
+            self.per_address.pop(address, None)
+
+    def check_timeouts(self) -> None:
+        now = time.monotonic()
+        for conn in list(self.connections):
+            conn.check_timeouts(now)
 
     def saw_client(self, client_id: str | None) -> None:
         key = client_id or ""
@@ -151,6 +185,55 @@ class ProxyState:
         if fenced and self.member_id is not None and (
                 self._report_task is None or self._report_task.done()):
             self._report_task = asyncio.get_running_loop().create_task(self._report_fences())
+
+    def _note_rolls(self, old: FederationMap, new: FederationMap) -> None:
+        """Remember partitions rolled between two maps (new active → sealed predecessor),
+        for a while: retries of writes whose acknowledgement was lost arrive then."""
+        now = time.monotonic()
+        for key in [k for k, (_, at) in self.recent_rolls.items() if now - at > ROLL_DEDUP_SECONDS]:
+            del self.recent_rolls[key]
+            self._sealed_states.pop(key, None)
+        for name, topic in new.topics.items():
+            before = old.topics.get(name)
+            if before is None or before.topic_id != topic.topic_id:
+                continue
+            for lp, was in zip(topic.partitions, before.partitions, strict=False):
+                if len(lp.segments) < 2 or lp.active == was.active:
+                    continue
+                sealed = lp.segments[-2]
+                if phys_key(sealed) == phys_key(was.active) and (
+                        sealed.physical_start == was.active.physical_start):
+                    self.recent_rolls[phys_key(lp.active)] = (sealed, now)
+
+    async def sealed_producers(self, key: PhysKey) -> dict[int, tuple[int, int]]:
+        """Producer states of the segment sealed just before the active one at ``key``
+        (empty when unknown, or when anything lies beyond its seal)."""
+        fut = self._sealed_states.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._load_sealed_producers(key))
+            self._sealed_states[key] = fut
+        return await asyncio.shield(fut)
+
+    async def _load_sealed_producers(self, key: PhysKey) -> dict[int, tuple[int, int]]:
+        from federation.offsets import list_offsets, producer_states
+
+        entry = self.recent_rolls.get(key)
+        if entry is None:
+            return {}
+        sealed = entry[0]
+        try:
+            client = self.cluster(sealed.cluster)
+            end = (await list_offsets(client, [(sealed.topic, sealed.partition)],
+                                      timeout=self.request_timeout))
+            if end.get((sealed.topic, sealed.partition)) != sealed.physical_end:
+                return {}  # a late write lies beyond the seal: its producer state misleads
+            return await producer_states(client, sealed.topic, sealed.partition,
+                                         self.request_timeout)
+        except UpstreamError as e:
+            log.info("no producer states for the sealed %s/%s/%d (%s): retried writes into "
+                     "its successor are not de-duplicated", sealed.cluster, sealed.topic,
+                     sealed.partition, e)
+            return {}
 
     async def _report_fences(self) -> None:
         """Tell the controller, through the store, what this proxy acknowledged on every
@@ -281,8 +364,17 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, state: ProxyState) -> None:
         self.state = state
-        self.reader = FrameReader(state.config.max_frame_size)
+        config = state.config
+        # Before SASL authentication, on a listener that requires it, frames stay small.
+        self.reader = FrameReader(min(config.max_frame_size,
+                                      config.limits.max_frame_size_unauthenticated)
+                                  if config.sasl_required else config.max_frame_size)
         self.transport: asyncio.Transport | None = None
+        self.address = "?"
+        self.last_activity = time.monotonic()
+        self.frame_started: float | None = None  # first byte of an incomplete frame
+        self._queued_bytes = 0  # of frames received and not yet dispatched
+        self._counted = False  # in the proxy's connection counts
         self.peer = "?"
         self.session: Session | None = None
         self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -299,6 +391,15 @@ class ClientConnection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.address = str(peer[0]) if peer else "?"
+        refused = self.state.admit(self.address)
+        if refused is not None:
+            self._closing = self._aborted = True
+            log.warning("refusing connection from %s: %s", self.peer, refused)
+            self.state.metrics.closed_bad_frames.labels("connection_limit").inc()
+            self.transport.abort()
+            return
+        self._counted = True
         sock = transport.get_extra_info("socket")
         if sock is not None:
             import socket
@@ -313,21 +414,43 @@ class ClientConnection(asyncio.Protocol):
                        asyncio.create_task(self._reply_loop())]
 
     def data_received(self, data: bytes) -> None:
+        if self._aborted:
+            return
+        now = time.monotonic()
+        self.last_activity = now
         try:
             frames = self.reader.feed(data)
         except FrameError as e:
             self.abort("bad_frame", e.reason)
             return
+        if self.reader.buffered:
+            if self.frame_started is None or frames:
+                self.frame_started = now  # a (new) frame is on its way
+        else:
+            self.frame_started = None
         for frame in frames:
+            self._queued_bytes += len(frame)
             self._frames.put_nowait(frame)
-        if self._frames.qsize() + len(self._replies) > MAX_QUEUED_REQUESTS and (
+        if (self._frames.qsize() + len(self._replies) > MAX_QUEUED_REQUESTS
+                or self._queued_bytes > self.state.config.limits.max_queued_bytes) and (
                 self.transport and not self._paused_reading):
             self.transport.pause_reading()
             self._paused_reading = True
 
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if a frame is too slow to arrive or it sat idle too long."""
+        if self._closing:
+            return
+        reason = idle_reason(self.state.config.limits, now, self.last_activity,
+                             self.frame_started, self.busy)
+        if reason is not None:
+            self.abort(reason, "a frame took too long to arrive" if reason == "slow_frame"
+                       else "idle for too long")
+
     def _maybe_resume(self) -> None:
         if self._paused_reading and self.transport and (
-                self._frames.qsize() + len(self._replies) <= MAX_QUEUED_REQUESTS // 2):
+                self._frames.qsize() + len(self._replies) <= MAX_QUEUED_REQUESTS // 2) and (
+                self._queued_bytes <= self.state.config.limits.max_queued_bytes // 2):
             self.transport.resume_reading()
             self._paused_reading = False
 
@@ -357,6 +480,10 @@ class ClientConnection(asyncio.Protocol):
         # process them too: think of acks=0 produces sent just before close); only their
         # answers are dropped. The dispatch loop closes the session when it has drained.
         self._closing = True
+        if not self._counted:
+            return  # refused at once: it never got a session
+        self._counted = False
+        self.state.release(self.address)
         self.state.metrics.connections.dec()
         self.state.connections.discard(self)
         self._frames.put_nowait(None)
@@ -382,6 +509,7 @@ class ClientConnection(asyncio.Protocol):
             frame = await self._frames.get()
             if frame is None or self._aborted:
                 return
+            self._queued_bytes -= len(frame)
             started = time.monotonic()
             try:
                 reply = await self._dispatch(frame)
@@ -392,6 +520,9 @@ class ClientConnection(asyncio.Protocol):
                 log.exception("internal error handling a request from %s", self.peer)
                 self.abort("internal_error", "internal error (see the traceback above)")
                 return
+            if self.session.authenticated and (
+                    self.reader.max_frame_size < self.state.config.max_frame_size):
+                self.reader.max_frame_size = self.state.config.max_frame_size
             self._maybe_resume()
             if reply is None:
                 continue
@@ -589,9 +720,17 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
         http_server = await start_http(state, *config.http)
     if ready is not None:
         ready.set()
+
+    async def sweep() -> None:  # idle connections and frames that never complete
+        while True:
+            await asyncio.sleep(1.0)
+            state.check_timeouts()
+
+    sweeper = asyncio.create_task(sweep())
     try:
         await stop.wait()
     finally:
+        sweeper.cancel()
         if http_server is not None:
             http_server.close()
         log.info("proxy %d stopping", config.node_id)

@@ -14,11 +14,12 @@ class InProcessProxy:
     """A proxy on its own event loop thread, so the test can reach into its connections."""
 
     def __init__(self, store: str, port: int, pool: str = "chaos", node_id: int = 1900,
-                 roles: tuple[str, ...] = ("producer", "consumer")) -> None:
+                 roles: tuple[str, ...] = ("producer", "consumer"),
+                 **settings: object) -> None:
         self.config = ProxyConfig.from_dict({"node_id": node_id,
                                              "listen": f"127.0.0.1:{port}",
                                              "store": store, "pool": pool,
-                                             "roles": list(roles)})
+                                             "roles": list(roles), **settings})
         self.state: ProxyState | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
