@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -229,7 +230,8 @@ def decide_states(fmap: FederationMap, observations: Sequence[ClusterObservation
             memory.failures.pop(obs.cluster, None)
             memory.unreachable_since.pop(obs.cluster, None)
             if cluster.state is ClusterState.DOWN:
-                back = memory.before_down.pop(obs.cluster, ClusterState.ACTIVE)
+                remembered = memory.before_down.pop(obs.cluster, ClusterState.ACTIVE)
+                back = cluster.previous_state or remembered
                 changes.append(StateChange(obs.cluster, cluster.state, back))
             continue
         count = memory.failures.get(obs.cluster, 0) + 1
@@ -253,7 +255,9 @@ def apply_state_changes(fmap: FederationMap, changes: Sequence[StateChange]
     for change in changes:
         cluster = fmap.clusters.get(change.cluster)
         if cluster is not None and cluster.state is change.old:
-            fmap = fmap.with_cluster(cluster.with_state(change.new))
+            previous = change.old if change.new is ClusterState.DOWN else None
+            fmap = fmap.with_cluster(dataclasses.replace(cluster, state=change.new,
+                                                         previous_state=previous))
             applied.append(change)
     return (fmap if applied else None), applied
 

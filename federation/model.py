@@ -77,10 +77,15 @@ class PhysicalCluster:
     state: ClusterState = ClusterState.ACTIVE
     weight: int = 1  #: relative capacity, used by the ``weighted`` strategy
     security: Mapping[str, str] = field(default_factory=dict, hash=False)  #: empty = PLAINTEXT
+    #: while ``down``: the state it had before, restored when it answers again (kept in the
+    #: map, so a controller failover does not forget a drain or a read-only state)
+    previous_state: ClusterState | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ClusterState(self.state))
         object.__setattr__(self, "security", _frozen_mapping(self.security))
+        if self.previous_state is not None:
+            object.__setattr__(self, "previous_state", ClusterState(self.previous_state))
 
     @property
     def writable(self) -> bool:
@@ -556,7 +561,9 @@ class FederationMap:
             "default_pool": self.default_pool,
             "clusters": {
                 c.id: {"bootstrap": c.bootstrap, "state": c.state.value, "weight": c.weight,
-                       "security": dict(c.security)}
+                       "security": dict(c.security),
+                       **({"previous_state": c.previous_state.value}
+                          if c.previous_state is not None else {})}
                 for c in self.clusters.values()
             },
             "topics": {
@@ -596,10 +603,13 @@ class FederationMap:
             _check_keys("map", data, _MAP_KEYS)
             clusters = {}
             for cid, c in data["clusters"].items():
-                _check_keys(f"cluster {cid!r}", c, {"bootstrap", "state", "weight", "security"})
+                _check_keys(f"cluster {cid!r}", c, {"bootstrap", "state", "weight", "security",
+                                                    "previous_state"})
+                previous = c.get("previous_state")
                 clusters[cid] = PhysicalCluster(
                     id=cid, bootstrap=c["bootstrap"], state=ClusterState(c["state"]),
                     weight=int(c.get("weight", 1)), security=dict(c.get("security", {})),
+                    previous_state=None if previous is None else ClusterState(previous),
                 )
             topics = {}
             for name, t in data["topics"].items():

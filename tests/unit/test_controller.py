@@ -68,6 +68,21 @@ def test_back_to_the_state_before_down() -> None:
     assert decide_states(_map(a=D), [_obs("a", True)], memory, 1) == [StateChange("a", D, RO)]
 
 
+def test_the_state_before_down_survives_a_controller_failover() -> None:
+    # The controller that marked it down wrote the previous state into the map; a new
+    # controller (empty memory) restores it from there.
+    fmap = _map(a=RO)
+    new, _ = apply_state_changes(fmap, [StateChange("a", RO, D)])
+    assert new is not None and new.clusters["a"].previous_state is RO
+    from federation import mapstore
+
+    reloaded = mapstore.loads(mapstore.dumps(new))
+    assert decide_states(reloaded, [_obs("a", True)], HealthMemory(), 1) == [
+        StateChange("a", D, RO)]
+    back, _ = apply_state_changes(reloaded, [StateChange("a", D, RO)])
+    assert back is not None and back.clusters["a"].previous_state is None
+
+
 def test_down_cluster_without_memory_comes_back_active() -> None:
     # e.g. the controller that marked it down has failed over meanwhile
     assert decide_states(_map(a=D), [_obs("a", True)], HealthMemory(), 1) == [
