@@ -192,3 +192,32 @@ def check_delivery(acks: list[Ack], consumed: list[Consumed]) -> dict[str, int]:
         assert values == sorted(values), f"key {key!r} out of order: {values[:20]}"
     return {"acked": len(acks), "consumed": len(consumed), "distinct": len(where),
             "duplicates": duplicates}
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def run_clients(state: dict[str, Any], dist: KafkaDist, topic: str, tmp: Path,
+                 messages: int, throughput: int) -> tuple[VerifiableProducer, GroupConsumer]:
+    consumer = GroupConsumer(state["bootstrap"], topic, f"g-{topic}").start()
+    producer = VerifiableProducer(dist, state["bootstrap"], topic, tmp, messages=messages,
+                                  throughput=throughput).start()
+    return producer, consumer
+
+
+def finish(producer: VerifiableProducer, consumer: GroupConsumer) -> dict[str, int]:
+    try:
+        assert producer.wait(300) == 0, f"producer failed; log {producer.log}"
+        assert not producer.errors, f"{len(producer.errors)} send(s) failed: {producer.errors[:3]}"
+        consumer.wait_for({a.value for a in producer.acks}, timeout=180)
+    finally:
+        producer.stop()
+        consumer.stop()
+    counts = check_delivery(producer.acks, consumer.records)
+    assert counts["duplicates"] == 0, counts
+    return counts

@@ -34,7 +34,7 @@ from federation.local import LocalFederation, temporary_federation
 from federation.model import FederationMap
 from federation.testing.clients import java_murmur2_partition
 
-from .elastic_tools import GroupConsumer, VerifiableProducer, check_delivery
+from .elastic_tools import finish, run_clients, wait_until
 from .fedtopics import backend_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -85,35 +85,6 @@ def _brokers(state: dict[str, Any], cluster: str) -> list[str]:
             for b in c["brokers"]]
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def _run_clients(state: dict[str, Any], dist: KafkaDist, topic: str, tmp: Path,
-                 messages: int, throughput: int) -> tuple[VerifiableProducer, GroupConsumer]:
-    consumer = GroupConsumer(state["bootstrap"], topic, f"g-{topic}").start()
-    producer = VerifiableProducer(dist, state["bootstrap"], topic, tmp, messages=messages,
-                                  throughput=throughput).start()
-    return producer, consumer
-
-
-def _finish(producer: VerifiableProducer, consumer: GroupConsumer) -> dict[str, int]:
-    try:
-        assert producer.wait(300) == 0, f"producer failed; log {producer.log}"
-        assert not producer.errors, f"{len(producer.errors)} send(s) failed: {producer.errors[:3]}"
-        consumer.wait_for({a.value for a in producer.acks}, timeout=180)
-    finally:
-        producer.stop()
-        consumer.stop()
-    counts = check_delivery(producer.acks, consumer.records)
-    assert counts["duplicates"] == 0, counts
-    return counts
-
-
 def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
         fed: dict[str, Any], kafka_dist: KafkaDist, tmp_path: Path) -> None:
     c3 = next(c for c in fed["clusters"] if c["name"] == "c3")
@@ -122,7 +93,7 @@ def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
     before = _map(fed).topics["keyed"]
     assert {lp.active.cluster for lp in before.partitions} == {"c1", "c2"}
 
-    producer, consumer = _run_clients(fed, kafka_dist, "keyed", tmp_path, 12000, 800)
+    producer, consumer = run_clients(fed, kafka_dist, "keyed", tmp_path, 12000, 800)
     try:
         producer.wait_acks(2000, timeout=120)
         _cli(fed, "cluster", "add", "c3", c3["bootstrap"])
@@ -134,7 +105,7 @@ def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
         raise
     assert len(moved) == 2 and {m["target"] for m in moved} == {"c3"}
     assert all(m["now_on"] == "c3" for m in moved)
-    counts = _finish(producer, consumer)
+    counts = finish(producer, consumer)
 
     after = _map(fed).topics["keyed"]
     assert after.partition_count == 6
@@ -161,7 +132,7 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
     assert on_c3, "the topic should have partitions on c3"
     local = LocalFederation(Path(fed["workdir"]))
 
-    producer, consumer = _run_clients(fed, kafka_dist, "orders", tmp_path, 16000, 800)
+    producer, consumer = run_clients(fed, kafka_dist, "orders", tmp_path, 16000, 800)
     killed_at = 0.0
     try:
         producer.wait_acks(2500, timeout=120)
@@ -172,7 +143,7 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
         def rolled() -> bool:
             lps = _map(fed).topics["orders"].partitions
             return all(lps[p].active.cluster != "c3" for p in on_c3)
-        _wait(rolled, 120, "c3's partitions rolled onto other clusters")
+        wait_until(rolled, 120, "c3's partitions rolled onto other clusters")
         fmap = _map(fed)
         starts = {}
         for p in on_c3:
@@ -183,7 +154,7 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
         def written() -> bool:  # acknowledged writes in every new segment
             return all(any(a.partition == p and a.offset >= starts[p]
                            for a in producer.acks[-4000:]) for p in on_c3)
-        _wait(written, 120, "acknowledged writes in the new segments")
+        wait_until(written, 120, "acknowledged writes in the new segments")
         failover = {p: min(a.at for a in producer.acks if a.partition == p
                            and a.offset >= starts[p]) - killed_at for p in on_c3}
         for broker in _brokers(fed, "c3"):
@@ -192,7 +163,7 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
         producer.stop()
         consumer.stop()
         raise
-    counts = _finish(producer, consumer)
+    counts = finish(producer, consumer)
     print(f"failover: seconds from kill to the first acknowledged write per partition "
           f"{ {p: round(s, 2) for p, s in failover.items()} } (failover_after "
           f"{FAILOVER_AFTER}); {counts}")
@@ -201,13 +172,13 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
 
 def test_drain_and_retire_a_cluster_under_load(
         fed: dict[str, Any], kafka_dist: KafkaDist, tmp_path: Path) -> None:
-    _wait(lambda: _map(fed).clusters["c3"].writable, 60, "c3 active again")
+    wait_until(lambda: _map(fed).clusters["c3"].writable, 60, "c3 active again")
     _admin(fed, admin.create_topic, "drained", 6, "contiguous")
     on_c2 = [lp.index for lp in _map(fed).topics["drained"].partitions
              if lp.active.cluster == "c2"]
     assert on_c2
     local = LocalFederation(Path(fed["workdir"]))
-    producer, consumer = _run_clients(fed, kafka_dist, "drained", tmp_path, 14000, 800)
+    producer, consumer = run_clients(fed, kafka_dist, "drained", tmp_path, 14000, 800)
     try:
         producer.wait_acks(2500, timeout=120)
         started = time.monotonic()
@@ -228,7 +199,7 @@ def test_drain_and_retire_a_cluster_under_load(
         producer.stop()
         consumer.stop()
         raise
-    counts = _finish(producer, consumer)
+    counts = finish(producer, consumer)
     for p in on_c2:
         assert any(a.partition == p and a.at > started for a in producer.acks)
     print(f"drain: {drain_seconds:.1f}s until drained; {counts}")
