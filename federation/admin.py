@@ -21,9 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
@@ -32,6 +32,7 @@ from federation.errors import FedKafkaError
 from federation.mapstore import MetadataBackend
 from federation.model import (
     DEFAULT_POOL,
+    AutoCreatePolicy,
     ClusterState,
     FederationMap,
     LogicalTopic,
@@ -72,6 +73,7 @@ __all__ = [
     "plan_remove_cluster",
     "plan_set_cluster_state",
     "remove_cluster",
+    "set_auto_create",
     "set_cluster_state",
     "set_pool",
     "set_topic_config",
@@ -80,6 +82,7 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 #: Seconds one physical admin request (connect, create, delete, describe) may take.
 REQUEST_TIMEOUT = 15.0
@@ -607,26 +610,34 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
     needs = physical_needs(fmap, topic)
     created: dict[str, list[str]] = {}
+    shadow_on = fmap.coordination_cluster if name in needs.get(
+        fmap.coordination_cluster or "", {}) else None
     try:
-        async def create_on(cluster_id: str, wanted: dict[str, int]) -> None:
-            async with connect(fmap.clusters[cluster_id]) as admin:
-                await _refuse_taken(admin, name, wanted, cluster_id)
+        async with contextlib.AsyncExitStack() as stack:
+            opened = await _all_of(stack.enter_async_context(connect(fmap.clusters[c]))
+                                   for c in needs)
+            admins = dict(zip(needs, opened, strict=True))
+            # Every cluster checked before anything is created anywhere.
+            await _all_of(_refuse_taken(admins[c], name, w, c) for c, w in needs.items())
+            if shadow_on is not None:
+                # The shadow topic first, as a claim: Kafka creates a name once, so of two
+                # creators of one logical topic (say two proxies auto-creating it) exactly
+                # one goes on, and the other stops before creating anything.
+                await admins[shadow_on].create({name: needs[shadow_on][name]}, replication,
+                                               None)
+                created.setdefault(shadow_on, []).append(name)
+
+            async def create_on(cluster_id: str, wanted: dict[str, int]) -> None:
+                admin = admins[cluster_id]
                 # One by one, so a failure leaves an exact record of what exists.
                 for physical, count in wanted.items():
-                    is_shadow = physical == name and cluster_id == fmap.coordination_cluster
-                    await admin.create({physical: count}, replication,
-                                       None if is_shadow else config)
+                    if physical == name and cluster_id == shadow_on:
+                        continue
+                    await admin.create({physical: count}, replication, config)
                     created.setdefault(cluster_id, []).append(physical)
                 await _await_visible(admin, wanted, cluster_id)
 
-        results = await asyncio.gather(*(create_on(c, w) for c, w in needs.items()),
-                                       return_exceptions=True)
-        failures = [r for r in results if isinstance(r, BaseException)]
-        for failure in failures:
-            if not isinstance(failure, Exception):
-                raise failure
-        if failures:
-            raise failures[0]
+            await _all_of(create_on(c, w) for c, w in needs.items())
 
         def change(current: FederationMap | None) -> FederationMap:
             if current is None:
@@ -646,6 +657,18 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     log.info("topic created", topic=name, partitions=partitions, strategy=strategy,
              clusters=sorted(needs))
     return topic
+
+
+async def _all_of(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Run concurrently, let every one finish, then raise the first failure (if any)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    failures = [r for r in results if isinstance(r, BaseException)]
+    for failure in failures:
+        if not isinstance(failure, Exception):
+            raise failure
+    if failures:
+        raise failures[0]
+    return results  # type: ignore[return-value]  # no exception among them
 
 
 async def _refuse_taken(admin: ClusterAdmin, name: str, wanted: Mapping[str, int],
@@ -773,6 +796,24 @@ async def set_topic_config(backend: MetadataBackend, name: str, config: Mapping[
         (plugins or get_plugins()).notify_map_published(before, new)
         log.info("topic config recorded", topic=name, config=wanted)
     return updated[0]
+
+
+async def set_auto_create(backend: MetadataBackend, policy: AutoCreatePolicy, *,
+                          plugins: Plugins | None = None) -> FederationMap:
+    """Set the federation's automatic topic creation policy (ADR 0013)."""
+    plugins = plugins or get_plugins()
+    _strategy(plugins, policy.strategy)  # an unknown strategy is refused now, not later
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        try:
+            policy.validate()
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+        return dataclasses.replace(current, auto_create=policy)
+
+    return await _publish(backend, change, plugins)
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from federation.mapstore import MetadataBackend
 from federation.model import (
     ROLE_CONSUMER,
     ROLE_PRODUCER,
+    AutoCreatePolicy,
     ClusterState,
     FederationMap,
     LogicalTopic,
@@ -428,6 +429,41 @@ def topic_add_partitions(
         _print_json(_topic_json(topic))
         return
     out.print(f"topic {name} now has {topic.partition_count} partitions")
+
+
+@topic_app.command("auto-create")
+def topic_auto_create(
+    enable: Annotated[bool | None, typer.Option(
+        "--enable/--disable", help="Create unknown topics a client asks for.")] = None,
+    partitions: Annotated[int | None, typer.Option(
+        help="Logical partitions of a topic created so.")] = None,
+    strategy: Annotated[str | None, typer.Option(help="Its mapping strategy.")] = None,
+    replication: Annotated[int | None, typer.Option(
+        help="Replication factor of its physical topics (-1: each cluster's default).")]
+    = None,
+    store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Show or set automatic topic creation (Kafka's auto.create.topics.enable)."""
+    with _backend(store, workdir) as backend:
+        fmap = backend.load()
+        if fmap is None:
+            raise ConfigError("the metadata store holds no map yet")
+        current = fmap.auto_create
+        policy = AutoCreatePolicy(
+            enabled=current.enabled if enable is None else enable,
+            partitions=current.partitions if partitions is None else partitions,
+            strategy=current.strategy if strategy is None else strategy,
+            replication_factor=(current.replication_factor if replication is None
+                                else replication))
+        if policy != current:
+            fmap = _run(admin.set_auto_create(backend, policy))
+    if as_json:
+        _print_json(policy.to_dict())
+        return
+    state = "on" if policy.enabled else "off"
+    out.print(f"automatic topic creation {state}: {policy.partitions} partition(s), "
+              f"{policy.strategy}, replication factor {policy.replication_factor}; "
+              f"map version {fmap.version}")
 
 
 # -- pools -----------------------------------------------------------------------------------

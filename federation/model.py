@@ -338,7 +338,7 @@ class AutoCreatePolicy:
     """Automatic topic creation (Kafka's ``auto.create.topics.enable``), federation-wide.
 
     A Metadata request naming an unknown, valid topic with ``allow_auto_topic_creation``
-    creates it as a logical topic with these settings (ADR 0012).
+    creates it as a logical topic with these settings (ADR 0013).
     """
 
     enabled: bool = True

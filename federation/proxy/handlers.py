@@ -286,6 +286,8 @@ class Session:
                 invalid = name is not None and admin_handlers.topic_name_error(name)
                 code = (ErrorCode.INVALID_TOPIC_EXCEPTION if invalid
                         else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                if name and not invalid and self.state.auto_creator.wanted(self, body, name):
+                    code = ErrorCode.LEADER_NOT_AVAILABLE  # being created: Kafka's answer
                 topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(code),
                                     name=name, topic_id=_zero_uuid(), is_internal=False,
                                     partitions=()))

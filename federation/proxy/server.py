@@ -24,6 +24,7 @@ from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response
 from federation.protocol.framing import FrameError, FrameReader
 from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
+from federation.proxy.autocreate import AutoCreator
 from federation.proxy.config import ProxyConfig, parse_store
 from federation.proxy.handlers import Session
 from federation.proxy.limits import idle_reason
@@ -107,6 +108,7 @@ class ProxyState:
         self.member_id: str | None = None  #: set when registered in the store
         self.member_data: dict[str, Any] = {}
         self._report_task: asyncio.Task[None] | None = None
+        self.auto_creator = AutoCreator(self)  #: topics created on demand (ADR 0013)
         #: new active segment → (the segment its roll sealed, when this proxy saw the roll)
         self.recent_rolls: dict[PhysKey, tuple[Segment, float]] = {}
         self._sealed_states: dict[PhysKey, asyncio.Future[dict[int, tuple[int, int]]]] = {}

@@ -7,20 +7,32 @@ delete), automatic topic creation on and off, read-your-writes of topic changes.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from federation import admin
 from federation.kafka_dist import KafkaDist
-from federation.model import Segment
+from federation.model import AutoCreatePolicy, Segment
 
-from .fedtopics import create_logical_topic
+from .fedtopics import backend_of, create_logical_topic
 from .java_tools import Tool, java_tool
-from .test_conformance import create_one, send_raw, stored_map, wait_for, wait_served
+from .test_conformance import (
+    create_one,
+    federation_partitions,
+    metadata_v12,
+    send_raw,
+    stored_map,
+    wait_for,
+    wait_served,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -459,3 +471,115 @@ def test_describe_producers_answers_from_the_active_segment(proxy: str, c1: str)
         return [(int(p.partition_index), int(p.error_code),
                  [int(s.last_sequence) for s in p.active_producers]) for p in parts]
     assert summary(fed) == summary(direct) == [(0, 0, [4]), (7, UNKNOWN_TOPIC_OR_PARTITION, [])]
+
+
+# -- automatic topic creation ----------------------------------------------------------------
+
+
+def served_policy(address: str, node_id: int) -> str | None:
+    """auto.create.topics.enable as a proxy answers it (from the map it serves)."""
+    from kio.schema.describe_configs.v4.request import (
+        DescribeConfigsRequest,
+        DescribeConfigsResource,
+    )
+    from kio.static.primitive import i8
+
+    request = DescribeConfigsRequest(resources=(DescribeConfigsResource(
+        resource_type=i8(4), resource_name=str(node_id),
+        configuration_keys=("auto.create.topics.enable",)),),
+        include_synonyms=False, include_documentation=False)
+    [result] = send_raw(address, request).results
+    return next((c.value for c in result.configs), None)
+
+
+def set_policy(state: dict[str, Any], policy: AutoCreatePolicy) -> None:
+    """Publish the policy and wait until every proxy and the name service serve it."""
+    backend = backend_of(state)
+    try:
+        asyncio.run(admin.set_auto_create(backend, policy))
+    finally:
+        backend.close()
+    wanted = "true" if policy.enabled else "false"
+    members = [(f"{p['host']}:{p['port']}", int(p["node_id"])) for p in state["proxies"]]
+    members.append((state["bootstrap"], 999))  # the name service
+    for address, node_id in members:
+        wait_for(lambda a=address, n=node_id: served_policy(a, n) == wanted,  # type: ignore[misc]
+                 f"{address} to serve auto-creation {wanted}")
+
+
+@pytest.fixture
+def auto_create(local_federation: dict[str, Any]) -> Iterator[Callable[[AutoCreatePolicy], None]]:
+    """Set the federation's policy for one test; the default policy is restored after."""
+    yield lambda policy: set_policy(local_federation, policy)
+    set_policy(local_federation, AutoCreatePolicy())
+
+
+def metadata_allowing(names: list[str], allow: bool = True) -> Any:
+    return dataclasses.replace(metadata_v12(names), allow_auto_topic_creation=allow)
+
+
+def produce_confluent(bootstrap: str, topic: str, timeout: float = 60) -> tuple[Any, float]:
+    """Produce one record; (delivery error or None, seconds until the delivery report)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "client.id": "fk-auto-create",
+                         "topic.metadata.propagation.max.ms": 3000,
+                         "message.timeout.ms": int(timeout * 1000)})
+    outcome: list[Any] = []
+    started = time.monotonic()
+    producer.produce(topic, b"first", on_delivery=lambda err, _msg: outcome.append(err))
+    while not outcome and time.monotonic() - started < timeout + 10:
+        producer.poll(0.2)
+    assert outcome, "no delivery report"
+    return outcome[0], time.monotonic() - started
+
+
+def test_auto_create_on_creates_with_the_policy(local_federation: dict[str, Any],
+                                                clusters: list[dict[str, Any]], proxy: str,
+                                                auto_create: Callable[[AutoCreatePolicy],
+                                                                      None]) -> None:
+    auto_create(AutoCreatePolicy(enabled=True, partitions=3, strategy="round_robin"))
+    name = _name("auto")
+    # Not asked for: nothing created.
+    [t] = send_raw(proxy, metadata_allowing([name], allow=False)).topics
+    assert int(t.error_code) == UNKNOWN_TOPIC_OR_PARTITION
+    # Asked for: LEADER_NOT_AVAILABLE first, as Kafka answers, then the topic.
+    [t] = send_raw(proxy, metadata_allowing([name])).topics
+    assert int(t.error_code) == LEADER_NOT_AVAILABLE
+
+    def served() -> Any:
+        [t] = send_raw(proxy, metadata_allowing([name])).topics
+        return t if int(t.error_code) == 0 else None
+    assert len(wait_for(served, "the auto-created topic").partitions) == 3
+    topic = stored_map(local_federation).topics[name]
+    assert (topic.partition_count, topic.strategy) == (3, "round_robin")
+    assert federation_partitions(local_federation, clusters, name) == (3, 3)
+    # Internal names are never created on demand.
+    [t] = send_raw(proxy, metadata_allowing(["__" + name])).topics
+    assert int(t.error_code) == UNKNOWN_TOPIC_OR_PARTITION
+
+    # A producer to a new topic, through the name service: delivered, topic created.
+    fresh = _name("autop")
+    error, _ = produce_confluent(local_federation["bootstrap"], fresh)
+    assert error is None, error
+    assert stored_map(local_federation).topics[fresh].partition_count == 3
+    assert "__" + name not in stored_map(local_federation).topics
+
+
+def test_auto_create_off_refuses_at_once_as_kafka(local_federation: dict[str, Any],
+                                                  clusters: list[dict[str, Any]], proxy: str,
+                                                  c1: str, auto_create: Callable[
+                                                      [AutoCreatePolicy], None]) -> None:
+    auto_create(AutoCreatePolicy(enabled=False))
+    name = _name("noauto")
+    # The physical clusters run with auto.create.topics.enable=false: the same answer.
+    [direct] = send_raw(c1, metadata_allowing([name])).topics
+    [fed] = send_raw(proxy, metadata_allowing([name])).topics
+    assert int(fed.error_code) == int(direct.error_code) == UNKNOWN_TOPIC_OR_PARTITION
+    direct_error, direct_took = produce_confluent(c1, name)
+    fed_error, fed_took = produce_confluent(local_federation["bootstrap"], name)
+    assert direct_error is not None and fed_error is not None
+    assert fed_error.code() == direct_error.code()  # librdkafka: unknown topic
+    assert fed_took < 15 and direct_took < 15  # refused, not timed out (60 s)
+    assert name not in stored_map(local_federation).topics
+    assert federation_partitions(local_federation, clusters, name) == (0, 0)

@@ -130,3 +130,53 @@ async def test_topic_config_is_recorded_and_given_to_new_physical_topics(
     with pytest.raises(admin.UnknownTopicError):
         await admin.set_topic_config(store, "nope", {})
 
+
+
+async def test_two_creators_of_one_topic_one_wins_and_keeps_its_topics(
+        store: FileBackend) -> None:
+    """Two proxies auto-creating the same topic at once: the shadow topic is the claim."""
+    import asyncio
+
+    fleet = Fleet("a", "b")
+    results = await asyncio.gather(
+        *(admin.create_topic(store, "t", 4, connect=fleet.connect) for _ in range(2)),
+        return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["LogicalTopic", "TopicExistsError"]
+    assert fleet.clusters["a"].topics == {"t.fk": 2, "t": 4}
+    assert fleet.clusters["b"].topics == {"t.fk": 2}
+    stored = store.load()
+    assert stored is not None and "t" in stored.topics
+
+
+def test_cli_topic_auto_create(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from .test_admin_plan import _cli
+
+    path = tmp_path / "map.json"
+    backend = FileBackend(path)
+    backend.publish(_map(), 0)
+    backend.close()
+    store = f"file:{path}"
+    runner = CliRunner()
+    result = runner.invoke(_cli(), ["topic", "auto-create", "--store", store, "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == AutoCreatePolicy().to_dict()
+    result = runner.invoke(_cli(), ["topic", "auto-create", "--disable", "--partitions", "6",
+                                    "--store", store])
+    assert result.exit_code == 0, result.output
+    assert "automatic topic creation off: 6 partition(s)" in result.output
+    stored = FileBackend(path)
+    try:
+        fmap = stored.load()
+        assert fmap is not None
+        assert fmap.auto_create == AutoCreatePolicy(enabled=False, partitions=6)
+    finally:
+        stored.close()
+    result = runner.invoke(_cli(), ["topic", "auto-create", "--strategy", "nope",
+                                    "--store", store])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, admin.InvalidRequestError)
+    assert "unknown mapping strategy 'nope'" in str(result.exception)
