@@ -51,18 +51,22 @@ __all__ = [
     "Connect",
     "InvalidRequestError",
     "MapExistsError",
+    "NewPhysicalTopic",
     "NoMapError",
     "PhysicalTopic",
     "TopicConfig",
     "TopicExistsError",
+    "TopicSpec",
     "UnknownClusterError",
     "UnknownTopicError",
     "add_cluster",
     "add_partitions",
     "aiokafka_admin",
     "create_topic",
+    "create_topics",
     "delete_topic",
     "describe_physical",
+    "describe_physical_many",
     "describe_topic",
     "init_map",
     "list_topics",
@@ -395,6 +399,27 @@ class PhysicalTopic:
     configs: tuple[TopicConfig, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class NewPhysicalTopic:
+    """A physical topic to create (:meth:`_AIOKafkaClusterAdmin.create_many`)."""
+
+    name: str
+    partitions: int
+    replication: int | None = None
+    config: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A logical topic to create (:func:`create_topics`)."""
+
+    name: str
+    partitions: int
+    strategy: str = "contiguous"
+    config: Mapping[str, str] | None = None
+    replication: int | None = None
+
+
 #: Opens a :class:`ClusterAdmin` on a cluster (an async context manager factory).
 Connect = Callable[[PhysicalCluster], contextlib.AbstractAsyncContextManager[ClusterAdmin]]
 
@@ -451,6 +476,75 @@ class _AIOKafkaClusterAdmin:
                 raise BrokerRefusedError(
                     f"cluster {self.cluster.id!r} refused to {what}: error {code}"
                     + (f": {message}" if message else ""), code, message)
+
+    async def create_many(self, topics: Sequence[NewPhysicalTopic]
+                          ) -> dict[str, AdminError | None]:
+        """Create many topics in one request; each topic's own outcome (None: created)."""
+        from aiokafka.admin import NewTopic
+
+        new = []
+        for t in topics:
+            rf = await self._replication(t.replication)
+            new.append(NewTopic(t.name, t.partitions, rf,
+                                replica_assignments={} if rf == -1 else None,
+                                topic_configs=dict(t.config or {})))
+        what = f"create {len(new)} topic(s)"
+        response = await self._call(what, self._client.create_topics(new, timeout_ms=30_000))
+        out: dict[str, AdminError | None] = {t.name: None for t in topics}
+        for entry in response.topic_errors:
+            name, code = entry[0], entry[1]
+            message = entry[2] if len(entry) > 2 else None
+            if code == 36:
+                out[name] = TopicExistsError(f"topic {name!r} already exists on cluster "
+                                             f"{self.cluster.id!r}")
+            elif code:
+                out[name] = BrokerRefusedError(
+                    f"cluster {self.cluster.id!r} refused to create {name}: error {code}"
+                    + (f": {message}" if message else ""), code, message)
+        return out
+
+    async def describe_many(self, names: Sequence[str]) -> dict[str, PhysicalTopic | AdminError]:
+        """:meth:`describe` for many topics, in one Metadata and one DescribeConfigs."""
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        described = await self._call(f"describe {len(names)} topic(s)",
+                                     self._client.describe_topics(list(names)))
+        layout: dict[str, tuple[int, int]] = {}
+        for t in described:
+            if t.get("error_code", 0) == 0:
+                parts = t["partitions"]
+                layout[t["topic"]] = (len(parts), max((len(p["replicas"]) for p in parts),
+                                                      default=-1))
+        responses = await self._call(f"describe the configs of {len(names)} topic(s)",
+                                     self._client.describe_configs(
+                                         [ConfigResource(ConfigResourceType.TOPIC, n)
+                                          for n in names if n in layout]))
+        configs: dict[str, list[TopicConfig]] = {}
+        out: dict[str, PhysicalTopic | AdminError] = {}
+        for response in responses:
+            for resource in response.resources:
+                code, message, name, entries = resource[0], resource[1], resource[3], resource[4]
+                if code:
+                    out[name] = BrokerRefusedError(
+                        f"cluster {self.cluster.id!r} refused to describe the configs of "
+                        f"{name}: error {code} {message or ''}".strip(), code, message)
+                    continue
+                for e in entries:
+                    # v1+: (name, value, read_only, config_source, is_sensitive, synonyms)
+                    source = e[3] if isinstance(e[3], int) and not isinstance(e[3], bool) else (
+                        5 if e[3] else 1)
+                    configs.setdefault(name, []).append(
+                        TopicConfig(e[0], e[1], bool(e[2]), source, bool(e[4])))
+        for name in names:
+            if name in out:
+                continue
+            if name not in layout:
+                out[name] = UnknownTopicError(f"topic {name!r} does not exist on cluster "
+                                              f"{self.cluster.id!r}")
+                continue
+            count, rf = layout[name]
+            out[name] = PhysicalTopic(name, count, rf, tuple(configs.get(name, ())))
+        return out
 
     async def describe(self, topic: str) -> PhysicalTopic:
         from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
@@ -606,57 +700,160 @@ async def create_topic(backend: MetadataBackend, name: str, partitions: int,
     :raises AdminError: (TopicExistsError, InvalidRequestError, ClusterUnreachableError,
         BrokerRefusedError…) after deleting whatever this call created.
     """
+    [result] = await create_topics(backend, [TopicSpec(name, partitions, strategy, config,
+                                                       replication)],
+                                   connect=connect, plugins=plugins)
+    if isinstance(result, AdminError):
+        raise result
+    return result
+
+
+async def create_topics(backend: MetadataBackend, specs: Sequence[TopicSpec], *,
+                        connect: Connect = aiokafka_admin, plugins: Plugins | None = None
+                        ) -> list[LogicalTopic | AdminError]:
+    """Create logical topics, each one created or refused on its own (as in Kafka's
+    CreateTopics), in as few round trips as one topic: one admin connection per cluster,
+    every cluster checked first, the shadow topics (claims, below) then the data topics in
+    one request per cluster, one map publish for all of them.
+
+    The shadow topics go first, as claims: Kafka creates a name once, so of two creators
+    of one logical topic (say two proxies auto-creating it) exactly one goes on, and the
+    other stops before creating anything. A refused topic leaves nothing behind; a failure
+    of the whole operation (a cluster unreachable...) deletes whatever it created and
+    raises.
+
+    :returns: per spec, in order, the created topic or why it was refused.
+    """
     fmap = await _load(backend)
-    topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
-    needs = physical_needs(fmap, topic)
-    created: dict[str, list[str]] = {}
-    shadow_on = fmap.coordination_cluster if name in needs.get(
-        fmap.coordination_cluster or "", {}) else None
+    out: list[LogicalTopic | AdminError | None] = [None] * len(specs)
+    planned: dict[int, LogicalTopic] = {}
+    layout = fmap
+    for i, spec in enumerate(specs):
+        try:
+            topic = plan_create_topic(layout, spec.name, spec.partitions, spec.strategy,
+                                      spec.config, plugins=plugins)
+        except AdminError as e:
+            out[i] = e
+            continue
+        planned[i] = topic
+        layout = layout.with_topic(topic)
+    needs = {i: physical_needs(fmap, t) for i, t in planned.items()}
+    clusters = sorted({c for n in needs.values() for c in n})
+    coordination = fmap.coordination_cluster or ""
+    created: dict[int, dict[str, list[str]]] = {i: {} for i in planned}
+    failed: dict[int, AdminError] = {}
+
+    def outcome(i: int, cluster_id: str, physical: str, error: AdminError | None) -> None:
+        if error is not None:
+            failed.setdefault(i, error)
+        else:
+            created[i].setdefault(cluster_id, []).append(physical)
+
+    def wanted_on(cluster_id: str, shadows: bool) -> list[tuple[int, str, int]]:
+        return [(i, physical, count) for i, n in needs.items() if i not in failed
+                for physical, count in n.get(cluster_id, {}).items()
+                if (cluster_id == coordination and physical == planned[i].name) == shadows]
+
+    async def create_on(admin: ClusterAdmin, cluster_id: str,
+                        batch: list[tuple[int, str, int]]) -> None:
+        if not batch:
+            return
+        news = [NewPhysicalTopic(p, count, specs[i].replication,
+                                 None if p == planned[i].name and cluster_id == coordination
+                                 else specs[i].config) for i, p, count in batch]
+        many = getattr(admin, "create_many", None)
+        if many is not None:
+            results = await many(news)
+            for (i, physical, _), new in zip(batch, news, strict=True):
+                outcome(i, cluster_id, physical, results.get(new.name))
+            return
+        for (i, physical, _), new in zip(batch, news, strict=True):  # one by one
+            try:
+                await admin.create({new.name: new.partitions}, new.replication, new.config)
+            except AdminError as e:
+                outcome(i, cluster_id, physical, e)
+            else:
+                outcome(i, cluster_id, physical, None)
+
     try:
         async with contextlib.AsyncExitStack() as stack:
             opened = await _all_of(stack.enter_async_context(connect(fmap.clusters[c]))
-                                   for c in needs)
-            admins = dict(zip(needs, opened, strict=True))
-            # Every cluster checked before anything is created anywhere.
-            await _all_of(_refuse_taken(admins[c], name, w, c) for c, w in needs.items())
-            if shadow_on is not None:
-                # The shadow topic first, as a claim: Kafka creates a name once, so of two
-                # creators of one logical topic (say two proxies auto-creating it) exactly
-                # one goes on, and the other stops before creating anything.
-                await admins[shadow_on].create({name: needs[shadow_on][name]}, replication,
-                                               None)
-                created.setdefault(shadow_on, []).append(name)
+                                   for c in clusters)
+            admins = dict(zip(clusters, opened, strict=True))
+            existing = dict(zip(clusters, await _all_of(admins[c].topics() for c in clusters),
+                                strict=True))
+            for i, n in needs.items():  # every cluster checked before anything is created
+                for cluster_id, wanted in n.items():
+                    taken = sorted(set(wanted) & set(existing[cluster_id]))
+                    if taken and i not in failed:
+                        failed[i] = TopicExistsError(
+                            f"topic {planned[i].name!r}: {', '.join(taken)} already "
+                            f"exist(s) on cluster {cluster_id!r} (left over from an earlier "
+                            "topic?); delete it there or choose another name")
+            if coordination in admins:
+                await create_on(admins[coordination], coordination,
+                                wanted_on(coordination, shadows=True))
+            await _all_of(create_on(admins[c], c, wanted_on(c, shadows=False))
+                          for c in clusters)
 
-            async def create_on(cluster_id: str, wanted: dict[str, int]) -> None:
-                admin = admins[cluster_id]
-                # One by one, so a failure leaves an exact record of what exists.
-                for physical, count in wanted.items():
-                    if physical == name and cluster_id == shadow_on:
+            async def visible(cluster_id: str) -> None:
+                wanted = {p: count for i, n in needs.items() if i not in failed
+                          for p, count in n.get(cluster_id, {}).items()}
+                if wanted:
+                    await _await_visible(admins[cluster_id], wanted, cluster_id)
+
+            await _all_of(visible(c) for c in clusters)
+
+        ready = {i: t for i, t in planned.items() if i not in failed}
+        if ready:
+            conflicts: dict[int, AdminError] = {}
+
+            def change(current: FederationMap | None) -> FederationMap:
+                conflicts.clear()
+                if current is None:
+                    raise _no_map()
+                topics = dict(current.topics)
+                for i, topic in ready.items():
+                    if topic.name in topics:
+                        conflicts[i] = TopicExistsError(f"topic {topic.name!r} already exists")
                         continue
-                    await admin.create({physical: count}, replication, config)
-                    created.setdefault(cluster_id, []).append(physical)
-                await _await_visible(admin, wanted, cluster_id)
+                    missing = sorted(set(needs[i]) - set(current.clusters))
+                    if missing:
+                        conflicts[i] = InvalidRequestError(
+                            f"cluster(s) {', '.join(missing)} were removed while topic "
+                            f"{topic.name!r} was being created")
+                        continue
+                    topics[topic.name] = topic
+                if len(conflicts) == len(ready):
+                    raise next(iter(conflicts.values()))
+                return dataclasses.replace(current, topics=topics)
 
-            await _all_of(create_on(c, w) for c, w in needs.items())
-
-        def change(current: FederationMap | None) -> FederationMap:
-            if current is None:
-                raise _no_map()
-            if name in current.topics:
-                raise TopicExistsError(f"topic {name!r} already exists")
-            missing = sorted(set(needs) - set(current.clusters))
-            if missing:
-                raise InvalidRequestError(f"cluster(s) {', '.join(missing)} were removed "
-                                          f"while topic {name!r} was being created")
-            return current.with_topic(topic)
-
-        await _publish(backend, change, plugins)
+            try:
+                await _publish(backend, change, plugins)
+            except AdminError as e:
+                conflicts.update({i: e for i in ready if i not in conflicts})
+            failed.update(conflicts)
     except BaseException:
-        await _rollback(connect, fmap, created)
+        everything: dict[str, list[str]] = {}
+        for per in created.values():
+            for cluster_id, names in per.items():
+                everything.setdefault(cluster_id, []).extend(names)
+        await _rollback(connect, fmap, everything)
         raise
-    log.info("topic created", topic=name, partitions=partitions, strategy=strategy,
-             clusters=sorted(needs))
-    return topic
+    if failed:
+        leftovers: dict[str, list[str]] = {}
+        for i in failed:
+            for cluster_id, names in created[i].items():
+                leftovers.setdefault(cluster_id, []).extend(names)
+        await _rollback(connect, fmap, leftovers)
+    for i, topic in planned.items():
+        if i in failed:
+            out[i] = failed[i]
+        else:
+            out[i] = topic
+            log.info("topic created", topic=topic.name, partitions=topic.partition_count,
+                     strategy=topic.strategy, clusters=sorted(needs[i]))
+    return [r for r in out if r is not None]
 
 
 async def _all_of(awaitables: Iterable[Awaitable[T]]) -> list[T]:
@@ -725,6 +922,48 @@ async def describe_physical(fmap: FederationMap, topic: LogicalTopic, *,
         raise UnknownClusterError(f"cluster {segment.cluster!r} does not exist") from None
     async with connect(cluster) as admin:
         return await admin.describe(segment.topic)
+
+
+async def describe_physical_many(fmap: FederationMap, topics: Sequence[LogicalTopic], *,
+                                 connect: Connect = aiokafka_admin
+                                 ) -> dict[str, PhysicalTopic | AdminError]:
+    """:func:`describe_physical` for many topics: one connection and request per cluster.
+
+    :returns: logical name → its physical data topic as described, or why it could not be.
+    """
+    by_cluster: dict[str, list[LogicalTopic]] = {}
+    for topic in topics:
+        by_cluster.setdefault(topic.partitions[0].active.cluster, []).append(topic)
+    out: dict[str, PhysicalTopic | AdminError] = {}
+
+    async def on(cluster_id: str, group: list[LogicalTopic]) -> None:
+        physical = {t.partitions[0].active.topic: t.name for t in group}
+        try:
+            cluster = fmap.clusters[cluster_id]
+        except KeyError:
+            error = UnknownClusterError(f"cluster {cluster_id!r} does not exist")
+            out.update(dict.fromkeys(physical.values(), error))
+            return
+        try:
+            async with connect(cluster) as admin:
+                many = getattr(admin, "describe_many", None)
+                if many is not None:
+                    found = await many(list(physical))
+                else:
+                    found = {}
+                    for name in physical:
+                        try:
+                            found[name] = await admin.describe(name)
+                        except AdminError as e:
+                            found[name] = e
+        except AdminError as e:
+            out.update(dict.fromkeys(physical.values(), e))
+            return
+        for name, logical in physical.items():
+            out[logical] = found.get(name) or UnknownTopicError(f"{name} not described")
+
+    await asyncio.gather(*(on(c, g) for c, g in by_cluster.items()))
+    return out
 
 
 async def add_partitions(backend: MetadataBackend, name: str, new_count: int, *,

@@ -16,8 +16,10 @@ DeleteRecords, DeleteGroups, OffsetDelete, DescribeProducers:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from federation import admin
@@ -41,9 +43,43 @@ def _ms(value: int) -> Any:
 
 
 async def _refresh(state: ProxyState) -> None:
-    fmap = state.backend.load()
+    fmap = await asyncio.to_thread(state.backend.load)
     if fmap is not None:
         state.set_map(fmap)
+
+
+#: How often the store's member records are read while waiting for them (seconds).
+SERVED_POLL = 0.02
+
+
+async def _served_everywhere(state: ProxyState, timeout: Any) -> None:
+    """Read-your-writes: wait until every proxy and name service registered in the store
+    serves (at least) the map this proxy now serves, at most the request's ``timeout`` (a
+    timedelta; 0: no wait) and never beyond the proxy's request timeout. Members that do
+    not report a map version (older builds) are not waited for; a member still behind at
+    the deadline is logged and the answer goes out (the change itself succeeded)."""
+    wait = min(timeout.total_seconds(), state.request_timeout)
+    if wait <= 0:
+        return
+    await _refresh(state)
+    version = state.fmap.version
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        try:
+            members = await asyncio.to_thread(state.backend.members, "proxy")
+        except Exception as e:  # noqa: BLE001 - the store is away: nothing to wait for
+            log.warning("cannot read the proxies' map versions: %s", e)
+            return
+        behind = {m: d["map_version"] for m, d in members.items()
+                  if isinstance(d.get("map_version"), int) and d["map_version"] < version}
+        if not behind:
+            return
+        if loop.time() >= deadline:
+            log.warning("map version %d not yet served by %s after %.1fs; answering anyway",
+                        version, behind, wait)
+            return
+        await asyncio.sleep(SERVED_POLL)
 
 
 INVALID_REPLICA_ASSIGNMENT = 39
@@ -138,75 +174,130 @@ def _topic_configs(mod: Any, configs: list[admin.TopicConfig]) -> tuple[Any, ...
                  for c in configs)
 
 
+@dataclass
+class _Answer:
+    """One topic's CreateTopics answer, filled in as the request goes on."""
+
+    name: str
+    code: int = 0
+    message: str | None = None
+    topic_id: Any = None
+    partitions: int = -1
+    replication: int = -1
+    configs: dict[str, str] = field(default_factory=dict)
+    strategy: str = "contiguous"
+    strategy_asked: bool = False
+    described: list[admin.TopicConfig] = field(default_factory=list)
+
+    def refuse(self, code: int, message: str | None) -> None:
+        self.code, self.message = code, message
+
+
+def _check_creatable(state: ProxyState, t: Any, duplicated: bool, answer: _Answer) -> None:
+    """Kafka's checks of one CreateTopics entry, before any physical cluster is asked."""
+    if duplicated:
+        raise _Refusal(ErrorCode.INVALID_REQUEST, "Duplicate topic name.")
+    reason = topic_name_error(t.name)
+    if reason is not None:
+        raise _Refusal(ErrorCode.INVALID_TOPIC_EXCEPTION, reason)
+    if t.name in state.fmap.topics:
+        raise _Refusal(ErrorCode.TOPIC_ALREADY_EXISTS, f"Topic '{t.name}' already exists.")
+    for c in t.configs:
+        if c.value is None:
+            raise _Refusal(ErrorCode.INVALID_CONFIG,
+                           f"Null value not supported for topic configs: {c.name}")
+    answer.configs = {c.name: c.value for c in t.configs}
+    answer.strategy_asked = STRATEGY_CONFIG in answer.configs
+    answer.strategy = answer.configs.pop(STRATEGY_CONFIG, "contiguous")
+    answer.partitions, answer.replication = _layout(state, t, answer.configs)
+
+
+def _failure(e: BaseException, what: str) -> tuple[int, str]:
+    if isinstance(e, _Refusal):
+        return e.code, e.message
+    if isinstance(e, admin.AdminError):
+        return e.error_code, e.error_message
+    if isinstance(e, ValueError):
+        return ErrorCode.INVALID_REQUEST, str(e)
+    log.error("CreateTopics %s failed", what, exc_info=e)
+    return ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(e).__name__}: {e}"
+
+
 async def create_topics(state: ProxyState, req: codec.Request) -> Any:
     """CreateTopics answered the way a Kafka cluster answers it: v5+ results carry the
     partition count, replication factor and configs (empty, never null, on errors);
-    physical refusals keep their Kafka error code and message."""
+    physical refusals keep their Kafka error code and message. All the topics of one
+    request are created together (:func:`federation.admin.create_topics`: one request per
+    cluster and step, one map publish), each succeeding or failing on its own."""
     body: Any = req.entity
     mod = resp_module(ApiKey.CREATE_TOPICS, req.header.api_version)
     names = Counter(t.name for t in body.topics)
-    results = []
-    answered: set[str] = set()
+    answers: list[_Answer] = []
     for t in body.topics:
-        if t.name in answered:
+        if any(a.name == t.name for a in answers):
             continue  # a duplicated name gets one answer, as from Kafka
-        answered.add(t.name)
-        code, message, topic_id = 0, None, None
-        partitions, replication = -1, -1
-        described: list[admin.TopicConfig] = []
+        answer = _Answer(t.name)
+        answers.append(answer)
         try:
-            if names[t.name] > 1:
-                raise _Refusal(ErrorCode.INVALID_REQUEST, "Duplicate topic name.")
-            reason = topic_name_error(t.name)
-            if reason is not None:
-                raise _Refusal(ErrorCode.INVALID_TOPIC_EXCEPTION, reason)
-            if t.name in state.fmap.topics:
-                raise _Refusal(ErrorCode.TOPIC_ALREADY_EXISTS,
-                               f"Topic '{t.name}' already exists.")
-            for c in t.configs:
-                if c.value is None:
-                    raise _Refusal(ErrorCode.INVALID_CONFIG,
-                                   f"Null value not supported for topic configs: {c.name}")
-            configs = {c.name: c.value for c in t.configs}
-            strategy = configs.pop(STRATEGY_CONFIG, "contiguous")
-            partitions, replication = _layout(state, t, configs)
+            _check_creatable(state, t, names[t.name] > 1, answer)
             if body.validate_only:
-                await admin.validate_create_topic(state.backend, t.name, partitions, strategy,
-                                                  configs, replication, plugins=state.plugins)
-                described = [admin.TopicConfig(k, v) for k, v in configs.items()]
-            else:
-                topic = await admin.create_topic(state.backend, t.name, partitions, strategy,
-                                                 configs, replication, plugins=state.plugins)
-                topic_id = topic.topic_id
-                log.info("created logical topic %s (%d partitions, %s)", t.name, partitions,
-                         strategy)
-                described = [admin.TopicConfig(k, v) for k, v in configs.items()]
-                try:
-                    physical = await admin.describe_physical(state.fmap, topic)
-                    described = list(physical.configs)
-                    replication = physical.replication_factor
-                except admin.AdminError as e:  # created all the same; answer what we know
-                    log.warning("created %s but could not describe it: %s", t.name, e)
-            if STRATEGY_CONFIG in {c.name for c in t.configs}:
-                described.append(admin.TopicConfig(STRATEGY_CONFIG, strategy, read_only=True))
-        except _Refusal as e:
-            code, message = e.code, e.message
-        except admin.AdminError as e:
-            code, message = e.error_code, e.error_message
-        except ValueError as e:
-            code, message = ErrorCode.INVALID_REQUEST, str(e)
-        except Exception as e:  # one topic's failure, not the connection's
-            log.exception("CreateTopics %s failed", t.name)
-            code, message = ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(e).__name__}: {e}"
-        if code:
-            partitions, replication, described = -1, -1, []
-        results.append(build(mod.CreatableTopicResult, name=t.name, topic_id=topic_id,
-                             error_code=to_kio(code), error_message=message,
-                             topic_config_error_code=0, num_partitions=partitions,
-                             replication_factor=replication,
-                             configs=_topic_configs(mod, described)))
-    await _refresh(state)
+                await admin.validate_create_topic(state.backend, t.name, answer.partitions,
+                                                  answer.strategy, answer.configs,
+                                                  answer.replication, plugins=state.plugins)
+                answer.described = [admin.TopicConfig(k, v) for k, v in answer.configs.items()]
+        except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
+            answer.refuse(*_failure(e, t.name))
+    pending = [a for a in answers if not a.code and not body.validate_only]
+    if pending:
+        await _create_pending(state, pending)
+    for a in answers:
+        if not a.code and a.strategy_asked:
+            a.described.append(admin.TopicConfig(STRATEGY_CONFIG, a.strategy, read_only=True))
+    results = [build(mod.CreatableTopicResult, name=a.name, topic_id=a.topic_id,
+                     error_code=to_kio(a.code), error_message=a.message,
+                     topic_config_error_code=0,
+                     num_partitions=-1 if a.code else a.partitions,
+                     replication_factor=-1 if a.code else a.replication,
+                     configs=_topic_configs(mod, [] if a.code else a.described))
+               for a in answers]
+    if pending and any(not a.code for a in pending):
+        await _served_everywhere(state, body.timeout)
+    else:
+        await _refresh(state)
     return build(mod.CreateTopicsResponse, throttle_time=_ms(0), topics=tuple(results))
+
+
+async def _create_pending(state: ProxyState, pending: list[_Answer]) -> None:
+    specs = [admin.TopicSpec(a.name, a.partitions, a.strategy, a.configs, a.replication)
+             for a in pending]
+    try:
+        outcomes = await admin.create_topics(state.backend, specs, plugins=state.plugins)
+    except Exception as e:  # noqa: BLE001 - the whole request failed (a cluster away...)
+        failure = _failure(e, ", ".join(a.name for a in pending))
+        for a in pending:
+            a.refuse(*failure)
+        return
+    created = []
+    for a, outcome in zip(pending, outcomes, strict=True):
+        if isinstance(outcome, admin.AdminError):
+            a.refuse(outcome.error_code, outcome.error_message)
+            continue
+        a.topic_id = outcome.topic_id
+        a.described = [admin.TopicConfig(k, v) for k, v in a.configs.items()]
+        created.append(outcome)
+        log.info("created logical topic %s (%d partitions, %s)", a.name, a.partitions,
+                 a.strategy)
+    if not created:
+        return
+    # The configs and replication factor of each new topic as Kafka reports them.
+    described = await admin.describe_physical_many(state.fmap, created)
+    for a in pending:
+        found = described.get(a.name)
+        if isinstance(found, admin.PhysicalTopic):
+            a.described = list(found.configs)
+            a.replication = found.replication_factor
+        elif found is not None:  # created all the same; answer what we know
+            log.warning("created %s but could not describe it: %s", a.name, found)
 
 
 async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
@@ -233,7 +324,10 @@ async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
             code, message = e.error_code, str(e)
         results.append(build(mod.DeletableTopicResult, name=name, topic_id=topic_id,
                              error_code=to_kio(code), error_message=message))
-    await _refresh(state)
+    if any(int(r.error_code) == 0 for r in results):
+        await _served_everywhere(state, body.timeout)
+    else:
+        await _refresh(state)
     return build(mod.DeleteTopicsResponse, throttle_time=_ms(0), responses=tuple(results))
 
 
@@ -256,6 +350,9 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
             code, message = ErrorCode.INVALID_PARTITIONS, str(e)
         results.append(build(mod.CreatePartitionsTopicResult, name=t.name,
                              error_code=to_kio(code), error_message=message))
-    await _refresh(state)
+    if any(int(r.error_code) == 0 for r in results) and not body.validate_only:
+        await _served_everywhere(state, body.timeout)
+    else:
+        await _refresh(state)
     return build(mod.CreatePartitionsResponse, throttle_time=_ms(0), results=tuple(results))
 

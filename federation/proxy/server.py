@@ -108,6 +108,7 @@ class ProxyState:
         self.member_id: str | None = None  #: set when registered in the store
         self.member_data: dict[str, Any] = {}
         self._report_task: asyncio.Task[None] | None = None
+        self._version_task: asyncio.Task[None] | None = None
         self.auto_creator = AutoCreator(self)  #: topics created on demand (ADR 0013)
         #: new active segment → (the segment its roll sealed, when this proxy saw the roll)
         self.recent_rolls: dict[PhysKey, tuple[Segment, float]] = {}
@@ -139,6 +140,7 @@ class ProxyState:
             log.info("serving map version %d (was %d)", fmap.version, old.version)
             self._after_map_change(fmap)
             self._note_rolls(old, fmap)
+            self._report_version()
 
     def admit(self, address: str) -> str | None:
         """Count a new client connection from ``address``; why it is refused, if it is."""
@@ -237,6 +239,29 @@ class ProxyState:
                      sealed.partition, e)
             return {}
 
+    def _report_version(self) -> None:
+        """Tell the store, through this proxy's member record, which map version it serves:
+        admin requests answer once every proxy serves their change (read-your-writes)."""
+        if self.member_id is not None and (self._version_task is None
+                                           or self._version_task.done()):
+            self._version_task = asyncio.get_running_loop().create_task(self._write_version())
+
+    async def _write_version(self) -> None:
+        """One member write at a time; the latest version wins (versions only grow)."""
+        while self.member_id is not None:
+            version = self.fmap.version
+            if self.member_data.get("map_version") == version:
+                return
+            self.member_data = {**self.member_data, "map_version": version}
+            try:
+                await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
+                                        self.member_data)
+            except Exception as e:  # noqa: BLE001 - the store may be away; next map retries
+                log.warning("could not report map version %d to the store: %s", version, e)
+                self.member_data = {k: v for k, v in self.member_data.items()
+                                    if k != "map_version"}
+                return
+
     async def _report_fences(self) -> None:
         """Tell the controller, through the store, what this proxy acknowledged on every
         fenced partition, once its writes in flight there are answered (bounded wait)."""
@@ -259,6 +284,7 @@ class ProxyState:
                 acked[phys_key_text(key)] = end
             data = {**self.member_data,
                     "fence_report": {"version": fmap.version, "acked": acked}}
+            self.member_data = data  # kept by later member writes (the map version served)
             assert self.member_id is not None
             try:
                 await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
@@ -644,7 +670,8 @@ class MapFollower:
         self._handle = self.backend.watch(on_map)
         host, port = self.state.config.advertised
         data = {"node_id": self.state.config.node_id, "host": host, "port": port,
-                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool}
+                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool,
+                "map_version": self.state.fmap.version}
         with contextlib.suppress(Exception):
             self.backend.register_member("proxy", f"{host}:{port}", data)
             self.state.member_data = data

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import time
 import uuid
@@ -583,3 +584,84 @@ def test_auto_create_off_refuses_at_once_as_kafka(local_federation: dict[str, An
     assert fed_took < 15 and direct_took < 15  # refused, not timed out (60 s)
     assert name not in stored_map(local_federation).topics
     assert federation_partitions(local_federation, clusters, name) == (0, 0)
+
+
+# -- read-your-writes ------------------------------------------------------------------------
+
+
+def everyone(state: dict[str, Any]) -> list[str]:
+    """Every address a client may bootstrap from: each proxy and the name service."""
+    return [f"{p['host']}:{p['port']}" for p in state["proxies"]] + [state["bootstrap"]]
+
+
+def partitions_seen(address: str, names: list[str]) -> dict[str, int]:
+    """Logical topic → partition count, as a fresh connection to ``address`` is told."""
+    topics = send_raw(address, metadata_v12(names)).topics
+    return {t.name: len(t.partitions) if int(t.error_code) == 0 else -int(t.error_code)
+            for t in topics}
+
+
+def create_partitions_v3(name: str, count: int) -> Any:
+    from kio.schema.create_partitions.v3.request import (
+        CreatePartitionsRequest,
+        CreatePartitionsTopic,
+    )
+    from kio.static.primitive import i32
+
+    return CreatePartitionsRequest(topics=(CreatePartitionsTopic(
+        name=name, count=i32(count), assignments=None),),
+        timeout=datetime.timedelta(seconds=30), validate_only=False)
+
+
+def delete_topics_v6(name: str) -> Any:
+    from kio.schema.delete_topics.v6.request import DeleteTopicsRequest, DeleteTopicState
+
+    return DeleteTopicsRequest(topics=(DeleteTopicState(name=name, topic_id=None),),
+                               timeout=datetime.timedelta(seconds=30))
+
+
+def test_topic_changes_are_served_everywhere_when_answered(local_federation: dict[str, Any]
+                                                           ) -> None:
+    """Create, grow and delete through each proxy in turn; right after each answer, a new
+    connection to every proxy and to the name service sees the change."""
+    from confluent_kafka.admin import AdminClient
+
+    addresses = everyone(local_federation)
+    for via in addresses:
+        name = _name("ryw")
+        assert int(create_one(via, name, 2).error_code) == 0
+        assert {a: partitions_seen(a, [name]) for a in addresses} == {
+            a: {name: 2} for a in addresses}
+        # A new client bootstrapping through the name service sees it as well.
+        client = AdminClient({"bootstrap.servers": local_federation["bootstrap"],
+                              "client.id": "fk-ryw"})
+        assert len(client.list_topics(name, timeout=30).topics[name].partitions) == 2
+        [grown] = send_raw(via, create_partitions_v3(name, 5)).results
+        assert int(grown.error_code) == 0
+        assert {a: partitions_seen(a, [name]) for a in addresses} == {
+            a: {name: 5} for a in addresses}
+        [deleted] = send_raw(via, delete_topics_v6(name)).responses
+        assert int(deleted.error_code) == 0
+        assert {a: partitions_seen(a, [name]) for a in addresses} == {
+            a: {name: -UNKNOWN_TOPIC_OR_PARTITION} for a in addresses}
+
+
+def test_one_hundred_topics_in_one_create_topics(local_federation: dict[str, Any],
+                                                 clusters: list[dict[str, Any]],
+                                                 proxy: str) -> None:
+    from .test_conformance import create_topics_request
+
+    prefix = _name("many")
+    names = [f"{prefix}-{i:03d}" for i in range(100)]
+    request = dataclasses.replace(create_topics_request([(n, 2, -1, [], {}) for n in names]),
+                                  timeout=datetime.timedelta(seconds=120))
+    started = time.monotonic()
+    answer = send_raw(proxy, request, timeout=180)
+    took = time.monotonic() - started
+    print(f"\n100 topics (2 partitions each) in one CreateTopics: {took:.1f} s")
+    assert [int(t.error_code) for t in answer.topics] == [0] * 100
+    for address in everyone(local_federation):
+        assert partitions_seen(address, names) == dict.fromkeys(names, 2)
+    fmap = stored_map(local_federation)
+    assert all(fmap.topics[n].partition_count == 2 for n in names)
+    assert federation_partitions(local_federation, clusters, names[-1]) == (2, 2)
