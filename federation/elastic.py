@@ -10,7 +10,6 @@ drops a drained cluster's sealed segments once no consumer group still needs the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -107,35 +106,26 @@ async def committed_offsets(fmap: FederationMap, timeout: float = 10.0,
     """
     if fmap.coordination_cluster is None:
         return {}
-    from aiokafka.admin import AIOKafkaAdminClient
+    from federation import groupwire
 
     cluster = fmap.clusters[fmap.coordination_cluster]
-    client = AIOKafkaAdminClient(bootstrap_servers=list(cluster.bootstrap_servers),
-                                 client_id="fedkafka-admin",
-                                 request_timeout_ms=int(timeout * 1000), **dict(cluster.security))
+    client = ClusterClient(cluster, client_id="fedkafka-admin", request_timeout=timeout)
     try:
-        await asyncio.wait_for(client.start(), timeout)
-        groups = await client.list_consumer_groups()
         out: dict[str, dict[tuple[str, int], int]] = {}
-        for entry in groups:
-            group = entry[0]
+        for group, _protocol, _state in await groupwire.list_groups(client, timeout):
             if include is not None and not include(group):
                 continue
-            offsets = await client.list_consumer_group_offsets(group)
-            mine = {(tp.topic, tp.partition): int(om.offset) for tp, om in offsets.items()
-                    if tp.topic in fmap.topics and om.offset >= 0}
+            offsets = await groupwire.committed(client, group, timeout)
+            mine = {tp: off for tp, off in offsets.items() if tp[0] in fmap.topics}
             if mine:
                 out[group] = mine
         return out
-    except admin.AdminError:
-        raise
-    except Exception as e:
+    except UpstreamError as e:
         raise admin.ClusterUnreachableError(
             f"cannot read consumer groups' offsets from coordination cluster {cluster.id!r}: "
-            f"{type(e).__name__}: {e}") from e
+            f"{e}") from e
     finally:
-        with contextlib.suppress(Exception):
-            await client.close()
+        client.close()
 
 
 async def _log_starts(fmap: FederationMap, cluster_id: str) -> dict[PhysKey, int]:

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation import admin
+from federation import admin, groupwire
 from federation.lag import LagReport, OffsetReader, collect, compute_lag, logical_log_start
 from federation.model import FederationMap
+from federation.protocol.errors import ErrorCode
+from federation.proxy.upstream import ClusterClient, UpstreamError
 
 __all__ = ["GroupDescription", "GroupInfo", "Member", "ResetSpec", "apply_reset",
            "describe_group", "describe_groups", "list_groups", "plan_reset"]
@@ -55,24 +57,17 @@ class GroupInfo:
 
 
 @contextlib.asynccontextmanager
-async def _coordination_admin(fmap: FederationMap, timeout: float) -> AsyncIterator[Any]:
-    from aiokafka.admin import AIOKafkaAdminClient
-
+async def _coordination_client(fmap: FederationMap, timeout: float
+                               ) -> AsyncIterator[ClusterClient]:
+    """A protocol client on the coordination cluster (groupwire: our own codec)."""
     if fmap.coordination_cluster is None:
         raise admin.InvalidRequestError("the map names no coordination cluster: no groups")
     cluster = fmap.clusters[fmap.coordination_cluster]
-    client = AIOKafkaAdminClient(bootstrap_servers=list(cluster.bootstrap_servers),
-                                 client_id="fedkafka-admin",
-                                 request_timeout_ms=int(timeout * 1000), **dict(cluster.security))
+    client = ClusterClient(cluster, client_id="fedkafka-admin", request_timeout=timeout)
     try:
-        try:
-            await asyncio.wait_for(client.start(), timeout)
-        except Exception as e:
-            raise _unreachable(cluster.id, e) from e
         yield client
     finally:
-        with contextlib.suppress(Exception):
-            await client.close()
+        client.close()
 
 
 def _unreachable(cluster: str, e: BaseException) -> admin.ClusterUnreachableError:
@@ -83,12 +78,12 @@ def _unreachable(cluster: str, e: BaseException) -> admin.ClusterUnreachableErro
 
 async def list_groups(fmap: FederationMap, timeout: float = 10.0) -> list[tuple[str, str]]:
     """(group id, protocol type) of every group the coordination cluster knows, by id."""
-    async with _coordination_admin(fmap, timeout) as client:
+    async with _coordination_client(fmap, timeout) as client:
         try:
-            groups = await client.list_consumer_groups()
-        except Exception as e:
+            groups = await groupwire.list_groups(client, timeout)
+        except UpstreamError as e:
             raise _unreachable(str(fmap.coordination_cluster), e) from e
-    return sorted((str(g[0]), str(g[1])) for g in groups)
+    return [(g, protocol) for g, protocol, _state in groups]
 
 
 def _assignment(raw: bytes) -> tuple[tuple[str, int], ...]:
@@ -109,21 +104,22 @@ async def describe_groups(fmap: FederationMap, groups: Iterable[str], timeout: f
     wanted = sorted(set(groups))
     if not wanted:
         return {}
-    async with _coordination_admin(fmap, timeout) as client:
-        try:
-            responses = await client.describe_consumer_groups(wanted)
-        except Exception as e:
-            raise _unreachable(str(fmap.coordination_cluster), e) from e
     out: dict[str, GroupInfo] = {}
-    for resp in responses:
-        for g in resp.groups:
-            error_code, group, state, protocol_type, protocol, members = g[:6]
-            if error_code:
+    async with _coordination_client(fmap, timeout) as client:
+        for group in wanted:
+            try:
+                g = await groupwire.describe(client, group, timeout)
+            except UpstreamError as e:
+                if e.error_code in (ErrorCode.NETWORK_EXCEPTION, ErrorCode.REQUEST_TIMED_OUT):
+                    raise _unreachable(str(fmap.coordination_cluster), e) from e
                 raise admin.BrokerRefusedError(
-                    f"DescribeGroups {group!r} answered error {error_code}", error_code)
+                    f"DescribeGroups {group!r} answered error {e.error_code}",
+                    e.error_code) from e
             out[group] = GroupInfo(
-                group, state, protocol_type, protocol,
-                tuple(Member(m[0], m[1], m[2], _assignment(m[4])) for m in members))
+                str(g.group_id), str(g.group_state), str(g.protocol_type),
+                str(g.protocol_data),
+                tuple(Member(str(m.member_id), str(m.client_id), str(m.client_host),
+                             _assignment(bytes(m.member_assignment))) for m in g.members))
     return out
 
 
