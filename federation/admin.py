@@ -32,6 +32,7 @@ from federation.errors import FedKafkaError
 from federation.mapstore import MetadataBackend
 from federation.model import (
     DEFAULT_POOL,
+    AclRule,
     AutoCreatePolicy,
     ClusterState,
     FederationMap,
@@ -59,6 +60,7 @@ __all__ = [
     "TopicSpec",
     "UnknownClusterError",
     "UnknownTopicError",
+    "add_acls",
     "add_cluster",
     "add_partitions",
     "aiokafka_admin",
@@ -76,6 +78,7 @@ __all__ = [
     "plan_create_topic",
     "plan_remove_cluster",
     "plan_set_cluster_state",
+    "remove_acls",
     "remove_cluster",
     "set_auto_create",
     "set_cluster_state",
@@ -1053,6 +1056,65 @@ async def set_auto_create(backend: MetadataBackend, policy: AutoCreatePolicy, *,
         return dataclasses.replace(current, auto_create=policy)
 
     return await _publish(backend, change, plugins)
+
+
+# -- access control lists (the rules of the built-in ACL plugin, plugins/acl.py) -------------
+
+
+def _valid_rules(rules: Sequence[AclRule]) -> list[AclRule]:
+    for rule in rules:
+        try:
+            rule.validate()
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from None
+    return list(dict.fromkeys(rules))
+
+
+async def add_acls(backend: MetadataBackend, rules: Sequence[AclRule], *,
+                   plugins: Plugins | None = None) -> tuple[FederationMap, list[AclRule]]:
+    """Add ACL rules to the map: (the map, the rules that were not in it yet). Nothing is
+    published when every rule is there already.
+
+    :raises InvalidRequestError: naming a bad rule's field and what it may be.
+    """
+    wanted = _valid_rules(rules)
+    fmap = await asyncio.to_thread(backend.load)
+    if fmap is None:
+        raise _no_map()
+    if all(r in fmap.acls for r in wanted):
+        return fmap, []
+    added: list[AclRule] = []
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        added[:] = [r for r in wanted if r not in current.acls]
+        return dataclasses.replace(current, acls=(*current.acls, *added))
+
+    return await _publish(backend, change, plugins), added
+
+
+async def remove_acls(backend: MetadataBackend, rules: Sequence[AclRule], *,
+                      plugins: Plugins | None = None) -> tuple[FederationMap, list[AclRule]]:
+    """Remove ACL rules from the map: (the map, the rules removed).
+
+    :raises InvalidRequestError: when none of ``rules`` is in the map.
+    """
+    unwanted = set(_valid_rules(rules))
+    removed: list[AclRule] = []
+
+    def change(current: FederationMap | None) -> FederationMap:
+        if current is None:
+            raise _no_map()
+        removed[:] = [r for r in current.acls if r in unwanted]
+        if not removed:
+            raise InvalidRequestError(
+                "no such ACL rule: " + "; ".join(str(r) for r in rules)
+                + " (`fedkafka acl list` shows the rules)")
+        return dataclasses.replace(current, acls=tuple(r for r in current.acls
+                                                       if r not in unwanted))
+
+    return await _publish(backend, change, plugins), removed
 
 
 @dataclass(frozen=True, slots=True)

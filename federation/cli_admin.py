@@ -624,6 +624,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(cluster_app, name="cluster")
     app.add_typer(topic_app, name="topic")
     app.add_typer(pool_app, name="pool")
+    from federation.cli_acl import acl_app  # imports this module: registered late
+
+    app.add_typer(acl_app, name="acl")
     app.command("status")(status)
     app.command("controller")(controller)
     app.command("rebalance")(rebalance)

@@ -97,7 +97,8 @@ def fedkafka_authenticate(mechanism: str, auth_bytes: bytes) -> Principal | None
 
 @hookspec
 def fedkafka_authorize(principal: Principal, operation: str, resource_type: str,
-                       resource_name: str) -> AuthDecision | None:
+                       resource_name: str, federation_map: FederationMap | None
+                       ) -> AuthDecision | None:
     """Decide whether ``principal`` may perform ``operation`` on a resource.
 
     :param principal: who asks (from ``fedkafka_authenticate``).
@@ -105,6 +106,9 @@ def fedkafka_authorize(principal: Principal, operation: str, resource_type: str,
     :param resource_type: a :class:`federation.model.ResourceType` value, e.g. ``"Topic"``.
     :param resource_name: the logical topic name, group id, transactional id or
         ``"kafka-cluster"``.
+    :param federation_map: the map the asking proxy serves (its ``acls`` are the built-in
+        ACL plugin's rules), or None when the caller has none. Implementations that do not
+        need it leave it out of their signature.
     :returns: ``AuthDecision.ALLOW``, ``AuthDecision.DENY``, or None for "no opinion".
 
     Not firstresult: a chain. One DENY anywhere wins; otherwise one ALLOW allows;

@@ -384,6 +384,7 @@ class FederationMap:
     routing: tuple[RoutingRule, ...] = ()
     default_pool: str = DEFAULT_POOL
     moves: tuple[Move, ...] = ()  #: requested rolls, waiting for the controller
+    acls: tuple[AclRule, ...] = ()  #: access control lists (the built-in plugins/acl.py)
     auto_create: AutoCreatePolicy = AutoCreatePolicy()  #: automatic topic creation policy
     _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
                                                      hash=False)
@@ -397,6 +398,7 @@ class FederationMap:
         object.__setattr__(self, "pools", MappingProxyType(pools))
         object.__setattr__(self, "routing", tuple(self.routing))
         object.__setattr__(self, "moves", tuple(self.moves))
+        object.__setattr__(self, "acls", tuple(self.acls))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -463,6 +465,8 @@ class FederationMap:
         self._validate_topics()
         self._validate_pools()
         self.auto_create.validate()
+        for rule in self.acls:
+            rule.validate()
 
     def _validate_template(self) -> None:
         template = self.physical_topic_template
@@ -591,6 +595,8 @@ class FederationMap:
                              "reason": m.reason} for m in self.moves]
         if self.auto_create != AutoCreatePolicy():  # written only when set (older readers)
             out["auto_create"] = self.auto_create.to_dict()
+        if self.acls:  # written only when there are rules (older readers)
+            out["acls"] = [rule.to_dict() for rule in self.acls]
         return out
 
     @classmethod
@@ -647,13 +653,15 @@ class FederationMap:
                                  m.get("reason", "rebalance"))
                             for m in data.get("moves", ())),
                 auto_create=AutoCreatePolicy.from_dict(data.get("auto_create", {})),
+                acls=tuple(AclRule.from_dict(r, f"acls[{i}]")
+                           for i, r in enumerate(data.get("acls", ()))),
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
 
 
 _MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
-                       "default_pool", "clusters", "topics", "pools", "routing", "moves",
+                       "default_pool", "clusters", "topics", "pools", "routing", "moves", "acls",
                        "auto_create"})
 _SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
                            "sealed_end"})
@@ -733,3 +741,102 @@ class ResourceType(StrEnum):
     GROUP = "Group"
     CLUSTER = "Cluster"
     TRANSACTIONAL_ID = "TransactionalId"
+
+
+# -- access control lists (kept in the map, applied by the built-in plugins/acl.py) ----------
+
+#: The name of the one Cluster resource, as Kafka names it.
+CLUSTER_RESOURCE = "kafka-cluster"
+#: The ACL operation that matches every operation.
+ACL_ALL = "All"
+#: A LITERAL resource name that matches every name, and the principal that matches everyone.
+ACL_WILDCARD = "*"
+ACL_EVERYONE = "User:*"
+LITERAL, PREFIXED = "LITERAL", "PREFIXED"
+ALLOW, DENY = "ALLOW", "DENY"
+
+#: The operations an ACL may name on each resource type (Kafka's), besides ``All``.
+ACL_OPERATIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    ResourceType.TOPIC: (Operation.READ, Operation.WRITE, Operation.CREATE, Operation.DELETE,
+                         Operation.ALTER, Operation.DESCRIBE, Operation.DESCRIBE_CONFIGS,
+                         Operation.ALTER_CONFIGS),
+    ResourceType.GROUP: (Operation.READ, Operation.DESCRIBE, Operation.DELETE,
+                         Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS),
+    ResourceType.CLUSTER: (Operation.CREATE, Operation.CLUSTER_ACTION,
+                           Operation.DESCRIBE_CONFIGS, Operation.ALTER_CONFIGS,
+                           Operation.IDEMPOTENT_WRITE, Operation.ALTER, Operation.DESCRIBE),
+    ResourceType.TRANSACTIONAL_ID: (Operation.DESCRIBE, Operation.WRITE),
+})
+
+
+@dataclass(frozen=True, slots=True)
+class AclRule:
+    """One access control entry, as Kafka's (KIP-11, KIP-290).
+
+    ``permission`` (ALLOW or DENY) for ``principal`` (``User:alice``; ``User:*`` is
+    everyone) to do ``operation`` (or ``All``) on the resources of ``resource_type`` whose
+    name is ``resource_name`` (``*``: every name) or, with ``pattern_type`` PREFIXED,
+    starts with it. Topic and group names are logical names; the cluster is
+    ``kafka-cluster``. Hosts are not part of a rule: every rule holds from any host.
+    """
+
+    principal: str
+    resource_type: str
+    resource_name: str
+    operation: str
+    permission: str = ALLOW
+    pattern_type: str = LITERAL
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and what it may be."""
+        kind, sep, name = self.principal.partition(":")
+        if not sep or not kind or not name:
+            raise ValueError(f"ACL principal {self.principal!r} must be TYPE:NAME, e.g. "
+                             f"User:alice ({ACL_EVERYONE} for everyone)")
+        if self.resource_type not in ACL_OPERATIONS:
+            raise ValueError(f"ACL resource_type {self.resource_type!r} must be one of "
+                             f"{', '.join(ACL_OPERATIONS)}")
+        valid = (*ACL_OPERATIONS[self.resource_type], ACL_ALL)
+        if self.operation not in valid:
+            raise ValueError(f"ACL operation {self.operation!r} is not an operation on "
+                             f"{self.resource_type}; valid: {', '.join(valid)}")
+        if self.permission not in (ALLOW, DENY):
+            raise ValueError(f"ACL permission {self.permission!r} must be {ALLOW} or {DENY}")
+        if self.pattern_type not in (LITERAL, PREFIXED):
+            raise ValueError(f"ACL pattern_type {self.pattern_type!r} must be {LITERAL} or "
+                             f"{PREFIXED}")
+        if not self.resource_name:
+            raise ValueError("ACL resource_name must not be empty")
+        if self.pattern_type == PREFIXED and self.resource_name == ACL_WILDCARD:
+            raise ValueError(f"ACL resource_name {ACL_WILDCARD!r} with {PREFIXED}: use "
+                             f"{LITERAL} {ACL_WILDCARD!r} for every name")
+        if self.resource_type == ResourceType.CLUSTER and (
+                self.resource_name != CLUSTER_RESOURCE or self.pattern_type != LITERAL):
+            raise ValueError(f"ACL resource_name of the Cluster must be {CLUSTER_RESOURCE!r} "
+                             f"({LITERAL})")
+
+    def matches_name(self, resource_name: str) -> bool:
+        if self.pattern_type == PREFIXED:
+            return resource_name.startswith(self.resource_name)
+        return self.resource_name in (resource_name, ACL_WILDCARD)
+
+    def __str__(self) -> str:
+        pattern = f" ({PREFIXED.lower()})" if self.pattern_type == PREFIXED else ""
+        return (f"{self.permission} {self.principal} {self.operation} on "
+                f"{self.resource_type}:{self.resource_name}{pattern}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"principal": self.principal, "resource_type": self.resource_type,
+                "resource_name": self.resource_name, "operation": self.operation,
+                "permission": self.permission, "pattern_type": self.pattern_type}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], where: str = "acl") -> AclRule:
+        _check_keys(where, data, {"principal", "resource_type", "resource_name", "operation",
+                                  "permission", "pattern_type"})
+        return cls(principal=str(data["principal"]),
+                   resource_type=str(data["resource_type"]),
+                   resource_name=str(data["resource_name"]),
+                   operation=str(data["operation"]),
+                   permission=str(data.get("permission", ALLOW)),
+                   pattern_type=str(data.get("pattern_type", LITERAL)))

@@ -52,6 +52,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.file_backend",
     "plugins.zookeeper_backend",
     "plugins.auth_default",
+    "plugins.acl",
     "plugins.routing_default",
 )
 
@@ -186,11 +187,11 @@ class Plugins:
         return cast(Principal | None, result)
 
     def authorize(self, principal: Principal, operation: str, resource_type: str,
-                  resource_name: str) -> bool:
+                  resource_name: str, federation_map: FederationMap | None = None) -> bool:
         """Whether the request is allowed: one DENY wins, else one ALLOW; no answer denies."""
         answers = cast(list[AuthDecision], self._pm.hook.fedkafka_authorize(
             principal=principal, operation=operation, resource_type=resource_type,
-            resource_name=resource_name))
+            resource_name=resource_name, federation_map=federation_map))
         return AuthDecision.DENY not in answers and AuthDecision.ALLOW in answers
 
     # -- routing ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from federation.offsets import list_offsets
 from federation.protocol import codec, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy import admin_apis, admin_handlers, configs, routing
+from federation.proxy import admin_apis, admin_handlers, authz, configs, routing
 from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
 from federation.rolls import PhysKey, phys_key
@@ -56,6 +56,14 @@ GROUP_KEY_FIELD = {
 
 async def _done(value: Any) -> Any:
     return value
+
+
+#: Authorization verdicts a connection remembers (per map version; keyed by client input).
+MAX_VERDICTS = 10_000
+
+
+async def _gated(gate: authz.Gate, reply: Awaitable[Any]) -> Any:
+    return gate.answer(await reply)
 
 
 @dataclass(slots=True)
@@ -87,7 +95,7 @@ class Session:
         # SASL is (the built-in plugin: User:ANONYMOUS; None = nobody, everything denied).
         self.principal: Principal | None = None
         self._anonymous_resolved = False
-        self._authz: dict[tuple[str, str], bool] = {}
+        self._authz: dict[tuple[str, str, str], bool] = {}
         self._authz_version = -1
         self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
                                                           asyncio.Future[Any]]] = {}
@@ -126,6 +134,8 @@ class Session:
             ApiKey.OFFSET_DELETE: self._with_session(admin_apis.offset_delete),
             ApiKey.DESCRIBE_PRODUCERS: self._with_session(admin_apis.describe_producers),
         }
+        for key in authz.RULES:  # Produce, Fetch and Metadata check in their handlers
+            self.handlers[key] = self._authorized(self.handlers[key])
 
     def _admin(self, fn: Callable[[ProxyState, codec.Request], Awaitable[Any]]
                ) -> Callable[[codec.Request], Awaitable[Reply]]:
@@ -138,6 +148,22 @@ class Session:
         async def handler(req: codec.Request) -> Reply:
             return fn(self, req)
         return handler
+
+    def _authorized(self, handler: Callable[[codec.Request], Awaitable[Reply]]
+                    ) -> Callable[[codec.Request], Awaitable[Reply]]:
+        """``handler`` behind its API's authorization (:mod:`federation.proxy.authz`)."""
+        async def guarded(req: codec.Request) -> Reply:
+            gate = authz.gate(req, self._may, self.fmap)
+            if gate is None:
+                return await handler(req)
+            if gate.serve is None:  # denied, or every item is: nothing is done upstream
+                return _done(gate.answer(None))
+            reply = await handler(gate.serve)
+            return None if reply is None else _gated(gate, reply)
+        return guarded
+
+    def _may(self, action: authz.Action) -> bool:
+        return self.authorized(action.resource_type, action.name, action.operation)
 
     def close(self) -> None:
         for conn in self._lanes.values():
@@ -160,6 +186,10 @@ class Session:
 
     def allowed(self, operation: Operation, topic: str) -> bool:
         """The authorization chain's answer for a logical topic (cached per map version)."""
+        return self.authorized(ResourceType.TOPIC, topic, operation)
+
+    def authorized(self, resource_type: ResourceType, name: str, operation: Operation) -> bool:
+        """The authorization chain's answer for one resource (cached per map version)."""
         if self._authz_version != self.fmap.version:
             self._authz.clear()
             self._authz_version = self.fmap.version
@@ -171,15 +201,17 @@ class Session:
                 self.principal = None
         if self.principal is None:
             return False
-        key = (operation.value, topic)
+        key = (resource_type, operation, name)
         verdict = self._authz.get(key)
         if verdict is None:
+            if len(self._authz) >= MAX_VERDICTS:
+                self._authz.clear()
             verdict = self.state.plugins.authorize(self.principal, operation.value,
-                                                   ResourceType.TOPIC.value, topic)
+                                                   resource_type.value, name, self.fmap)
             self._authz[key] = verdict
             if not verdict:
-                log.info("denied %s on topic %s to %s (%s)", operation.value, topic,
-                         self.principal, self.peer)
+                log.info("denied %s on %s:%s to %s (%s)", operation.value,
+                         resource_type.value, name, self.principal, self.peer)
         return verdict
 
     @property
@@ -273,7 +305,8 @@ class Session:
         topics = []
         for name in names:
             topic = fmap.topics.get(name or "")
-            if topic is not None and not self.allowed(Operation.DESCRIBE, topic.name):
+            described = topic.name if topic is not None else name  # unknown ones too
+            if described and not self.allowed(Operation.DESCRIBE, described):
                 if body.topics is None:
                     continue  # not listed to whom may not describe it
                 topics.append(build(mod.MetadataResponseTopic,
