@@ -72,8 +72,15 @@ def test_a_connection_flood_is_refused_and_others_are_served(limited: int) -> No
     try:
         for _ in range(60):
             flood.append(socket.create_connection(("127.0.0.1", limited)))
-        closed = sum(_closed_within(s, 0.5) for s in flood)
-        assert closed >= 40, f"only {closed} of 60 flood connections were refused"
+        # 20 held + 60 new against a limit of 40: at least 40 of the new ones are refused
+        # (waited for, not timed: a loaded machine accepts slowly).
+        refused: set[int] = set()
+        deadline = time.monotonic() + 60
+        while len(refused) < 40 and time.monotonic() < deadline:
+            for i, s in enumerate(flood):
+                if i not in refused and _closed_within(s, 0.05):
+                    refused.add(i)
+        assert len(refused) >= 40, f"only {len(refused)} of 60 flood connections were refused"
     finally:
         for s in flood:
             s.close()
