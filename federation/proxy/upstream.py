@@ -21,6 +21,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -38,6 +39,7 @@ MAX_RESPONSE = 256 << 20
 METADATA_VERSION = 12
 API_VERSIONS_VERSION = 3
 FIND_COORDINATOR_VERSION = 4
+MAX_COORDINATORS = 10_000
 
 
 class CloseReason(enum.Enum):
@@ -258,7 +260,9 @@ class ClusterClient:
         self._conns: dict[tuple[int, str], BrokerConnection] = {}
         self._connecting: dict[tuple[int, str], asyncio.Future[BrokerConnection]] = {}
         self._refresh_lock = asyncio.Lock()
-        self._coordinators: dict[str, int] = {}
+        #: group id → coordinator node, the most recently used MAX_COORDINATORS (group ids
+        #: come from clients: the cache must not grow with them)
+        self._coordinators: OrderedDict[str, int] = OrderedDict()
         self.last_error: str | None = None
         self.on_latency: Callable[[float], None] | None = None
 
@@ -419,6 +423,8 @@ class ClusterClient:
         """Node id of the coordinator for group ``key`` on this cluster (cached)."""
         cached = self._coordinators.get(key)
         if cached is not None:
+            self._coordinators.move_to_end(key)
+        if cached is not None:
             return cached
         conn = await self._any_conn()
         schema: Any = load_request_schema(10, FIND_COORDINATOR_VERSION)
@@ -430,6 +436,8 @@ class ClusterClient:
             if int(c.error_code) == 0:
                 self.view.brokers.setdefault(int(c.node_id), (c.host, int(c.port)))
                 self._coordinators[key] = int(c.node_id)
+                while len(self._coordinators) > MAX_COORDINATORS:
+                    self._coordinators.popitem(last=False)
                 return int(c.node_id)
             if int(c.error_code) != ErrorCode.COORDINATOR_NOT_AVAILABLE or (
                     time.monotonic() > deadline):
