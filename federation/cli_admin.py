@@ -9,6 +9,7 @@ else ``$FEDKAFKA_STORE``, else the ``"store"`` of the local federation's
 from __future__ import annotations
 
 import asyncio
+import importlib
 import json
 import os
 import re
@@ -627,6 +628,7 @@ def register(app: typer.Typer) -> None:
     from federation.cli_acl import acl_app  # imports this module: registered late
 
     app.add_typer(acl_app, name="acl")
+    app.add_typer(importlib.import_module("federation.cli_user").user_app, name="user")
     app.command("status")(status)
     app.command("controller")(controller)
     app.command("rebalance")(rebalance)

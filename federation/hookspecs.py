@@ -19,6 +19,7 @@ from federation import NAME
 if TYPE_CHECKING:
     from federation.mapstore import BackendInfo
     from federation.model import AuthDecision, ClusterState, FederationMap, Principal
+    from federation.sasl import SaslAuthenticator
     from federation.strategy import MappingStrategy
 
 hookspec = pluggy.HookspecMarker(NAME)
@@ -64,11 +65,13 @@ def fedkafka_metadata_backends() -> list[BackendInfo]:
 
 
 @hookspec
-def fedkafka_sasl_mechanisms() -> list[str]:
+def fedkafka_sasl_mechanisms(federation_map: FederationMap | None) -> list[str]:
     """Return the SASL mechanisms this plugin can authenticate (e.g. ``["PLAIN"]``).
 
-    The proxies advertise the union in their SaslHandshake responses.
+    The proxies advertise the union in their SaslHandshake responses, and SaslHandshake
+    and SaslAuthenticate in ApiVersions only while the union is not empty.
 
+    :param federation_map: the map the proxy serves (its ``users``), or None outside one.
     :returns: mechanism names as Kafka spells them.
 
     Not firstresult: every implementation is called.
@@ -77,15 +80,40 @@ def fedkafka_sasl_mechanisms() -> list[str]:
 
 
 @hookspec(firstresult=True)
-def fedkafka_authenticate(mechanism: str, auth_bytes: bytes) -> Principal | None:
-    """Authenticate a client connection.
+def fedkafka_sasl_authenticator(mechanism: str,
+                                federation_map: FederationMap) -> SaslAuthenticator | None:
+    """Start the server side of a (multi-round) SASL exchange for one connection.
+
+    Called when a client's SaslHandshake names an offered mechanism. The proxy then
+    feeds every SaslAuthenticate's bytes to the returned object's
+    ``step(client_bytes) -> SaslStep(server_bytes, done, principal)`` (in a worker
+    thread) until ``done``; a step raising ``PermissionError`` fails the authentication,
+    and the proxy answers SASL_AUTHENTICATION_FAILED and closes the connection.
+
+    :param mechanism: the mechanism the client chose, e.g. ``"SCRAM-SHA-256"``.
+    :param federation_map: the map the proxy serves (its ``users``).
+    :returns: a :class:`federation.sasl.SaslAuthenticator` for this one connection, or
+        None if this plugin does not handle ``mechanism``.
+
+    firstresult: stops at the first non-None result. With no result, the exchange is
+    one round through ``fedkafka_authenticate``.
+    """
+    raise NotImplementedError
+
+
+@hookspec(firstresult=True)
+def fedkafka_authenticate(mechanism: str, auth_bytes: bytes,
+                          federation_map: FederationMap | None) -> Principal | None:
+    """Authenticate a client connection in one round.
 
     Called once per connection: with the SASL mechanism and the client's
-    SaslAuthenticate bytes, or with ``mechanism == federation.model.NO_MECHANISM`` (``""``)
-    and empty bytes for a connection that did no SASL.
+    SaslAuthenticate bytes when no plugin answered ``fedkafka_sasl_authenticator`` for
+    that mechanism, or with ``mechanism == federation.model.NO_MECHANISM`` (``""``) and
+    empty bytes for a connection that did no SASL.
 
     :param mechanism: the SASL mechanism the client chose, or ``""`` for none.
     :param auth_bytes: the client's authentication bytes.
+    :param federation_map: the map the proxy serves (its ``users``), or None outside one.
     :returns: the authenticated :class:`federation.model.Principal`, or None if this
         plugin does not handle ``mechanism`` or the credentials are not its to judge.
         To reject credentials outright, raise ``PermissionError``.

@@ -27,6 +27,8 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
+from federation.credentials import UserCredentials
+
 #: Version of the JSON map format written by :meth:`FederationMap.to_dict`.
 MAP_FORMAT = 1
 
@@ -386,6 +388,8 @@ class FederationMap:
     moves: tuple[Move, ...] = ()  #: requested rolls, waiting for the controller
     acls: tuple[AclRule, ...] = ()  #: access control lists (the built-in plugins/acl.py)
     auto_create: AutoCreatePolicy = AutoCreatePolicy()  #: automatic topic creation policy
+    #: SASL users by name: SCRAM credentials and PLAIN hashes (federation.credentials)
+    users: Mapping[str, UserCredentials] = field(default_factory=dict, hash=False, repr=False)
     _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
                                                      hash=False)
 
@@ -399,6 +403,7 @@ class FederationMap:
         object.__setattr__(self, "routing", tuple(self.routing))
         object.__setattr__(self, "moves", tuple(self.moves))
         object.__setattr__(self, "acls", tuple(self.acls))
+        object.__setattr__(self, "users", _frozen_mapping(self.users))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -467,6 +472,8 @@ class FederationMap:
         self.auto_create.validate()
         for rule in self.acls:
             rule.validate()
+        for name, user in self.users.items():
+            user.validate(name)
 
     def _validate_template(self) -> None:
         template = self.physical_topic_template
@@ -597,6 +604,8 @@ class FederationMap:
             out["auto_create"] = self.auto_create.to_dict()
         if self.acls:  # written only when there are rules (older readers)
             out["acls"] = [rule.to_dict() for rule in self.acls]
+        if self.users:  # written only when there are users (older readers)
+            out["users"] = {name: u.to_dict() for name, u in sorted(self.users.items())}
         return out
 
     @classmethod
@@ -655,6 +664,8 @@ class FederationMap:
                 auto_create=AutoCreatePolicy.from_dict(data.get("auto_create", {})),
                 acls=tuple(AclRule.from_dict(r, f"acls[{i}]")
                            for i, r in enumerate(data.get("acls", ()))),
+                users={name: UserCredentials.from_dict(u, f"user {name!r}")
+                       for name, u in data.get("users", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
@@ -662,7 +673,7 @@ class FederationMap:
 
 _MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
                        "default_pool", "clusters", "topics", "pools", "routing", "moves", "acls",
-                       "auto_create"})
+                       "auto_create", "users"})
 _SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
                            "sealed_end"})
 

@@ -30,6 +30,7 @@ from federation import NAME, hookspecs
 from federation.errors import FedKafkaError
 from federation.mapstore import BackendInfo, MetadataBackend
 from federation.model import AuthDecision, ClusterState, FederationMap, Principal
+from federation.sasl import SaslAuthenticator, SingleRound
 from federation.strategy import MappingStrategy
 
 __all__ = [
@@ -53,6 +54,8 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.zookeeper_backend",
     "plugins.auth_default",
     "plugins.acl",
+    "plugins.sasl_plain",
+    "plugins.sasl_scram",
     "plugins.routing_default",
 )
 
@@ -173,17 +176,31 @@ class Plugins:
 
     # -- security --------------------------------------------------------------------------
 
-    def sasl_mechanisms(self) -> list[str]:
+    def sasl_mechanisms(self, federation_map: FederationMap | None = None) -> list[str]:
         """Every SASL mechanism some plugin authenticates, without duplicates, in order."""
-        results = cast(list[list[str]], self._pm.hook.fedkafka_sasl_mechanisms())
+        results = cast(list[list[str]], self._pm.hook.fedkafka_sasl_mechanisms(
+            federation_map=federation_map))
         return list(dict.fromkeys(m for mechanisms in results for m in mechanisms))
 
-    def authenticate(self, mechanism: str, auth_bytes: bytes) -> Principal | None:
+    def sasl_authenticator(self, mechanism: str,
+                           federation_map: FederationMap) -> SaslAuthenticator:
+        """One connection's authenticator for ``mechanism``: a plugin's multi-round one,
+        else one round through ``fedkafka_authenticate``."""
+        found = self._pm.hook.fedkafka_sasl_authenticator(mechanism=mechanism,
+                                                          federation_map=federation_map)
+        if found is not None:
+            return cast(SaslAuthenticator, found)
+        return SingleRound(lambda auth_bytes: self.authenticate(mechanism, auth_bytes,
+                                                                federation_map))
+
+    def authenticate(self, mechanism: str, auth_bytes: bytes,
+                     federation_map: FederationMap | None = None) -> Principal | None:
         """The principal for these credentials, or None if no plugin accepts them.
 
         :raises PermissionError: if a plugin rejected the credentials outright.
         """
-        result = self._pm.hook.fedkafka_authenticate(mechanism=mechanism, auth_bytes=auth_bytes)
+        result = self._pm.hook.fedkafka_authenticate(mechanism=mechanism, auth_bytes=auth_bytes,
+                                                     federation_map=federation_map)
         return cast(Principal | None, result)
 
     def authorize(self, principal: Principal, operation: str, resource_type: str,

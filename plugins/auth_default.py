@@ -1,7 +1,8 @@
 """Default security: unauthenticated connections are ``User:ANONYMOUS``; everything is allowed.
 
-No SASL mechanism is provided (no PLAIN): a deployment that needs authentication
-installs a plugin implementing ``fedkafka_sasl_mechanisms`` and ``fedkafka_authenticate``.
+This plugin provides no SASL mechanism: ``plugins.sasl_scram`` and ``plugins.sasl_plain``
+offer SCRAM-SHA-256/512 and PLAIN while users are stored in the map (``fedkafka user
+add``), and other plugins may add mechanisms (``fedkafka_sasl_authenticator``).
 Authorization is a chain in which one DENY wins, so a restricting plugin only needs to
 answer DENY where it must; these defaults run last.
 """

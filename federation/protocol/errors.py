@@ -240,6 +240,7 @@ _MIRRORS: Final[Mapping[int, tuple[_Mirror, ...]]] = {
             (_Mirror("partitions", "partitions", {"partition_index": "partition_index"}),),
         ),
     ),
+    75: (_Mirror("topics", "topics", {"name": "name"}),),  # DescribeTopicPartitions
     61: (  # DescribeProducers
         _Mirror(
             "topics",

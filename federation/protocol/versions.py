@@ -60,6 +60,7 @@ class ApiKey:
     OFFSET_DELETE: Final = 47
     DESCRIBE_CLUSTER: Final = 60
     DESCRIBE_PRODUCERS: Final = 61
+    DESCRIBE_TOPIC_PARTITIONS: Final = 75
 
 
 SERVED_API_KEYS: Final[tuple[int, ...]] = (
@@ -92,6 +93,7 @@ SERVED_API_KEYS: Final[tuple[int, ...]] = (
     ApiKey.DELETE_GROUPS,
     ApiKey.OFFSET_DELETE,
     ApiKey.DESCRIBE_PRODUCERS,
+    ApiKey.DESCRIBE_TOPIC_PARTITIONS,
 )
 """The APIs the proxy answers, in the order they are advertised."""
 

@@ -14,12 +14,15 @@
 * **DescribeProducers**: answered from the physical partition of each logical partition's
   active segment, where idempotent producers write now (their state on sealed segments
   is not merged).
+* **DescribeTopicPartitions** (``kafka-topics --describe`` in Kafka 4): the logical
+  partitions as Metadata presents them, paged as Kafka pages them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sys
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
     from federation.proxy.handlers import Session
 
 HIGH_WATERMARK = -1
+_ZERO_UUID = uuid.UUID(int=0)
 _LEADER_ERRORS = {ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE,
                   ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
 
@@ -279,3 +283,69 @@ async def describe_producers(session: Session, req: codec.Request) -> Any:
     for name, parts in by_topic.items():
         topics.append(build(mod.TopicResponse, name=name, partitions=tuple(parts)))
     return build(mod.DescribeProducersResponse, throttle_time=_ms(0), topics=tuple(topics))
+
+
+# -- DescribeTopicPartitions -----------------------------------------------------------------
+
+
+async def describe_topic_partitions(session: Session, req: codec.Request) -> Any:
+    """The logical partitions, as Metadata presents them (leaders are proxies, no
+    eligible leader replicas), paged by ``response_partition_limit`` and the cursor as
+    Kafka pages them: topics in name order, all of them when none is named."""
+    from federation.proxy import routing
+
+    body: Any = req.entity
+    mod = resp_module(ApiKey.DESCRIBE_TOPIC_PARTITIONS, req.header.api_version)
+    fmap = session.fmap
+    pool = session.pool()
+    listing = not body.topics
+    names = sorted(fmap.topics) if listing else sorted({t.name for t in body.topics})
+    start_topic, start_partition = "", 0
+    if body.cursor is not None:
+        start_topic, start_partition = body.cursor.topic_name, int(body.cursor.partition_index)
+    budget = max(1, int(body.response_partition_limit))
+    topics: list[Any] = []
+    next_cursor = None
+    for name in names:
+        if name < start_topic:
+            continue
+        first = start_partition if name == start_topic else 0
+        topic = fmap.topics.get(name)
+        allowed = topic is not None and session.allowed(Operation.DESCRIBE, name)
+        if topic is None or not allowed:
+            if listing and topic is not None:
+                continue  # not listed to whom may not describe it
+            code = (ErrorCode.UNKNOWN_TOPIC_OR_PARTITION if topic is None
+                    else ErrorCode.TOPIC_AUTHORIZATION_FAILED)
+            topics.append(build(mod.DescribeTopicPartitionsResponseTopic,
+                                error_code=to_kio(code), name=name, topic_id=_ZERO_UUID,
+                                is_internal=False, partitions=(),
+                                topic_authorized_operations=-2147483648))
+            continue
+        parts = []
+        for i in range(first, topic.partition_count):
+            if budget == 0:
+                next_cursor = build(mod.Cursor, topic_name=name, partition_index=i)
+                break
+            budget -= 1
+            leader = routing.leader_for(pool, name, i).node_id
+            if routing.writable(fmap, topic.partitions[i]):
+                parts.append(build(mod.DescribeTopicPartitionsResponsePartition,
+                                   error_code=to_kio(0), partition_index=i, leader_id=leader,
+                                   leader_epoch=-1, replica_nodes=(leader,),
+                                   isr_nodes=(leader,), eligible_leader_replicas=(),
+                                   last_known_elr=(), offline_replicas=()))
+            else:  # being rolled, or its cluster is down/read-only (as Metadata says)
+                parts.append(build(mod.DescribeTopicPartitionsResponsePartition,
+                                   error_code=to_kio(ErrorCode.LEADER_NOT_AVAILABLE),
+                                   partition_index=i, leader_id=-1, leader_epoch=-1,
+                                   replica_nodes=(leader,), isr_nodes=(),
+                                   eligible_leader_replicas=(), last_known_elr=(),
+                                   offline_replicas=(leader,)))
+        topics.append(build(mod.DescribeTopicPartitionsResponseTopic, error_code=to_kio(0),
+                            name=name, topic_id=topic.topic_id, is_internal=False,
+                            partitions=tuple(parts), topic_authorized_operations=-2147483648))
+        if next_cursor is not None:
+            break
+    return build(mod.DescribeTopicPartitionsResponse, throttle_time=_ms(0),
+                 topics=tuple(topics), next_cursor=next_cursor)

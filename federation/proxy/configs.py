@@ -4,13 +4,13 @@ Resources, by type (docs/compatibility.md has the table):
 
 * **TOPIC** (a logical topic): described from the physical data topic holding partition
   0's active segment (every config with its source, synonyms and documentation, as Kafka
-  answers), plus the read-only ``fedkafka.strategy``. An alter is validated by every
-  cluster holding a segment of the topic (``validate_only``), then applied to every
-  physical data topic of the topic on every one of them, with the client's own request and
-  version, so Kafka's checks, semantics (AlterConfigs replaces the dynamic set;
-  IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT) and messages hold. The resulting
-  dynamic configs are recorded in the map (``LogicalTopic.config``): physical topics
-  created later for the topic (new segments, repairs) get them too.
+  answers), plus the read-only ``fedkafka.strategy`` (a default unless chosen). An alter
+  is validated by every cluster holding a segment of the topic (``validate_only``), then
+  applied to every physical data topic of the topic on every one of them, with the
+  client's own request and version, so Kafka's checks, semantics (AlterConfigs replaces
+  the dynamic set; IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT) and messages hold.
+  The resulting dynamic configs are recorded in the map (``LogicalTopic.config``):
+  physical topics created later for the topic (new segments, repairs) get them too.
 * **BROKER** / **BROKER_LOGGER**: the brokers a client sees are proxies. Described from one
   broker of the coordination cluster (``""``: the cluster-wide dynamic defaults), answered
   under the proxy's id, with the federation's own values for ``node.id``/``broker.id``,
@@ -47,9 +47,11 @@ log = logging.getLogger("fedkafka.proxy.configs")
 STRATEGY_CONFIG = "fedkafka.strategy"
 UNKNOWN_RESOURCE, TOPIC, BROKER, BROKER_LOGGER, GROUP = 0, 2, 4, 8, 32
 DYNAMIC_TOPIC_CONFIG = 1
-#: ``source`` of the read-only ``fedkafka.strategy`` entry: UNKNOWN (not a Kafka config,
-#: so ``kafka-configs --describe`` lists it only with ``--all``).
-STRATEGY_SOURCE = 0
+#: ``source`` of the read-only ``fedkafka.strategy`` entry: DEFAULT_CONFIG for the default
+#: strategy (so ``kafka-topics --describe`` and ``kafka-configs --describe`` list it only
+#: with ``--all``, as for any default), DYNAMIC_TOPIC_CONFIG for one chosen at creation.
+DEFAULT_CONFIG = 5
+DEFAULT_STRATEGY = "contiguous"
 #: Broker configs answered with the federation's values (see :func:`_federation_values`).
 _PER_PROXY = ("node.id", "broker.id")
 
@@ -186,7 +188,9 @@ async def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
         configs = tuple(result.configs)
     if wanted_strategy:
         configs += (build(mod.DescribeConfigsResourceResult, name=STRATEGY_CONFIG,
-                          value=topic.strategy, read_only=True, config_source=STRATEGY_SOURCE,
+                          value=topic.strategy, read_only=True,
+                          config_source=DEFAULT_CONFIG if topic.strategy == DEFAULT_STRATEGY
+                          else DYNAMIC_TOPIC_CONFIG,
                           is_sensitive=False, synonyms=(), config_type=2,
                           documentation="fedkafka: the mapping strategy that lays the "
                           "topic's partitions out over physical clusters (set at creation)"

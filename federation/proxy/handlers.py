@@ -133,6 +133,8 @@ class Session:
             ApiKey.DELETE_GROUPS: self._with_session(admin_apis.delete_groups),
             ApiKey.OFFSET_DELETE: self._with_session(admin_apis.offset_delete),
             ApiKey.DESCRIBE_PRODUCERS: self._with_session(admin_apis.describe_producers),
+            ApiKey.DESCRIBE_TOPIC_PARTITIONS: self._with_session(
+                admin_apis.describe_topic_partitions),
         }
         for key in authz.RULES:  # Produce, Fetch and Metadata check in their handlers
             self.handlers[key] = self._authorized(self.handlers[key])

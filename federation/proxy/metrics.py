@@ -7,6 +7,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from federation.protocol.versions import API_NAMES
 
 MAX_TOPIC_LABELS = 2000  # logical topics are operator-created, but cap the label space anyway
+#: SASL mechanisms named in metric labels; a client may send any name, the rest are "other"
+KNOWN_MECHANISMS = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER",
+                              "GSSAPI"})
 
 
 class ProxyMetrics:
@@ -40,6 +43,11 @@ class ProxyMetrics:
         self.closed_bad_frames = Counter("fedkafka_proxy_connections_closed_total",
                                          "Client connections closed by the proxy, per reason.",
                                          ["reason"], registry=r)
+        self.authentications = Counter(
+            "fedkafka_proxy_authentications_total",
+            "SASL authentications, per mechanism and result (ok, failed, "
+            "unsupported_mechanism, illegal_state); all but ok close the connection.",
+            ["mechanism", "result"], registry=r)
         self.map_version = Gauge("fedkafka_proxy_map_version", "Version of the map served.",
                                  registry=r)
         self.map_age = Gauge("fedkafka_proxy_map_updated_timestamp_seconds",
@@ -64,6 +72,10 @@ class ProxyMetrics:
         name = API_NAMES.get(api_key, "unknown")
         self.requests.labels(name, str(version)).inc()
         self.latency.labels(name).observe(seconds)
+
+    def authentication(self, mechanism: str, result: str) -> None:
+        label = mechanism if mechanism in KNOWN_MECHANISMS else "other"
+        self.authentications.labels(label, result).inc()
 
     def routed(self, pool: str) -> None:
         self.routing.labels(self._topic(pool)).inc()

@@ -68,6 +68,7 @@ CAPS: dict[int, tuple[int, int]] = {
     ApiKey.DELETE_GROUPS: (0, 2),
     ApiKey.OFFSET_DELETE: (0, 0),
     ApiKey.DESCRIBE_PRODUCERS: (0, 0),
+    ApiKey.DESCRIBE_TOPIC_PARTITIONS: (0, 0),
 }
 MAX_QUEUED_REQUESTS = 64
 #: Client ids a proxy remembers having served (for operators and tests; bounded).

@@ -667,3 +667,78 @@ def test_one_hundred_topics_in_one_create_topics(local_federation: dict[str, Any
     fmap = stored_map(local_federation)
     assert all(fmap.topics[n].partition_count == 2 for n in names)
     assert federation_partitions(local_federation, clusters, names[-1]) == (2, 2)
+
+
+# -- kafka-topics.sh --describe, --alter, --delete -------------------------------------------
+
+
+def _topic_lines(out: str, name: str) -> list[str]:
+    """kafka-topics --describe output with what differs by nature masked: the topic id and
+    broker ids (physical brokers there, proxies here)."""
+    import re
+
+    text = out.replace(name, "NAME")
+    text = re.sub(r"TopicId: \S+", "TopicId: ID", text)
+    text = re.sub(r"(Leader|Replicas|Isr|Elr|LastKnownElr): [\d,]+", r"\1: N", text)
+    return sorted(line.strip() for line in text.splitlines() if line.strip())
+
+
+def test_kafka_topics_describe_alter_delete(local_federation: dict[str, Any], proxy: str,
+                                            c1: str, tools: dict[str, Tool]) -> None:
+    run = tools["topics"]
+    direct_name, fed_name = _name("topd"), _name("topf")
+    for address, name in ((c1, direct_name), (proxy, fed_name)):
+        created = run(address, "--create", "--topic", name, "--partitions", "3",
+                      "--config", "retention.ms=86400000")
+        assert created.returncode == 0, created
+    direct = run(c1, "--describe", "--topic", direct_name)
+    fed = run(proxy, "--describe", "--topic", fed_name)
+    assert fed.returncode == direct.returncode == 0, fed
+    assert _topic_lines(fed.stdout, fed_name) == _topic_lines(direct.stdout, direct_name)
+
+    for address, name in ((c1, direct_name), (proxy, fed_name)):
+        grown = run(address, "--alter", "--topic", name, "--partitions", "5")
+        assert grown.returncode == 0, grown
+    direct = run(c1, "--describe", "--topic", direct_name)
+    fed = run(proxy, "--describe", "--topic", fed_name)
+    assert _topic_lines(fed.stdout, fed_name) == _topic_lines(direct.stdout, direct_name)
+    assert "PartitionCount: 5" in fed.stdout
+
+    direct = run(c1, "--delete", "--topic", direct_name)
+    fed = run(proxy, "--delete", "--topic", fed_name)
+    assert (fed.returncode, fed.stdout) == (direct.returncode,
+                                            direct.stdout.replace(direct_name, fed_name))
+    assert fed_name not in stored_map(local_federation).topics
+    listed = run(proxy, "--list")
+    assert listed.returncode == 0 and fed_name not in listed.stdout.split()
+
+
+def test_describe_topic_partitions_pages_as_kafka(proxy: str, c1: str) -> None:
+    from kio.schema.describe_topic_partitions.v0.request import (
+        Cursor,
+        DescribeTopicPartitionsRequest,
+        TopicRequest,
+    )
+    from kio.static.primitive import i32
+
+    tag = uuid.uuid4().hex[:8]
+    pairs = {c1: (f"dtpd-{tag}-a", f"dtpd-{tag}-b"), proxy: (f"dtpf-{tag}-a", f"dtpf-{tag}-b")}
+    for address, (a, b) in pairs.items():
+        for name in (a, b):
+            assert int(create_one(address, name, 3).error_code) == 0
+
+    def pages(address: str) -> list[list[tuple[str, int]]]:
+        a, b = pairs[address]
+        out, cursor = [], None
+        while True:
+            answer = send_raw(address, DescribeTopicPartitionsRequest(
+                topics=(TopicRequest(name=b), TopicRequest(name=a),
+                        TopicRequest(name=a + "-missing")),
+                response_partition_limit=i32(2), cursor=cursor))
+            out.append([(t.name.replace(a, "A").replace(b, "B"), int(t.error_code),
+                         len(t.partitions)) for t in answer.topics])
+            if answer.next_cursor is None:
+                return out
+            cursor = Cursor(topic_name=answer.next_cursor.topic_name,
+                            partition_index=answer.next_cursor.partition_index)
+    assert pages(proxy) == pages(c1)
