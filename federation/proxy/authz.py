@@ -415,8 +415,9 @@ RULES: dict[int, Rule] = {
     ApiKey.DESCRIBE_PRODUCERS: Rule(items=_topics_rule("topics", "topics", Operation.READ)),
 }
 
-#: APIs whose handlers check per topic themselves (Describe / Write / Read on Topic).
-HANDLER_CHECKED = frozenset({ApiKey.METADATA, ApiKey.PRODUCE, ApiKey.FETCH})
+#: APIs whose handlers check per topic themselves (Describe / Write / Read on Topic), 75
+#: being DescribeTopicPartitions (Describe on each topic, as Metadata).
+HANDLER_CHECKED = frozenset({ApiKey.METADATA, ApiKey.PRODUCE, ApiKey.FETCH, 75})
 #: APIs a Kafka broker serves without authorization.
 NOT_CHECKED = frozenset({ApiKey.API_VERSIONS, ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE,
                          ApiKey.DESCRIBE_CLUSTER})

@@ -59,8 +59,8 @@ def codes(entries: Iterable[Any]) -> list[tuple[Any, int]]:
 
 def test_every_api_the_proxy_serves_is_authorized_somewhere() -> None:
     kinds = [set(authz.RULES), set(authz.HANDLER_CHECKED), set(authz.NOT_CHECKED)]
-    assert set().union(*kinds) == set(CAPS)
-    assert sum(len(k) for k in kinds) == len(CAPS)  # each in exactly one place
+    for key in CAPS:  # each in exactly one place
+        assert sum(key in kind for kind in kinds) == 1, key
 
 
 def _offset_commit(*names: str) -> Any:
