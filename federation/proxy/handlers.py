@@ -35,6 +35,7 @@ from federation.proxy import admin_apis, admin_handlers, authz, configs, routing
 from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
 from federation.rolls import PhysKey, phys_key
+from federation.sasl import SaslAuthenticator
 
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState
@@ -102,6 +103,10 @@ class Session:
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.mechanism: str | None = None
+        self._authenticator: SaslAuthenticator | None = None
+        #: set when this connection must close once its last answer is written (a failed
+        #: SASL exchange, as Kafka does): the reason, for the metric
+        self.close_reason: str | None = None
         self.authenticated = False
         self._seen_role: str | None = None  # producer/consumer, from the APIs it sent
         self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
@@ -235,44 +240,72 @@ class Session:
 
     async def sasl_handshake(self, req: codec.Request) -> Reply:
         mod = resp_module(ApiKey.SASL_HANDSHAKE, req.header.api_version)
-        offered = self.state.plugins.sasl_mechanisms()
+        offered = self.state.plugins.sasl_mechanisms(self.fmap)
         body: Any = req.entity
         code = 0
-        if body.mechanism in offered and not self.authenticated:
+        if body.mechanism in offered and self.mechanism is None and not self.authenticated:
             self.mechanism = body.mechanism
-        else:
-            code = (ErrorCode.ILLEGAL_SASL_STATE if self.authenticated
+            self._authenticator = self.state.plugins.sasl_authenticator(body.mechanism,
+                                                                        self.fmap)
+        else:  # Kafka closes the connection after either error
+            code = (ErrorCode.ILLEGAL_SASL_STATE if self.authenticated or self.mechanism
                     else ErrorCode.UNSUPPORTED_SASL_MECHANISM)
+            self.close_reason = "authentication_failed"
+            self.state.metrics.authentication(body.mechanism, "unsupported_mechanism"
+                                              if code == ErrorCode.UNSUPPORTED_SASL_MECHANISM
+                                              else "illegal_state")
+            log.warning("SaslHandshake from %s for %r refused (offered: %s)", self.peer,
+                        body.mechanism, ", ".join(offered) or "none")
         return _done(build(mod.SaslHandshakeResponse, error_code=to_kio(code),
                            mechanisms=tuple(offered)))
 
     async def sasl_authenticate(self, req: codec.Request) -> Reply:
-        mod = resp_module(ApiKey.SASL_AUTHENTICATE, req.header.api_version)
-        body: Any = req.entity
-        principal = None
-        message = None
-        code: int
-        if self.mechanism is None or self.authenticated:
-            code, message = ErrorCode.ILLEGAL_SASL_STATE, "SaslHandshake first, and only once"
-        else:
-            try:
-                principal = self.state.plugins.authenticate(self.mechanism, bytes(body.auth_bytes))
-            except PermissionError as e:
-                message = str(e) or "invalid credentials"
-            code = 0 if principal is not None else ErrorCode.SASL_AUTHENTICATION_FAILED
-        if principal is not None:
-            self.principal = principal
-            self.authenticated = True
-            self._authz.clear()
-            log.info("%s authenticated as %s (%s)", self.peer, principal, self.mechanism)
-        else:
-            log.warning("SASL authentication failed for %s: %s", self.peer,
-                        message or "no plugin accepted the credentials")
-            message = message or "authentication failed"
+        """One round of the exchange; a failure is answered, then the connection closes."""
         import datetime
 
+        mod = resp_module(ApiKey.SASL_AUTHENTICATE, req.header.api_version)
+        body: Any = req.entity
+        message = None
+        code = 0
+        server_bytes = b""
+        authenticator = self._authenticator
+        if authenticator is None or self.authenticated:
+            code, message = ErrorCode.ILLEGAL_SASL_STATE, "SaslHandshake first, and only once"
+            result = "illegal_state"
+        else:
+            try:  # in a worker thread: PLAIN's hash and plugins' lookups may take a while
+                step = await asyncio.to_thread(authenticator.step, bytes(body.auth_bytes))
+            except PermissionError as e:
+                code, message, result = (ErrorCode.SASL_AUTHENTICATION_FAILED,
+                                         str(e) or "invalid credentials", "failed")
+            except Exception:  # a broken plugin fails this client only
+                log.exception("SASL %s authenticator failed", self.mechanism)
+                code, message, result = (ErrorCode.SASL_AUTHENTICATION_FAILED,
+                                         "authentication failed", "failed")
+            else:
+                server_bytes = step.server_bytes
+                result = "continue"
+                if step.done and step.principal is None:
+                    code, message, result = (ErrorCode.SASL_AUTHENTICATION_FAILED,
+                                             "authentication failed", "failed")
+                elif step.done:
+                    self.principal = step.principal
+                    self.authenticated = True
+                    self._authenticator = None
+                    self._authz.clear()
+                    result = "ok"
+                    log.info("%s authenticated as %s (%s)", self.peer, step.principal,
+                             self.mechanism)
+        if code:
+            server_bytes = b""
+            self._authenticator = None
+            self.close_reason = "authentication_failed"
+            log.warning("SASL %s authentication failed for %s: %s", self.mechanism,
+                        self.peer, message)
+        if result != "continue":
+            self.state.metrics.authentication(self.mechanism or "", result)
         return _done(build(mod.SaslAuthenticateResponse, error_code=to_kio(code),
-                           error_message=message, auth_bytes=b"",
+                           error_message=message, auth_bytes=server_bytes,
                            session_lifetime=datetime.timedelta(0)))
 
     # -- ApiVersions / Metadata / DescribeCluster ---------------------------------

@@ -128,6 +128,8 @@ class ProxyState:
             return
         old = self.fmap
         self.fmap = fmap
+        if old.users != fmap.users:
+            self._advertised = None  # SASL is advertised while a mechanism is offered
         for cid, client in list(self.clusters.items()):
             new = fmap.clusters.get(cid)
             if new is None or new.bootstrap != client.cluster.bootstrap:
@@ -357,7 +359,7 @@ class ProxyState:
         if self._advertised is not None:
             return self._advertised
         keys = set(CAPS)
-        if not self.plugins.sasl_mechanisms():
+        if not self.plugins.sasl_mechanisms(self.fmap):
             keys -= {ApiKey.SASL_HANDSHAKE, ApiKey.SASL_AUTHENTICATE}
         # Roles decide where clients are *sent* (Metadata, FindCoordinator, the name
         # service), not what a proxy can parse: every proxy advertises every API, because
@@ -413,6 +415,7 @@ class ClientConnection(asyncio.Protocol):
         self._paused_reading = False
         self._closing = False  # no more responses will be written
         self._aborted = False  # a malformed request: drop everything else it sent
+        self._close_after: str | None = None  # close once answered (failed SASL): why
         self._write_ok = asyncio.Event()
         self._write_ok.set()
 
@@ -560,6 +563,12 @@ class ClientConnection(asyncio.Protocol):
             task.add_done_callback(_retrieve)
             self._replies.append((header, task, started))
             self._reply_ready.set()
+            if self.session.close_reason is not None:
+                # Answer, then close (Kafka after a failed SASL exchange): nothing it sends
+                # after this request is read.
+                self._close_after = self.session.close_reason
+                self._aborted = True
+                return
 
     async def _dispatch(self, frame: bytes) -> tuple[codec.RequestHeader, Any] | None:
         assert self.session is not None
@@ -619,6 +628,13 @@ class ClientConnection(asyncio.Protocol):
             self.state.metrics.request(header.api_key, time.monotonic() - started,
                                        header.api_version)
             self._maybe_resume()
+            if self._close_after is not None and not self._replies:
+                log.warning("closing connection from %s after answering: %s", self.peer,
+                            self._close_after)
+                self.state.metrics.closed_bad_frames.labels(self._close_after).inc()
+                self._closing = True
+                self.transport.close()  # once the answer is flushed
+                return
             await self._write_ok.wait()
 
 
