@@ -5,11 +5,13 @@ password is answered SASL_AUTHENTICATION_FAILED and the connection is closed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import struct
 import subprocess
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +27,7 @@ from federation.protocol import decode_response, encode_request
 from federation.protocol.errors import ErrorCode
 from federation.sasl import ScramClient
 
+from .elastic_tools import wait_until
 from .fedtopics import backend_of, create_logical_topic, route_to_proxy
 from .inprocess import InProcessProxy
 
@@ -47,7 +50,10 @@ def secure(local_federation: dict[str, Any]
     backend = backend_of(local_federation)
     try:
         for name, (password, mechanisms) in USERS.items():
-            asyncio.run(users.add_user(backend, name, password, mechanisms))
+            fmap, _ = asyncio.run(users.add_user(backend, name, password, mechanisms))
+        health = f"{local_federation['nameservice_http']}/health"
+        wait_until(lambda: json.load(urllib.request.urlopen(health))["map_version"]
+                   >= fmap.version, 30, "the name service to serve the map with the users")
         with InProcessProxy(local_federation["store"], port, pool="scram", node_id=1903,
                             sasl_required=True) as proxy:
             yield f"127.0.0.1:{port}", proxy, local_federation
@@ -112,6 +118,19 @@ def test_librdkafka_produces_and_consumes(secure: Secure, mechanism: str,
     assert sorted(got) == sorted(sent)
     assert _counter(proxy, "fedkafka_proxy_authentications_total", mechanism=mechanism,
                     result="ok") > before
+
+
+def test_librdkafka_bootstraps_through_the_name_service_with_scram(secure: Secure) -> None:
+    """The name service (a proxy without sasl_required) offers the users' mechanisms too,
+    and sends the authenticated client to the pool of its client.id: the SASL proxy."""
+    _, proxy, federation = secure
+    before = _counter(proxy, "fedkafka_proxy_authentications_total",
+                      mechanism="SCRAM-SHA-512", result="ok")
+    sent, got = _rdkafka_roundtrip(federation["bootstrap"], "SCRAM-SHA-512", "bob",
+                                   USERS["bob"][0])
+    assert sorted(got) == sorted(sent)
+    assert _counter(proxy, "fedkafka_proxy_authentications_total",
+                    mechanism="SCRAM-SHA-512", result="ok") >= before + 2  # producer, consumer
 
 
 @pytest.mark.parametrize(("mechanism", "user", "password"), [
