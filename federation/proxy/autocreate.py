@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from federation import admin
-from federation.model import Operation
+from federation.model import CLUSTER_RESOURCE, Operation, ResourceType
 
 if TYPE_CHECKING:
     from federation.proxy.handlers import Session
@@ -52,8 +52,9 @@ class AutoCreator:
             return False
         if name.startswith(INTERNAL_PREFIX) or admin.topic_name_error(name) is not None:
             return False
-        if not session.allowed(Operation.CREATE, name):
-            return False
+        if not (session.authorized(ResourceType.CLUSTER, CLUSTER_RESOURCE, Operation.CREATE)
+                or session.allowed(Operation.CREATE, name)):
+            return False  # as Kafka: Create on the cluster, or on the topic
         self.start(name)
         return True
 

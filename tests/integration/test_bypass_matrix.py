@@ -49,7 +49,8 @@ TOPIC, LOCKED, DOOMED, GROW = "bm-topic", "bm-locked", "bm-doomed", "bm-grow"
 GROUP = "bm-group"
 NEW = f"bm-new-{uuid.uuid4().hex[:8]}"
 NODE_ID = 1904
-USERS = {"alice": "wonderland", "mallory": "mallory-pw"}
+USERS = {"alice": "wonderland", "mallory": "mallory-pw", "carol": "carol-pw",
+         "dave": "dave-pw"}
 OK, TOPIC_DENIED, GROUP_DENIED, CLUSTER_DENIED, SASL_FAILED = 0, 29, 30, 31, 58
 MEMBER_ID_REQUIRED = 79
 CLOSED = "closed without an answer"
@@ -595,6 +596,71 @@ def test_bypass_matrix(local_federation: dict[str, Any]) -> None:
         plugins.unregister(plugin)
         try:
             asyncio_run(admin.remove_acls(backend, ALICE_RULES))
+        finally:
+            backend.close()
+
+
+AUTO = "bm-auto-"
+AUTO_RULES = [
+    AclRule("User:carol", "Topic", AUTO, "Describe", pattern_type="PREFIXED"),
+    AclRule("User:carol", "Cluster", "kafka-cluster", "Create"),
+    AclRule("User:dave", "Topic", AUTO, "Describe", pattern_type="PREFIXED"),
+]
+LEADER_NOT_AVAILABLE, UNKNOWN_TOPIC_OR_PARTITION = 5, 3
+
+
+def test_automatic_creation_needs_create_on_the_cluster_or_the_topic(
+        local_federation: dict[str, Any]) -> None:
+    """A Metadata request naming an unknown topic creates it (the map's auto-create policy)
+    only for a principal with Create on the cluster or on the topic, as Kafka's broker; one
+    that may not describe it is told TOPIC_AUTHORIZATION_FAILED."""
+    port = int(local_federation["bootstrap"].rsplit(":", 1)[1]) + 16
+    route_to_proxy(local_federation, "bm-auto", NODE_ID + 1, port, "fk-bm-auto")
+    backend = backend_of(local_federation)
+    plugin = PlainUsers()
+    plugins = get_plugins()
+    plugins.register(plugin, name="bm-auto-plain-users")
+    suffix = uuid.uuid4().hex[:8]
+    try:
+        asyncio_run(admin.add_acls(backend, AUTO_RULES))
+        fmap = backend.load()
+        assert fmap is not None and fmap.auto_create.enabled
+        with InProcessProxy(local_federation["store"], port, pool="bm-auto",
+                            node_id=NODE_ID + 1, sasl_required=True) as proxy:
+            _wait(lambda: proxy.state is not None and len(proxy.state.fmap.acls) >= 3,
+                  "the proxy serving the map with the ACLs")
+
+            def ask(user: str) -> tuple[str, int]:
+                name = f"{AUTO}{user}-{suffix}"
+                c = Conn(f"127.0.0.1:{port}")
+                try:
+                    assert c.sasl(user, USERS[user]) == OK
+                    [t] = c.send(make(3, 12, topics=(make(
+                        3, 12, "MetadataRequestTopic", topic_id=None, name=name),),
+                        allow_auto_topic_creation=True,
+                        include_topic_authorized_operations=False)).topics
+                    return name, int(t.error_code)
+                finally:
+                    c.close()
+
+            created, code = ask("carol")  # Create on the cluster
+            assert code == LEADER_NOT_AVAILABLE  # being created: Kafka's answer
+            _wait(lambda: created in (backend.load() or fmap).topics, f"{created} created")
+            not_created, code = ask("dave")  # may describe, may not create
+            assert code == UNKNOWN_TOPIC_OR_PARTITION
+            hidden, code = ask("mallory")  # may not even describe
+            assert code == TOPIC_DENIED
+            later = backend.load()
+            assert later is not None
+            assert not_created not in later.topics and hidden not in later.topics
+            physical = _physical_topics(later)
+            for name in (not_created, hidden):
+                assert not any(name in names or f"{name}.fk" in names
+                               for names in physical.values())
+    finally:
+        plugins.unregister(plugin)
+        try:
+            asyncio_run(admin.remove_acls(backend, AUTO_RULES))
         finally:
             backend.close()
 
