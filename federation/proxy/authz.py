@@ -108,6 +108,9 @@ class Rule:
     whole_code: int = 0
     items: Items | None = None
     after: Callable[[Any, Any, Authorize, FederationMap], Any] | None = None
+    #: requests with the same key have the same ``whole`` verdict: it is remembered (per
+    #: principal and map version, by the caller) instead of asked again
+    remember: Callable[[Any], Hashable] | None = None
 
 
 @dataclass(slots=True)
@@ -380,7 +383,8 @@ _GROUP_READ = _whole_group(Operation.READ)
 #: :data:`NOT_CHECKED`): what a request needs.
 RULES: dict[int, Rule] = {
     ApiKey.LIST_OFFSETS: Rule(items=_topics_rule("topics", "topics", Operation.DESCRIBE)),
-    ApiKey.INIT_PRODUCER_ID: Rule(whole=_init_producer_id, whole_code=CLUSTER_DENIED),
+    ApiKey.INIT_PRODUCER_ID: Rule(whole=_init_producer_id, whole_code=CLUSTER_DENIED,
+                                  remember=lambda body: body.transactional_id is None),
     ApiKey.FIND_COORDINATOR: Rule(whole=_coordinator_whole, whole_code=GROUP_DENIED,
                                   items=_coordinator_keys()),
     ApiKey.JOIN_GROUP: Rule(whole=_GROUP_READ, whole_code=GROUP_DENIED),
@@ -441,13 +445,19 @@ def needs_of(req: codec.Request, fmap: FederationMap) -> list[tuple[Any, Sequenc
 # -- applying them -------------------------------------------------------------------------
 
 
-def gate(req: codec.Request, authorize: Authorize, fmap: FederationMap) -> Gate | None:
-    """What the proxy serves of ``req`` and how it answers; None: serve it as it is."""
+def gate(req: codec.Request, authorize: Authorize, fmap: FederationMap,
+         memo: dict[Hashable, bool] | None = None) -> Gate | None:
+    """What the proxy serves of ``req`` and how it answers; None: serve it as it is.
+
+    :param memo: whole-request verdicts of rules that ``remember`` them (InitProducerId:
+        Write on *any* topic may take a question per topic), kept by the caller for one
+        principal and map version.
+    """
     rule = RULES.get(req.header.api_key)
     if rule is None:
         return None
     body: Any = req.entity
-    if rule.whole is not None and not _met(rule.whole(body, fmap), authorize):
+    if rule.whole is not None and not _whole_met(req, rule, authorize, fmap, memo):
         denied = _with_message(error_response(req, rule.whole_code), rule.whole_code, None)
         return Gate(None, lambda _: denied)
     items = rule.items
@@ -481,6 +491,18 @@ def gate(req: codec.Request, authorize: Authorize, fmap: FederationMap) -> Gate 
         return response
 
     return Gate(serve, finish)
+
+
+def _whole_met(req: codec.Request, rule: Rule, authorize: Authorize, fmap: FederationMap,
+               memo: dict[Hashable, bool] | None) -> bool:
+    assert rule.whole is not None
+    if rule.remember is None or memo is None:
+        return _met(rule.whole(req.entity, fmap), authorize)
+    key = (req.header.api_key, rule.remember(req.entity))
+    met = memo.get(key)
+    if met is None:
+        met = memo[key] = _met(rule.whole(req.entity, fmap), authorize)
+    return met
 
 
 def _merge(req: codec.Request, items: Items, response: Any,

@@ -98,6 +98,8 @@ class Session:
         self._anonymous_resolved = False
         self._authz: dict[tuple[str, str, str], bool] = {}
         self._authz_version = -1
+        self._memo: dict[Any, bool] = {}  # whole-request verdicts (authz.Rule.remember)
+        self._memo_key: tuple[int, Principal | None] | None = None
         self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
                                                           asyncio.Future[Any]]] = {}
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
@@ -160,7 +162,7 @@ class Session:
                     ) -> Callable[[codec.Request], Awaitable[Reply]]:
         """``handler`` behind its API's authorization (:mod:`federation.proxy.authz`)."""
         async def guarded(req: codec.Request) -> Reply:
-            gate = authz.gate(req, self._may, self.fmap)
+            gate = authz.gate(req, self._may, self.fmap, self._remembered())
             if gate is None:
                 return await handler(req)
             if gate.serve is None:  # denied, or every item is: nothing is done upstream
@@ -168,6 +170,14 @@ class Session:
             reply = await handler(gate.serve)
             return None if reply is None else _gated(gate, reply)
         return guarded
+
+    def _remembered(self) -> dict[Any, bool]:
+        """Whole-request verdicts, for this principal and map version."""
+        key = (self.fmap.version, self.principal)
+        if self._memo_key != key:
+            self._memo.clear()
+            self._memo_key = key
+        return self._memo
 
     def _may(self, action: authz.Action) -> bool:
         return self.authorized(action.resource_type, action.name, action.operation)

@@ -323,6 +323,17 @@ def test_init_producer_id_idempotent_write_or_write_on_any_topic() -> None:
     assert lazy.asked == ["IdempotentWrite on Cluster:kafka-cluster", "Write on Topic:a"]
 
 
+def test_init_producer_id_verdicts_are_remembered_not_asked_per_topic_again() -> None:
+    memo: dict[Any, bool] = {}
+    denied = Authorizer()
+    for _ in range(3):
+        gate = authz.gate(request(make(22, 5, transactional_id=None)), denied, FMAP, memo)
+        assert gate is not None and gate.serve is None
+    assert len(denied.asked) == 1 + len(FMAP.topics)  # once, not per request
+    # A transactional request is not answered from that memory (the handler refuses it).
+    assert authz.gate(request(make(22, 5, transactional_id="tx")), denied, FMAP, memo) is None
+
+
 def test_delete_groups_and_describe_groups_per_group() -> None:
     gate = authz.gate(request(make(42, 2, groups_names=("g", "h"))),
                       Authorizer("Delete on Group:h"), FMAP)
