@@ -6,9 +6,11 @@ role's preflight against an inventory, then its templates rendered to a
 temporary directory. Nothing is installed or started and no host is
 contacted. They need ansible-playbook, from $FEDKAFKA_ANSIBLE_VENV
 (default /opt/fedkafka-ansible-venv, made by .ci/molecule.sh) or PATH.
-The preflight tests also run playbooks/preflight.yml (what site.yml and
-add_cluster.yml check before any change). The converge-and-produce test of the
-roles is Molecule's (ansible/molecule/federation, run by .ci/molecule.sh).
+The preflight tests also run playbooks/preflight.yml (what site.yml,
+add_cluster.yml and migrate_cluster.yml check before any change), and the
+request checks of add_cluster.yml and migrate_cluster.yml. The
+converge-and-produce test of the roles is Molecule's
+(ansible/molecule/federation, run by .ci/molecule.sh).
 """
 
 from __future__ import annotations
@@ -169,6 +171,8 @@ def test_example_inventory_passes_preflight_and_renders(
     }
     assert controller["member_id"] == "ctl1.example.net"
     assert controller["metrics_port"] == 9308
+    assert controller["health_interval"] == 2.0 and controller["down_after"] == 3
+    assert controller["failover_after"] == 10.0 and controller["fence_timeout"] == 5.0
 
     federation = json.loads((out / "federation.json").read_text())
     assert [c["id"] for c in federation["clusters"]] == ["a", "b"]
@@ -380,9 +384,14 @@ PREFLIGHT = ANSIBLE / "playbooks" / "preflight.yml"
 
 
 def run_preflight(
-    ansible_playbook: Path, inventory: dict[str, object], tmp_path: Path, extra: dict[str, object]
+    ansible_playbook: Path,
+    inventory: dict[str, object],
+    tmp_path: Path,
+    extra: dict[str, object],
+    playbook: Path = PREFLIGHT,
 ) -> subprocess.CompletedProcess[str]:
-    """playbooks/preflight.yml; hosts connect as the inventory says (local unless set)."""
+    """playbooks/preflight.yml (or another playbook); hosts connect as the inventory says
+    (local unless set)."""
     path = tmp_path / "hosts.yml"
     all_vars = inventory["all"].setdefault("vars", {})  # type: ignore[union-attr,index]
     all_vars.setdefault("ansible_connection", "local")
@@ -397,7 +406,7 @@ def run_preflight(
         "ANSIBLE_CONFIG": str(ANSIBLE / "ansible.cfg"),
     }
     return subprocess.run(
-        [str(ansible_playbook), "-i", str(path), str(PREFLIGHT), "-e", json.dumps(extra)],
+        [str(ansible_playbook), "-i", str(path), str(playbook), "-e", json.dumps(extra)],
         capture_output=True,
         text=True,
         env=env,
@@ -467,3 +476,42 @@ def test_preflight_names_an_unreachable_metadata_store(
         "The metadata store (zookeeper:127.0.0.1:1/fedkafka) is unreachable from "
         "controller host ctl1" in output
     ), output[-3000:]
+
+
+# --- the request checks of add_cluster.yml and migrate_cluster.yml -------------
+
+
+MIGRATE = ANSIBLE / "playbooks" / "migrate_cluster.yml"
+ADD_CLUSTER = ANSIBLE / "playbooks" / "add_cluster.yml"
+
+BAD_REQUESTS = {
+    "migrate without a cluster": (MIGRATE, {}, "Pass -e migrate_cluster_name=<name>"),
+    "migrate an unknown cluster": (
+        MIGRATE,
+        {"migrate_cluster_name": "z"},
+        "(got z; cluster groups: a, b)",
+    ),
+    "migrate with a bad timeout": (
+        MIGRATE,
+        {"migrate_cluster_name": "b", "migrate_cluster_timeout": 0},
+        "migrate_cluster_timeout and migrate_cluster_interval as seconds > 0",
+    ),
+    "rebalance neither true nor false": (
+        ADD_CLUSTER,
+        {"new_cluster_group": "kafka_cluster_b", "add_cluster_rebalance": "maybe"},
+        "add_cluster_rebalance as true or false (got maybe)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
+def test_playbooks_refuse_a_bad_request_before_contacting_a_host(
+    case: str, ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    playbook, request, message = BAD_REQUESTS[case]
+    extra = {"kafka_install_source": "artifact_dir", **artifacts, **request}
+    result = run_preflight(ansible_playbook, _federation(), tmp_path, extra, playbook)
+    output = _output(result)
+    assert result.returncode != 0, output[-3000:]
+    assert message in output, output[-3000:]
+    assert "Check the inventory before anything changes" not in output, output[-3000:]

@@ -5,6 +5,10 @@
             keeps producing (acks=all) until F exists; writes every acknowledged value
             (and the failures) to --out as JSON
   consume   --bootstrap B --topic T --expect N --timeout S     from the beginning, no group
+  consume-group-until-stopped --bootstrap B --topic T --group G --stop-file F --acked F --out F
+            a consumer group member from the earliest offset, committing after every batch;
+            once F exists, stops when it has every value of --acked (a produce-until-stopped
+            result) or --timeout seconds later; writes the values read (and errors) to --out
   end-offsets --bootstrap B --topic T                          of a physical topic
 Each prints one JSON object.
 """
@@ -18,6 +22,7 @@ import os
 import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 
 
 def _producer(bootstrap: str) -> AIOKafkaProducer:
@@ -100,6 +105,45 @@ async def consume(a: argparse.Namespace) -> dict:
     return out
 
 
+async def consume_group_until_stopped(a: argparse.Namespace) -> dict:
+    consumer = AIOKafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=a.group,
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                client_id="fk-molecule-group", metadata_max_age_ms=2000)
+    await consumer.start()
+    values: list[str] = []
+    errors: list[str] = []
+    wanted: set[str] | None = None
+    deadline = 0.0
+    last_progress = 0.0
+    try:
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    values.extend(r.value.decode() for r in records)
+                if batches:
+                    await consumer.commit()
+            except KafkaError as e:  # retried: partitions roll, the group may rebalance
+                errors.append(repr(e))
+                await asyncio.sleep(0.5)
+            now = time.monotonic()
+            if now - last_progress >= 1:
+                last_progress = now
+                with open(a.out + ".progress", "w") as f:
+                    json.dump({"consumed": len(values), "errors": len(errors)}, f)
+            if wanted is None and os.path.exists(a.stop_file):
+                with open(a.acked) as f:
+                    wanted = {v for v, *_ in json.load(f)["acked"]}
+                deadline = now + a.timeout
+            if wanted is not None and (wanted <= set(values) or now > deadline):
+                break
+    finally:
+        await consumer.stop()
+    with open(a.out, "w") as f:
+        json.dump({"values": values, "errors": errors}, f)
+    return {"consumed": len(values), "distinct": len(set(values)), "errors": len(errors)}
+
+
 async def end_offsets(a: argparse.Namespace) -> dict:
     consumer = AIOKafkaConsumer(bootstrap_servers=a.bootstrap, group_id=None)
     await consumer.start()
@@ -118,19 +162,23 @@ async def end_offsets(a: argparse.Namespace) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["produce", "produce-until-stopped", "consume", "end-offsets"])
+    p.add_argument("mode", choices=["produce", "produce-until-stopped", "consume",
+                                    "consume-group-until-stopped", "end-offsets"])
     p.add_argument("--bootstrap", required=True)
     p.add_argument("--topic", required=True)
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--prefix", default="v")
     p.add_argument("--stop-file")
     p.add_argument("--out")
+    p.add_argument("--group")
+    p.add_argument("--acked")
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--expect", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args()
     fn = {"produce": produce, "produce-until-stopped": produce_until_stopped,
-          "consume": consume, "end-offsets": end_offsets}[a.mode]
+          "consume": consume, "consume-group-until-stopped": consume_group_until_stopped,
+          "end-offsets": end_offsets}[a.mode]
     print(json.dumps(asyncio.run(fn(a))))
 
 
