@@ -162,6 +162,9 @@ async def retire_cluster(backend: MetadataBackend, cluster_id: str, *, force: bo
         data is then gone for them).
     :raises admin.AdminError: while it is not drained (and not ``force``).
     """
+    current = await admin._load(backend)
+    if admin._cluster(current, cluster_id).state is ClusterState.RETIRED:
+        return current  # already retired: nothing to publish (playbooks re-run this)
     if not force:
         progress = await drain_status(backend, cluster_id)
         if not progress.done:
