@@ -194,7 +194,7 @@ async def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
                           is_sensitive=False, synonyms=(), config_type=2,
                           documentation="fedkafka: the mapping strategy that lays the "
                           "topic's partitions out over physical clusters (set at creation)"
-                          if body.include_documentation else None),)
+                          if getattr(body, "include_documentation", False) else None),)
     return build(mod.DescribeConfigsResult, error_code=to_kio(0), error_message=None,
                  resource_type=r.resource_type, resource_name=r.resource_name,
                  configs=configs)

@@ -742,3 +742,73 @@ def test_describe_topic_partitions_pages_as_kafka(proxy: str, c1: str) -> None:
             cursor = Cursor(topic_name=answer.next_cursor.topic_name,
                             partition_index=answer.next_cursor.partition_index)
     assert pages(proxy) == pages(c1)
+
+
+# -- client libraries' admin clients ---------------------------------------------------------
+
+
+def test_confluent_admin_client_creates_alters_describes_deletes(
+        local_federation: dict[str, Any], clusters: list[dict[str, Any]]) -> None:
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        NewPartitions,
+        NewTopic,
+    )
+
+    client = AdminClient({"bootstrap.servers": local_federation["bootstrap"],
+                          "client.id": "fk-confluent-admin"})
+    name = _name("rdkadm")
+    client.create_topics([NewTopic(name, 3, 1, config={"retention.ms": "3600000"})]
+                         )[name].result(60)
+    resource = ConfigResource("TOPIC", name)
+    client.incremental_alter_configs([ConfigResource("TOPIC", name, incremental_configs=[
+        ConfigEntry("max.message.bytes", "2000000",
+                    incremental_operation=AlterConfigOpType.SET)])])[resource].result(60)
+    described = client.describe_configs([resource])[resource].result(60)
+    assert described["retention.ms"].value == "3600000"
+    assert described["max.message.bytes"].value == "2000000"
+    assert dict(stored_map(local_federation).topics[name].config) == {
+        "retention.ms": "3600000", "max.message.bytes": "2000000"}
+    client.create_partitions([NewPartitions(name, 4)])[name].result(60)
+    assert len(client.list_topics(name, timeout=30).topics[name].partitions) == 4
+    produce(local_federation["bootstrap"], name, 6, partition=1)
+    [deleted] = client.delete_records([TopicPartition(name, 1, 4)]).values()
+    assert deleted.result(60).low_watermark == 4  # logical
+    client.delete_topics([name])[name].result(60)
+    assert name not in stored_map(local_federation).topics
+
+
+def test_aiokafka_admin_client_creates_alters_describes_deletes(
+        local_federation: dict[str, Any]) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    name = _name("aioadm")
+
+    async def scenario() -> None:
+        client = AIOKafkaAdminClient(bootstrap_servers=local_federation["bootstrap"],
+                                     client_id="fk-aiokafka-admin")
+        await client.start()
+        try:
+            await client.create_topics([NewTopic(name, 2, 1)])
+            await client.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name,
+                                                       {"retention.ms": "7200000"})])
+            [response] = await client.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name)])
+            [(code, _, _, _, entries)] = response.resources
+            assert code == 0
+            assert {e[0]: e[1] for e in entries}["retention.ms"] == "7200000"
+            assert dict(stored_map(local_federation).topics[name].config) == {
+                "retention.ms": "7200000"}
+            described = await client.describe_topics([name])
+            assert len(described[0]["partitions"]) == 2
+            await client.delete_topics([name])
+        finally:
+            await client.close()
+
+    asyncio.run(scenario())
+    assert name not in stored_map(local_federation).topics
