@@ -56,6 +56,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins.acl",
     "plugins.sasl_plain",
     "plugins.sasl_scram",
+    "plugins.sasl_oauthbearer",
     "plugins.routing_default",
 )
 
