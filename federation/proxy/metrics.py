@@ -55,6 +55,14 @@ class ProxyMetrics:
         self.store_healthy = Gauge("fedkafka_proxy_store_healthy",
                                    "1 while the metadata store is reachable, 0 while the proxy "
                                    "serves its last map without it.", registry=r)
+        self.upstream_errors = Counter(
+            "fedkafka_proxy_upstream_errors_total",
+            "Upstream failures and leader errors per physical cluster (each makes the proxy "
+            "re-read that cluster's metadata).", ["cluster"], registry=r)
+        self.info = Gauge("fedkafka_proxy_info",
+                          "1, labelled with the proxy's pool and roles (join connections and "
+                          "requests on it to see them by role).", ["node_id", "pool", "roles"],
+                          registry=r)
         self.routing = Counter("fedkafka_nameservice_routing_decisions_total",
                                "Clients routed to a pool by the name service, per pool.",
                                ["pool"], registry=r)

@@ -120,6 +120,8 @@ class ProxyState:
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
         self.metrics.store_healthy.set(1)
+        self.metrics.info.labels(str(config.node_id), config.pool,
+                                 ",".join(sorted(config.roles))).set(1)
 
     # -- map --------------------------------------------------------------------
 
@@ -310,6 +312,7 @@ class ProxyState:
                                    request_timeout=self.request_timeout)
             client.on_latency = lambda s, c=cluster_id: (
                 self.metrics.upstream_latency.labels(c).observe(s))
+            client.on_error = lambda c=cluster_id: self.metrics.upstream_errors.labels(c).inc()
             self.clusters[cluster_id] = client
         return client
 

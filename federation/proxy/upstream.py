@@ -265,6 +265,7 @@ class ClusterClient:
         self._coordinators: OrderedDict[str, int] = OrderedDict()
         self.last_error: str | None = None
         self.on_latency: Callable[[float], None] | None = None
+        self.on_error: Callable[[], None] | None = None  #: called on every invalidate()
 
     @property
     def id(self) -> str:
@@ -413,6 +414,8 @@ class ClusterClient:
 
     def invalidate(self) -> None:
         """Forget leaders (after NOT_LEADER and similar): the next lookup refreshes."""
+        if self.on_error is not None:
+            self.on_error()
         self.view.refreshed_at = 0.0
         for info in self.view.partitions.values():
             info.leader = -1

@@ -48,3 +48,14 @@ def test_health_and_errors() -> None:
     assert handle(st, "GET", "/health")[0] == 503
     assert handle(st, "POST", "/v1/proxies")[0] == 405
     assert handle(st, "GET", "/nope")[0] == 404
+
+
+def test_proxy_info_and_upstream_errors_per_cluster_are_exported() -> None:
+    from prometheus_client import generate_latest
+
+    st = state()
+    st.cluster("a").invalidate()  # what a NOT_LEADER answer or a failed connection does
+    st.cluster("a").invalidate()
+    text = generate_latest(st.metrics.registry).decode()
+    assert 'fedkafka_proxy_upstream_errors_total{cluster="a"} 2.0' in text
+    assert 'fedkafka_proxy_info{node_id="9",pool="default",roles="consumer,producer"} 1.0' in text
