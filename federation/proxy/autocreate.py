@@ -69,9 +69,12 @@ class AutoCreator:
         task.add_done_callback(lambda _: self._tasks.pop(name, None))
 
     async def _create(self, name: str) -> None:
-        policy = self.state.fmap.auto_create
         async with self._slots:
-            if name in self.state.fmap.topics:
+            # The policy as stored now (this proxy may not serve its latest change yet).
+            stored = await asyncio.to_thread(self.state.backend.load)
+            current = stored if stored is not None else self.state.fmap
+            policy = current.auto_create
+            if name in current.topics or not policy.enabled:
                 return
             try:
                 await admin.create_topic(self.state.backend, name, policy.partitions,

@@ -477,8 +477,9 @@ def test_describe_producers_answers_from_the_active_segment(proxy: str, c1: str)
 # -- automatic topic creation ----------------------------------------------------------------
 
 
-def served_policy(address: str, node_id: int) -> str | None:
-    """auto.create.topics.enable as a proxy answers it (from the map it serves)."""
+def served_policy(address: str, node_id: int) -> tuple[str | None, ...]:
+    """auto.create.topics.enable and num.partitions as a proxy answers them (from the
+    policy in the map it serves)."""
     from kio.schema.describe_configs.v4.request import (
         DescribeConfigsRequest,
         DescribeConfigsResource,
@@ -487,10 +488,11 @@ def served_policy(address: str, node_id: int) -> str | None:
 
     request = DescribeConfigsRequest(resources=(DescribeConfigsResource(
         resource_type=i8(4), resource_name=str(node_id),
-        configuration_keys=("auto.create.topics.enable",)),),
+        configuration_keys=("auto.create.topics.enable", "num.partitions")),),
         include_synonyms=False, include_documentation=False)
     [result] = send_raw(address, request).results
-    return next((c.value for c in result.configs), None)
+    values = {c.name: c.value for c in result.configs}
+    return values.get("auto.create.topics.enable"), values.get("num.partitions")
 
 
 def set_policy(state: dict[str, Any], policy: AutoCreatePolicy) -> None:
@@ -500,7 +502,7 @@ def set_policy(state: dict[str, Any], policy: AutoCreatePolicy) -> None:
         asyncio.run(admin.set_auto_create(backend, policy))
     finally:
         backend.close()
-    wanted = "true" if policy.enabled else "false"
+    wanted = ("true" if policy.enabled else "false", str(policy.partitions))
     members = [(f"{p['host']}:{p['port']}", int(p["node_id"])) for p in state["proxies"]]
     members.append((state["bootstrap"], 999))  # the name service
     for address, node_id in members:
