@@ -108,6 +108,7 @@ class ProxyState:
         self.ceilings: dict[PhysKey, int] = {}  #: reported for a fence: ack nothing beyond
         self.member_id: str | None = None  #: set when registered in the store
         self.member_data: dict[str, Any] = {}
+        self._member_lock: asyncio.Lock | None = None
         self._report_task: asyncio.Task[None] | None = None
         self._version_task: asyncio.Task[None] | None = None
         self.auto_creator = AutoCreator(self)  #: topics created on demand (ADR 0013)
@@ -259,13 +260,23 @@ class ProxyState:
                 return
             self.member_data = {**self.member_data, "map_version": version}
             try:
-                await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
-                                        self.member_data)
+                await self._write_member()
             except Exception as e:  # noqa: BLE001 - the store may be away; next map retries
                 log.warning("could not report map version %d to the store: %s", version, e)
                 self.member_data = {k: v for k, v in self.member_data.items()
                                     if k != "map_version"}
                 return
+
+    async def _write_member(self) -> None:
+        """Write this proxy's member record: one write at a time, always the latest data
+        (a fence report and a map version written concurrently could else land in the
+        wrong order and the older record hide the newer)."""
+        if self._member_lock is None:
+            self._member_lock = asyncio.Lock()
+        async with self._member_lock:
+            assert self.member_id is not None
+            await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
+                                    dict(self.member_data))
 
     async def _report_fences(self) -> None:
         """Tell the controller, through the store, what this proxy acknowledged on every
@@ -290,10 +301,8 @@ class ProxyState:
             data = {**self.member_data,
                     "fence_report": {"version": fmap.version, "acked": acked}}
             self.member_data = data  # kept by later member writes (the map version served)
-            assert self.member_id is not None
             try:
-                await asyncio.to_thread(self.backend.register_member, "proxy", self.member_id,
-                                        data)
+                await self._write_member()
             except Exception as e:  # noqa: BLE001 - the store may be away; retried next map
                 log.warning("could not report fences to the store: %s", e)
                 return
