@@ -55,6 +55,7 @@ OK, TOPIC_DENIED, GROUP_DENIED, CLUSTER_DENIED, SASL_FAILED = 0, 29, 30, 31, 58
 MEMBER_ID_REQUIRED = 79
 CLOSED = "closed without an answer"
 SECONDS_30 = datetime.timedelta(seconds=30)
+SESSION_TIMEOUT = datetime.timedelta(seconds=120)  # outlives a stalled coordinator
 
 ALICE_RULES = [
     AclRule("User:alice", "Topic", "bm-", "All", pattern_type="PREFIXED"),
@@ -158,7 +159,8 @@ def _assignment(topic: str, partitions: list[int]) -> bytes:
 
 
 def join(member_id: str) -> Any:
-    return make(11, 9, group_id=GROUP, session_timeout=SECONDS_30, rebalance_timeout=SECONDS_30,
+    return make(11, 9, group_id=GROUP, session_timeout=SESSION_TIMEOUT,
+                rebalance_timeout=SECONDS_30,
                 member_id=member_id, group_instance_id=None, protocol_type="consumer",
                 protocols=(make(11, 9, "JoinGroupRequestProtocol", name="range",
                                 metadata=_subscription(TOPIC)),), reason=None)
@@ -184,8 +186,9 @@ COORDINATOR_RETRIABLE = {14, 15, 16}  # load in progress, not available, not coo
 
 
 def coordinated(call: Callable[[], Any], codes: Callable[[Any], tuple[int, ...]]) -> Any:
-    """``call()`` again while its answer is a coordinator error (for up to 30 s)."""
-    deadline = time.monotonic() + 30
+    """``call()`` again while its answer is a coordinator error (for up to 90 s: a broker
+    of a loaded test machine may stall for a while)."""
+    deadline = time.monotonic() + 90
     while True:
         answer = call()
         if not COORDINATOR_RETRIABLE & set(codes(answer)) or time.monotonic() > deadline:
@@ -265,6 +268,10 @@ def s_describe_producers(c: Conn, ctx: dict[str, Any]) -> Any:
     return tuple(int(p.error_code) for t in resp.topics for p in t.partitions)
 
 
+def _top(resp: Any) -> tuple[int, ...]:
+    return (int(resp.error_code),)
+
+
 def s_find_coordinator(c: Conn, ctx: dict[str, Any]) -> Any:
     return _codes(c.send(make(10, 4, key_type=0, coordinator_keys=(GROUP,))).coordinators)
 
@@ -282,17 +289,17 @@ def s_join_group(c: Conn, ctx: dict[str, Any]) -> Any:
 
 def s_sync_group(c: Conn, ctx: dict[str, Any]) -> Any:
     member = ctx.get("member_id", "m")
-    return (int(c.send(make(14, 5, group_id=GROUP, generation_id=ctx.get("generation", 1),
-                            member_id=member, group_instance_id=None,
-                            protocol_type="consumer", protocol_name="range", assignments=(
-                                make(14, 5, "SyncGroupRequestAssignment", member_id=member,
-                                     assignment=_assignment(TOPIC, [0, 1])),))).error_code),)
+    return _top(coordinated(lambda: c.send(make(
+        14, 5, group_id=GROUP, generation_id=ctx.get("generation", 1), member_id=member,
+        group_instance_id=None, protocol_type="consumer", protocol_name="range",
+        assignments=(make(14, 5, "SyncGroupRequestAssignment", member_id=member,
+                          assignment=_assignment(TOPIC, [0, 1])),))), _top))
 
 
 def s_heartbeat(c: Conn, ctx: dict[str, Any]) -> Any:
-    return (int(c.send(make(12, 4, group_id=GROUP, generation_id=ctx.get("generation", 1),
-                            member_id=ctx.get("member_id", "m"),
-                            group_instance_id=None)).error_code),)
+    return _top(coordinated(lambda: c.send(make(
+        12, 4, group_id=GROUP, generation_id=ctx.get("generation", 1),
+        member_id=ctx.get("member_id", "m"), group_instance_id=None)), _top))
 
 
 def s_offset_commit(c: Conn, ctx: dict[str, Any]) -> Any:
@@ -309,31 +316,33 @@ def s_offset_fetch(c: Conn, ctx: dict[str, Any]) -> Any:
 
 
 def s_describe_groups(c: Conn, ctx: dict[str, Any]) -> Any:
-    return _codes(c.send(make(15, 5, groups=(GROUP,),
-                              include_authorized_operations=False)).groups)
+    return _codes(coordinated(lambda: c.send(make(15, 5, groups=(GROUP,),
+                                                  include_authorized_operations=False)),
+                              lambda r: _codes(r.groups)).groups)
 
 
 def s_list_groups(c: Conn, ctx: dict[str, Any]) -> Any:
-    resp = c.send(make(16, 4, states_filter=()))
+    resp = coordinated(lambda: c.send(make(16, 4, states_filter=())), _top)
     return int(resp.error_code), GROUP in {g.group_id for g in resp.groups}
 
 
 def s_leave_group(c: Conn, ctx: dict[str, Any]) -> Any:
-    return (int(c.send(make(13, 5, group_id=GROUP, members=(
+    return _top(coordinated(lambda: c.send(make(13, 5, group_id=GROUP, members=(
         make(13, 5, "MemberIdentity", member_id=ctx.get("member_id", "m"),
-             group_instance_id=None, reason=None),))).error_code),)
+             group_instance_id=None, reason=None),))), _top))
 
 
 def s_offset_delete(c: Conn, ctx: dict[str, Any]) -> Any:
-    resp = c.send(make(47, 0, group_id=GROUP, topics=(
+    def codes(r: Any) -> tuple[int, ...]:
+        return (int(r.error_code), *_partition_codes(r))
+    return codes(coordinated(lambda: c.send(make(47, 0, group_id=GROUP, topics=(
         make(47, 0, "OffsetDeleteRequestTopic", name=TOPIC, partitions=(
-            make(47, 0, "OffsetDeleteRequestPartition", partition_index=1),)),)))
-    return (int(resp.error_code), *(int(p.error_code) for t in resp.topics
-                                    for p in t.partitions))
+            make(47, 0, "OffsetDeleteRequestPartition", partition_index=1),)),))), codes))
 
 
 def s_delete_groups(c: Conn, ctx: dict[str, Any]) -> Any:
-    return _codes(c.send(make(42, 2, groups_names=(GROUP,))).results)
+    return _codes(coordinated(lambda: c.send(make(42, 2, groups_names=(GROUP,))),
+                              lambda r: _codes(r.results)).results)
 
 
 def s_describe_configs(c: Conn, ctx: dict[str, Any]) -> Any:
