@@ -74,12 +74,16 @@ def test_every_rule_and_dashboard_expression_returns_data(fed: dict[str, Any]) -
     read_and_commit(fed["bootstrap"], "monitored-group", TOPIC, COMMITTED)
 
     # Prometheus scrapes every component that serves metrics.
-    targets = api(fed, "targets")["activeTargets"]
-    jobs: dict[str, int] = {}
-    for t in targets:
-        jobs[t["labels"]["job"]] = jobs.get(t["labels"]["job"], 0) + 1
-    assert jobs == {"fedkafka-proxy": 2, "fedkafka-nameservice": 1, "fedkafka-controller": 1,
-                    "fedkafka-exporter": 1, "prometheus": 1}
+    expected = {"fedkafka-proxy": 2, "fedkafka-nameservice": 1, "fedkafka-controller": 1,
+                "fedkafka-exporter": 1, "prometheus": 1}
+
+    def jobs() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in api(fed, "targets")["activeTargets"]:
+            counts[t["labels"]["job"]] = counts.get(t["labels"]["job"], 0) + 1
+        return counts
+    # A Prometheus that just started lists its targets once it has read its config.
+    _wait(lambda: jobs() == expected, 60, f"Prometheus's targets {expected}")
 
     def all_up() -> bool:
         return all(t["health"] == "up" for t in api(fed, "targets")["activeTargets"])

@@ -57,7 +57,7 @@ def oauth(local_federation: dict[str, Any], tmp_path_factory: pytest.TempPathFac
     """A proxy with ``sasl_required: true`` whose environment names a JWKS file."""
     create_logical_topic(local_federation, TOPIC, 2)
     port = int(local_federation["bootstrap"].rsplit(":", 1)[1]) + 14
-    route_to_proxy(local_federation, "oauth", 1904, port, "fk-oauth-.*")
+    route_to_proxy(local_federation, "oauth", 1907, port, "fk-oauth-.*")
     key = RsaKeyPair.generate("fedkafka-test-1")
     jwks = tmp_path_factory.mktemp("oauth") / "jwks.json"
     jwks.write_text(json.dumps(key.jwks()))
@@ -65,7 +65,7 @@ def oauth(local_federation: dict[str, Any], tmp_path_factory: pytest.TempPathFac
         env.setenv("FEDKAFKA_OAUTHBEARER_JWKS", str(jwks))
         env.setenv("FEDKAFKA_OAUTHBEARER_ISSUER", ISSUER)
         env.setenv("FEDKAFKA_OAUTHBEARER_AUDIENCE", AUDIENCE)
-        with InProcessProxy(local_federation["store"], port, pool="oauth", node_id=1904,
+        with InProcessProxy(local_federation["store"], port, pool="oauth", node_id=1907,
                             sasl_required=True) as proxy:
             yield Oauth(f"127.0.0.1:{port}", proxy, key, local_federation)
 
