@@ -215,6 +215,37 @@ def test_confluent_kafka_lists_all_topics_through_the_proxy(local_federation: di
     assert set(metadata.brokers) <= {p["node_id"] for p in local_federation["proxies"]}
 
 
+def test_librdkafka_regex_subscription_reads_every_matching_topic(
+        local_federation: dict[str, Any]) -> None:
+    """A regex subscription needs librdkafka's full metadata request (with its trailing
+    bytes) to succeed: the consumer finds both matching topics and reads both."""
+    kafka = pytest.importorskip("confluent_kafka")
+    prefix = _name("rx")
+    names = [f"{prefix}-a", f"{prefix}-b"]
+    for name in names:
+        create_logical_topic(local_federation, name, 2)
+    bootstrap = local_federation["bootstrap"]
+    producer = kafka.Producer({"bootstrap.servers": bootstrap, "client.id": "fk-rx"})
+    for name in names:
+        for i in range(10):
+            producer.produce(name, value=f"{name}:{i}".encode())
+    assert producer.flush(60) == 0
+    consumer = kafka.Consumer({"bootstrap.servers": bootstrap, "client.id": "fk-rx",
+                               "group.id": f"g-{prefix}", "auto.offset.reset": "earliest",
+                               "topic.metadata.refresh.interval.ms": 1000})
+    consumer.subscribe([f"^{prefix}-.*"])
+    got: set[str] = set()
+    deadline = time.monotonic() + 120
+    try:
+        while len(got) < 20 and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                got.add(msg.value().decode())
+    finally:
+        consumer.close()
+    assert got == {f"{name}:{i}" for name in names for i in range(10)}
+
+
 # -- 2. CreateTopics answered as Kafka answers it ---------------------------------------
 
 
