@@ -578,9 +578,15 @@ async def _status(backend: MetadataBackend) -> dict[str, Any]:
         clusters = list(await asyncio.gather(*(check(c) for c in fmap.clusters.values())))
     from federation.cli_group import status_extras
 
+    # Map version skew: members report the version they serve (read-your-writes).
+    served = {f"{kind}/{m}": d.get("map_version") for kind in ("proxy", "nameservice")
+              for m, d in members[kind].items()}
+    behind = {m: v for m, v in served.items()
+              if fmap is not None and (not isinstance(v, int) or v < fmap.version)}
     return {"store": health, "map_version": fmap.version if fmap else None,
             "topics": len(fmap.topics) if fmap else 0, "clusters": clusters,
-            "members": members, **await status_extras(fmap)}
+            "members": members, "map_versions_served": served, "members_behind": behind,
+            **await status_extras(fmap)}
 
 
 def status(store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False) -> None:
@@ -594,6 +600,11 @@ def status(store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt 
     ok = "[green]ok[/green]" if h.get("ok") else f"[red]{h.get('error', 'not ok')}[/red]"
     out.print(f"store: {h.get('backend')} {ok}; map version {report['map_version']}; "
               f"{report['topics']} topic(s)")
+    if report["members_behind"]:
+        lagging = ", ".join(f"{m} (v{v})" for m, v in sorted(report["members_behind"].items()))
+        out.print(f"[yellow]serving an older map:[/yellow] {lagging}")
+    else:
+        out.print(f"every proxy and name service serves map version {report['map_version']}")
     table = Table(title="clusters")
     for col in ("id", "bootstrap", "state", "reachable"):
         table.add_column(col)

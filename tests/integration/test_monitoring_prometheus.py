@@ -149,6 +149,18 @@ def test_status_shows_proxies_segments_and_biggest_lags(fed: dict[str, Any]) -> 
     assert {(d["pool"], tuple(d["roles"])) for d in proxies.values()} == {
         ("default", ("consumer", "producer"))}
     assert list(report["members"]["exporter"]) == ["exporter-1"]
+    # Every proxy (the name service included) reports the map version it serves: at rest,
+    # nobody is behind.
+    deadline = time.monotonic() + 60
+    while report["members_behind"] and time.monotonic() < deadline:
+        time.sleep(1)
+        again = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--json",
+                                "--store", fed["store"]], capture_output=True, text=True,
+                               timeout=120, check=False)
+        report = json.loads(again.stdout)
+    assert report["members_behind"] == {}
+    assert set(report["map_versions_served"]) >= {f"proxy/{e}" for e in endpoints}
+    assert set(report["map_versions_served"].values()) == {report["map_version"]}
     text = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--store",
                            fed["store"]], capture_output=True, text=True, timeout=120,
                           check=False)
