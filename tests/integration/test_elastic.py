@@ -44,13 +44,17 @@ FAILOVER_AFTER = 3.0
 
 
 @pytest.fixture(scope="module")
-def fed(kafka_dist: KafkaDist) -> Iterator[dict[str, Any]]:
+def fed(kafka_dist: KafkaDist, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    failed_before = request.session.testsfailed
     with temporary_federation("fk-elastic-", clusters=3, base_port=BASE_PORT, heap="256m",
                               proxies=2, kafka_version=kafka_dist.version,
                               controller_options={"health_interval": 0.5, "down_after": 2,
                                                   "failover_after": FAILOVER_AFTER,
                                                   "fence_timeout": 5.0}) as state:
         yield state
+        if request.session.testsfailed > failed_before:
+            # Fail the block so the federation's logs (proxies, controller, brokers) stay.
+            raise RuntimeError(f"a test failed: logs kept in {state['workdir']}/logs")
 
 
 def _map(state: dict[str, Any]) -> FederationMap:
