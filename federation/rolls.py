@@ -41,6 +41,7 @@ __all__ = [
     "choose_target",
     "drain_progress",
     "fenced_partitions",
+    "next_after_seal",
     "phys_key",
     "plan_evacuations",
     "plan_rebalance",
@@ -268,6 +269,17 @@ def written_before_seal(producer_id: int, producer_epoch: int, base_sequence: in
     if state is None or state[0] != producer_epoch:
         return False
     return base_sequence + count - 1 <= state[1]
+
+
+def next_after_seal(producer_id: int, producer_epoch: int, base_sequence: int,
+                    sealed: Mapping[int, tuple[int, int]]) -> bool:
+    """Whether an idempotent batch may be a producer's first write into a new segment: it
+    is the sequence right after the producer's last one in the sealed segment (or the
+    producer is unknown there, or has a new epoch, whose sequences start again)."""
+    state = sealed.get(producer_id)
+    if producer_id < 0 or state is None or state[0] != producer_epoch:
+        return True
+    return base_sequence == (state[1] + 1) % (1 << 31)
 
 
 def used_partitions(fmap: FederationMap, cluster: str, physical_topic: str) -> int:

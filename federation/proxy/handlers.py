@@ -76,6 +76,7 @@ class _Part:
     seg: Any  # Segment
     item: Any  # the request's partition entity
     records: int = 0  # records in a Produce partition's batches
+    producer_id: int = -1  # an idempotent batch's producer, when checked after a roll
 
 
 @dataclass(slots=True)
@@ -427,12 +428,14 @@ class Session:
                     tgt = routing.produce_target(self.fmap, t.name, int(pd.index))
                     phys = phys_key(tgt.segment)
                     inflight[phys] = inflight.get(phys, 0) + 1
-                    if phys in self.state.recent_rolls and await self._written_before_seal(
-                            phys, t.name, int(pd.index), pd.records):
-                        self._landed(phys)
-                        failed.append((t.name, int(pd.index),
-                                       ErrorCode.DUPLICATE_SEQUENCE_NUMBER))
-                        continue
+                    producer_id = -1
+                    if phys in self.state.recent_rolls:
+                        producer_id, verdict = await self._after_roll(
+                            phys, t.name, int(pd.index), pd.records)
+                        if verdict is not None:
+                            self._landed(phys)
+                            failed.append((t.name, int(pd.index), verdict))
+                            continue
                     cluster = self.state.cluster(tgt.segment.cluster)
                     info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
@@ -445,7 +448,7 @@ class Session:
                 if grp is None:
                     grp = groups[key] = _Group(cluster, info.leader)
                 grp.parts.append(_Part(t.name, int(pd.index), tgt.segment, pd,
-                                       records.count_records(pd.records)))
+                                       records.count_records(pd.records), producer_id))
                 self.state.metrics.bytes_in(t.name, len(pd.records or b""))
 
         sends: list[tuple[_Group, Any, asyncio.Future[Any] | None]] = []
@@ -532,30 +535,47 @@ class Session:
                        for name, ps in ordered.items())
         return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
 
-    async def _written_before_seal(self, key: PhysKey, topic: str, partition: int,
-                                   data: bytes | None) -> bool:
-        """A retried idempotent batch that the segment sealed by a recent roll already
-        holds: answered DUPLICATE_SEQUENCE_NUMBER (clients count it as written), not
-        written again (docs/adr/0011-rolls-fence-seal-reopen.md)."""
+    async def _after_roll(self, key: PhysKey, topic: str, partition: int,
+                          data: bytes | None) -> tuple[int, int | None]:
+        """Checks of an idempotent batch written to a segment a recent roll opened.
+
+        - a retried batch the sealed segment already holds is answered
+          DUPLICATE_SEQUENCE_NUMBER (clients count it as written) and not written again;
+        - the producer's first write into the new segment must be the sequence right after
+          its last one in the sealed segment: the new physical partition knows nothing of
+          the producer and would accept any sequence, so a later batch landing first (its
+          predecessor answered a retriable error meanwhile) would leave the predecessor
+          out of order for ever. Until then later batches get NOT_LEADER_OR_FOLLOWER and
+          the client sends them again, in order.
+
+        :returns: the batch's producer id (-1: not idempotent) and the error to answer, or
+            None to write it (docs/adr/0011-rolls-fence-seal-reopen.md).
+        """
         if not data:
-            return False
+            return -1, None
         try:
             batches = list(records.iter_batches(data))
             if len(batches) != 1:
-                return False
+                return -1, None
             info = records.batch_info(data, 0)
         except records.RecordBatchError:
-            return False
-        if info.producer_id < 0:
-            return False
+            return -1, None
+        pid = info.producer_id
+        if pid < 0 or (key, pid) in self.state.roll_established:
+            return pid, None
         sealed = await self.state.sealed_producers(key)
-        if not rolls.written_before_seal(info.producer_id, info.producer_epoch,
-                                         info.base_sequence, info.record_count, sealed):
-            return False
-        log.info("%s-%d: producer %d's batch at sequence %d is already in the segment sealed "
-                 "by the last roll; answering DUPLICATE_SEQUENCE_NUMBER", topic, partition,
-                 info.producer_id, info.base_sequence)
-        return True
+        if rolls.written_before_seal(pid, info.producer_epoch, info.base_sequence,
+                                     info.record_count, sealed):
+            log.info("%s-%d: producer %d's batch at sequence %d is already in the segment "
+                     "sealed by the last roll; answering DUPLICATE_SEQUENCE_NUMBER", topic,
+                     partition, pid, info.base_sequence)
+            return pid, ErrorCode.DUPLICATE_SEQUENCE_NUMBER
+        if not rolls.next_after_seal(pid, info.producer_epoch, info.base_sequence, sealed):
+            log.info("%s-%d: producer %d's batch at sequence %d is not the one after its last "
+                     "in the sealed segment; answering a retriable error", topic, partition,
+                     pid, info.base_sequence)
+            return pid, ErrorCode.NOT_LEADER_OR_FOLLOWER
+        return pid, None
 
     def _landed(self, key: PhysKey) -> None:
         """One produce to ``key`` is no longer in flight."""
@@ -588,6 +608,8 @@ class Session:
         acked = self.state.acked
         if end > acked.get(key, -1):
             acked[key] = end
+        if part.producer_id >= 0 and key in self.state.recent_rolls:
+            self.state.roll_established.add((key, part.producer_id))
         return True
 
     async def init_producer_id(self, req: codec.Request) -> Reply:

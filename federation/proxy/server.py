@@ -115,6 +115,8 @@ class ProxyState:
         #: new active segment → (the segment its roll sealed, when this proxy saw the roll)
         self.recent_rolls: dict[PhysKey, tuple[Segment, float]] = {}
         self._sealed_states: dict[PhysKey, asyncio.Future[dict[int, tuple[int, int]]]] = {}
+        #: (new segment, producer id) whose first write there was in sequence
+        self.roll_established: set[tuple[PhysKey, int]] = set()
         #: client.id → connections that announced it (the most recent MAX_CLIENT_IDS ids)
         self.clients_seen: dict[str, int] = {}
         self.per_address: dict[str, int] = {}  #: source address → client connections
@@ -203,6 +205,7 @@ class ProxyState:
         for key in [k for k, (_, at) in self.recent_rolls.items() if now - at > ROLL_DEDUP_SECONDS]:
             del self.recent_rolls[key]
             self._sealed_states.pop(key, None)
+            self.roll_established = {e for e in self.roll_established if e[0] != key}
         for name, topic in new.topics.items():
             before = old.topics.get(name)
             if before is None or before.topic_id != topic.topic_id:

@@ -207,3 +207,12 @@ def test_written_before_seal_only_for_the_same_producer_epoch_and_covered_sequen
     assert not rolls.written_before_seal(7, 1, 15, 5, sealed)  # another epoch
     assert not rolls.written_before_seal(8, 0, 0, 5, sealed)  # another producer
     assert not rolls.written_before_seal(-1, -1, -1, 5, sealed)  # not idempotent
+
+
+def test_next_after_seal_orders_a_producers_first_write_into_the_new_segment() -> None:
+    sealed = {7: (0, 567)}  # producer 7 wrote sequences up to 567 before the seal
+    assert rolls.next_after_seal(7, 0, 568, sealed)  # the next one: may go first
+    assert not rolls.next_after_seal(7, 0, 640, sealed)  # a later one must wait for 568
+    assert rolls.next_after_seal(7, 1, 0, sealed)  # a new epoch starts again at 0
+    assert rolls.next_after_seal(8, 0, 100, sealed)  # unknown there: nothing to order
+    assert rolls.next_after_seal(7, 0, 0, {7: (0, 2**31 - 1)})  # sequences wrap
