@@ -717,7 +717,12 @@ class MapFollower:
                 ok = bool(self.backend.health().get("ok", True))
             except Exception:  # noqa: BLE001 - a broken backend means "not ok", never a dead proxy
                 ok = False
-            self.loop.call_soon_threadsafe(self._set_health, ok)
+            if self._stop.is_set():
+                return
+            try:
+                self.loop.call_soon_threadsafe(self._set_health, ok)
+            except RuntimeError:  # the proxy's event loop closed meanwhile: it has stopped
+                return
 
     def _set_health(self, ok: bool) -> None:
         if ok != self.state.store_ok:

@@ -128,7 +128,10 @@ class GroupConsumer:
             self.topic, bootstrap_servers=self.bootstrap, group_id=self.group,
             client_id=f"fk-group-{self.group}", auto_offset_reset="earliest",
             enable_auto_commit=True, auto_commit_interval_ms=500, metadata_max_age_ms=3000,
-            request_timeout_ms=30000, retry_backoff_ms=200, max_poll_records=2000)
+            request_timeout_ms=60000, retry_backoff_ms=200, max_poll_records=2000,
+            # A loaded CI machine starves this thread at times: a short session would get
+            # the member kicked out of its group over and over, reading nothing.
+            session_timeout_ms=45000, heartbeat_interval_ms=3000)
         try:
             while not self._stop.is_set():
                 try:
