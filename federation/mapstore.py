@@ -1,13 +1,22 @@
 """The metadata store: the backend interface, the JSON map format and helpers on top.
 
 Backends (``file``, ``zookeeper``, third-party ones) are plugins announced through the
-``fedkafka_metadata_backends`` hook as :class:`BackendInfo` and chosen by name. They
-store the map as the text produced by :func:`dumps`: a stable, versioned JSON document::
+``fedkafka_metadata_backends`` hook as :class:`BackendInfo` and chosen by name.
+
+The map's plain form is the stable, versioned JSON document of :func:`dumps`::
 
     {"format": 1, "version": 7, "clusters": {...}, "topics": {...}, ...}
 
-A reader refuses a document whose ``format`` it does not know; within one format, key
-names and meanings never change.
+The built-in backends store it incrementally (format 2, :mod:`federation.maplayout`,
+ADR 0015): a small index and immutable per-shard documents in the format-1 key names, so
+a change writes, and a reader reads, only what changed. They still read a format-1
+document (the earlier layout) and convert it on the next publish. A reader refuses a
+document whose ``format`` it does not know; within one format, key names and meanings
+never change.
+
+A backend whose ``publish`` validates the map itself (cheaply, only what changed) says
+so with a true class attribute ``validates_publish``; :func:`update` then does not
+validate the whole map again.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ __all__ = [
     "MetadataBackend",
     "VersionConflict",
     "WatchHandle",
+    "changed_topics",
     "dumps",
     "loads",
     "update",
@@ -157,7 +167,8 @@ def update(backend: MetadataBackend,
         new = change(current)
         if new is None:
             return None
-        new.validate()
+        if not getattr(backend, "validates_publish", False):
+            new.validate()
         base = current.version if current is not None else EMPTY_VERSION
         try:
             version = backend.publish(new, base)
@@ -167,3 +178,14 @@ def update(backend: MetadataBackend,
             continue
         return new.with_version(version)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def changed_topics(old: FederationMap, new: FederationMap) -> tuple[frozenset[str], bool]:
+    """(names of the topics that differ between ``old`` and ``new``, whether anything
+    besides topics may differ); cheap for a map a built-in backend delivered after ``old``.
+
+    See :func:`federation.maplayout.changed_topics`.
+    """
+    from federation.maplayout import changed_topics as changed
+
+    return changed(old, new)

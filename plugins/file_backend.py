@@ -1,13 +1,27 @@
-"""Metadata backend ``file``: the map in one JSON file, for a single machine.
+"""Metadata backend ``file``: the map in a directory, for a single machine.
 
-- The map is written atomically (temporary file, fsync, ``os.replace``, fsync of the
-  directory), so a reader sees the old or the new document, never half of one.
+Layout (the incremental layout of :mod:`federation.maplayout`, ADR 0015)::
+
+    <path>                  the index: version, shard document names (small, mutable)
+    <path>.d/<document>     immutable documents: the base (clusters, pools, ...) and one
+                            per non-empty shard of topics
+    <path>.lock             publishers' lock
+    members.json            live members
+
+- A publish writes the changed documents under new names, then replaces the index
+  atomically (temporary file, fsync, ``os.replace``, fsync of the directory), so a reader
+  sees the old or the new map, never half of one. Documents replaced by a change are
+  deleted by a later publish, :data:`federation.maplayout.RETIRE_GRACE_S` later.
 - ``publish`` is a compare-and-set on the version, under an ``fcntl`` lock on
-  ``<map file>.lock``: concurrent controllers (processes or threads) cannot both win.
-- Watches poll the file (inode, size, mtime) every ``poll_interval`` seconds in a daemon
-  thread. A file changed within the last second is re-read even if its signature looks
-  the same, since mtime granularity can be coarse and inodes are reused (Git's "racily
-  clean" rule).
+  ``<path>.lock``: concurrent controllers (processes or threads) cannot both win.
+- A ``<path>`` holding a whole map (format 1, the layout before) is read as it is and
+  converted by the next publish (or :meth:`FileBackend.migrate`).
+- Watches poll the index (inode, size, mtime) every ``poll_interval`` seconds in a
+  daemon thread and read only the documents whose name changed. An index changed within
+  the last second is re-read even if its signature looks the same, since mtime
+  granularity can be coarse and inodes are reused (Git's "racily clean" rule). An index
+  or document that cannot be read or validated is refused: the watch keeps its last map
+  and :meth:`FileBackend.health` reports why until a good map arrives.
 - Members live in ``members.json`` next to the map, each with a heartbeat timestamp
   refreshed by a daemon thread; a member whose heartbeat is older than ``member_ttl``
   is not live (so a crashed process's members expire, as ZooKeeper's ephemeral ones do).
@@ -28,13 +42,18 @@ from typing import Any
 
 import structlog
 
+from federation.maplayout import (
+    MAX_NODE_BYTES,
+    MapState,
+    fetch_and_apply,
+    parse_root,
+    valid_doc_name,
+)
 from federation.mapstore import (
     EMPTY_VERSION,
     BackendInfo,
     MapFormatError,
     VersionConflict,
-    dumps,
-    loads,
 )
 from federation.model import FederationMap
 from federation.plugin import hookimpl
@@ -50,26 +69,36 @@ RACY_SECONDS = 1.0
 @hookimpl
 def fedkafka_metadata_backends() -> list[BackendInfo]:
     return [BackendInfo("file", FileBackend,
-                        "one JSON file, watched by polling (single machine, development)")]
+                        "JSON files in a directory (an index and documents), watched by "
+                        "polling (single machine, development)")]
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file next to ``path``, fsync it, rename it to ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            os.fdatasync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def _fsync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _atomic_write(path: Path, text: str | bytes) -> None:
+    _write_file(path, text.encode() if isinstance(text, str) else text)
+    _fsync_dir(path.parent)
 
 
 @contextlib.contextmanager
@@ -83,7 +112,7 @@ def _locked(lock_path: Path) -> Iterator[None]:
 
 
 class _Watch:
-    """One polling thread delivering each new map version to one callback."""
+    """One polling thread delivering each new map version to one callback, in order."""
 
     def __init__(self, backend: FileBackend, callback: Callable[[FederationMap], None],
                  interval: float) -> None:
@@ -91,12 +120,18 @@ class _Watch:
         self._callback = callback
         self._interval = interval
         self._stop = threading.Event()
-        self._version = EMPTY_VERSION
+        self._state: MapState | None = None
         self._signature: tuple[int, int, int] | None = None
         self._raw: bytes | None = None
+        self.error: str | None = None  #: why the last index or document was refused
+        self.gaps = 0  #: times it found versions missed (caught up by the index diff)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"fedkafka-file-watch:{backend.path}")
         self._thread.start()
+
+    @property
+    def version(self) -> int | None:
+        return self._state.version if self._state is not None else None
 
     def cancel(self) -> None:
         self._stop.set()
@@ -105,7 +140,12 @@ class _Watch:
 
     def _run(self) -> None:
         while True:
-            self._poll()
+            try:
+                self._poll()
+            except Exception as e:  # a watch never dies; health() says why
+                self.error = f"{type(e).__name__}: {e}"
+                log.exception("map watch failed; keeping the last map", path=str(
+                    self._backend.path))
             if self._stop.wait(self._interval):
                 return
 
@@ -116,7 +156,8 @@ class _Watch:
         except FileNotFoundError:
             return
         except OSError as e:
-            log.warning("cannot stat map file", path=str(path), error=str(e))
+            self.error = f"cannot stat the map index {path}: {e}"
+            log.warning("cannot stat map index", path=str(path), error=str(e))
             return
         signature = (st.st_ino, st.st_size, st.st_mtime_ns)
         racy = time.time() - st.st_mtime < RACY_SECONDS
@@ -125,25 +166,39 @@ class _Watch:
         try:
             raw = path.read_bytes()
         except OSError as e:
-            log.warning("cannot read map file", path=str(path), error=str(e))
+            self.error = f"cannot read the map index {path}: {e}"
+            log.warning("cannot read map index", path=str(path), error=str(e))
             return
         self._signature = signature
         if raw == self._raw:
             return
+        before = self._state
+        first = [raw]
+
+        def read_root() -> bytes | None:
+            return first.pop() if first else self._backend._read_root()
+
+        try:
+            state = fetch_and_apply(before, read_root, self._backend._read_docs)
+        except (MapFormatError, OSError) as e:
+            self.error = f"refused the stored map: {e}"
+            log.error("refusing an unreadable or invalid map; keeping the last map",
+                      path=str(path), error=str(e),
+                      version=before.version if before is not None else None)
+            return
         self._raw = raw
-        try:
-            fmap = loads(raw)
-        except MapFormatError as e:
-            log.error("ignoring unreadable map file; keeping the last map",
-                      path=str(path), error=str(e))
+        self.error = None
+        if state is None or state is before or self._stop.is_set():
             return
-        if fmap.version <= self._version or self._stop.is_set():
-            return
-        self._version = fmap.version
+        if before is not None and state.version > before.version + 1:
+            self.gaps += 1
+            log.info("map versions missed; caught up", version=state.version,
+                     previous=before.version)
+        self._state = state
         try:
-            self._callback(fmap)
+            self._callback(state.fmap)
         except Exception:
-            log.exception("map watch callback failed", version=fmap.version)
+            log.exception("map watch callback failed", version=state.version)
 
 
 class FileBackend:
@@ -155,13 +210,17 @@ class FileBackend:
     """
 
     name = "file"
+    validates_publish = True  #: publish validates what changed (mapstore.update)
 
-    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.1,
+    def __init__(self, path: str | os.PathLike[str], *, poll_interval: float = 0.02,
                  member_ttl: float = 10.0) -> None:
         if poll_interval <= 0 or member_ttl <= 0:
             raise ValueError("poll_interval and member_ttl must be > 0")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.docs_path = self.path.with_name(self.path.name + ".d")
+        self._state: MapState | None = None
+        self._state_lock = threading.Lock()
         self.members_path = self.path.with_name(MEMBERS_FILE)
         self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._members_lock_path = self.members_path.with_name(MEMBERS_FILE + ".lock")
@@ -175,24 +234,72 @@ class FileBackend:
 
     # -- maps ------------------------------------------------------------------------------
 
-    def load(self) -> FederationMap | None:
+    def _read_root(self) -> bytes | None:
         try:
-            raw = self.path.read_bytes()
+            return self.path.read_bytes()
         except FileNotFoundError:
             return None
-        return loads(raw)
+
+    def _read_docs(self, names: list[str]) -> dict[str, bytes | None]:
+        out: dict[str, bytes | None] = {}
+        for name in names:
+            if not valid_doc_name(name):
+                raise MapFormatError(f"bad map document name {name!r}")
+            try:
+                out[name] = (self.docs_path / name).read_bytes()
+            except FileNotFoundError:
+                out[name] = None
+        return out
+
+    def _sync(self) -> MapState | None:
+        """The stored map, reading only what changed since this backend last read it."""
+        with self._state_lock:
+            state = fetch_and_apply(self._state, self._read_root, self._read_docs)
+            self._state = state
+            return state
+
+    def load(self) -> FederationMap | None:
+        state = self._sync()
+        return state.fmap if state is not None else None
 
     def publish(self, fmap: FederationMap, expected_version: int) -> int:
         with self._guard, _locked(self._lock_path):
-            current = self.load()
+            current = self._sync()
             actual = current.version if current is not None else EMPTY_VERSION
             if actual != expected_version:
                 raise VersionConflict(expected_version, actual)
-            new = fmap.with_version(expected_version + 1)
-            new.validate()
-            _atomic_write(self.path, dumps(new))
-        log.info("map published", path=str(self.path), version=new.version)
-        return new.version
+            base = current or MapState.from_legacy(FederationMap(EMPTY_VERSION))
+            plan = base.plan(fmap)
+            self.docs_path.mkdir(parents=True, exist_ok=True)
+            for name, data in plan.docs.items():
+                _write_file(self.docs_path / name, data)
+            if plan.docs:
+                _fsync_dir(self.docs_path)
+            _atomic_write(self.path, plan.index_bytes)  # the publish: one rename
+            with self._state_lock:
+                self._state = plan.state
+            for name in plan.delete:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.docs_path / name).unlink()
+        log.info("map published", path=str(self.path), version=plan.index.version,
+                 documents=len(plan.docs), topics_changed=len(plan.topics))
+        return plan.index.version
+
+    def migrate(self) -> int | None:
+        """Convert a whole-map (format 1) file to this layout, as the next version.
+
+        :returns: the new version, or None if there was nothing to convert.
+        """
+        with self._guard, _locked(self._lock_path):
+            raw = self._read_root()
+            if raw is None or not isinstance(parse_root(raw), FederationMap):
+                return None
+        fmap = self.load()
+        assert fmap is not None
+        try:
+            return self.publish(fmap, fmap.version)
+        except VersionConflict:
+            return None  # another writer published (and so converted) meanwhile
 
     def watch(self, callback: Callable[[FederationMap], None]) -> _Watch:
         w = _Watch(self, callback, self.poll_interval)
@@ -258,14 +365,22 @@ class FileBackend:
     # -- lifecycle -------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
+        """Cheap: reads the index only (the documents are checked by the watches)."""
         status: dict[str, Any] = {"backend": self.name, "path": str(self.path), "ok": True,
                                   "version": None, "watches": len(self._watches)}
         try:
-            fmap = self.load()
+            raw = self._read_root()
+            if raw is not None and len(raw) > MAX_NODE_BYTES:  # a whole format-1 map
+                status["version"] = self._state.version if self._state is not None else None
+            else:
+                root = parse_root(raw) if raw is not None else None
+                status["version"] = root.version if root is not None else None
         except (OSError, MapFormatError) as e:
             status.update(ok=False, error=str(e))
-        else:
-            status["version"] = fmap.version if fmap is not None else None
+        for w in list(self._watches):
+            if w.error is not None:
+                status.update(ok=False, error=f"{w.error}; serving the last map "
+                                              f"(version {w.version})")
         if not os.access(self.path.parent, os.W_OK):
             status.update(ok=False, error=f"directory {self.path.parent} is not writable")
         return status

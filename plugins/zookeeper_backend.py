@@ -1,24 +1,39 @@
 """The metadata backend ``zookeeper`` (kazoo): the fleet default.
 
-Layout under ``root`` (default ``/fedkafka``)::
+Layout under ``root`` (default ``/fedkafka``), the incremental layout of
+:mod:`federation.maplayout` (ADR 0015)::
 
-    <root>/map                         the map document (mapstore.dumps), one znode
+    <root>/map                         the map's index: version, document names (small)
+    <root>/mapdocs/<document>          immutable documents: the base and one per shard
     <root>/members/<kind>/<member id>  ephemeral, JSON data given to register_member
     <root>/election/n_<sequence>       ephemeral sequential, data = controller member id
 
-- ``publish`` is a compare-and-set twice over: the map version inside the stored
-  document must equal ``expected_version``, and the write is a ``set`` conditioned on
-  the znode version that was read (or a ``create`` for the first map), so two
-  controllers racing cannot both win.
-- Watches are kazoo ``DataWatch`` es; each handle delivers only newer map versions and
-  keeps the last map it delivered. While ZooKeeper is unreachable nothing is delivered
-  (the watchers simply keep their last map); kazoo re-reads on reconnection.
+- ``publish`` is a compare-and-set twice over: the map version in the stored index
+  must equal ``expected_version``, and the new documents and the index are written in
+  one ZooKeeper transaction (multi) whose index ``set`` is conditioned on the znode
+  version that was read (or a ``create`` for the first map), so two controllers racing
+  cannot both win and readers see all of a change or none. A change too large for one
+  request (the first publish of a big map) creates its documents in batches first
+  (invisible until the index names them) and deletes them again if the index write loses.
+- A ``<root>/map`` holding a whole map (format 1, the layout before) is read as it is
+  and converted by the next publish (or :meth:`ZooKeeperBackend.migrate`).
+- Watches are kazoo ``DataWatch`` es on the index; a thread per watch then reads only
+  the documents whose name changed and delivers newer versions in order (versions it
+  missed, e.g. while disconnected, are caught up by the same diff). While ZooKeeper is
+  unreachable nothing is delivered (the watchers simply keep their last map); kazoo
+  re-reads on reconnection. A map that cannot be read or validated is refused (the
+  last one is kept) and reported by :meth:`ZooKeeperBackend.health`.
 - Members are ephemeral znodes: a crashed process's members vanish with its session.
   After a session loss (``LOST``) this backend re-creates its members on reconnection.
 - ``elect(member_id)`` is the classic recipe: the lowest ephemeral sequential node
   leads; a contender is not leader while its connection is suspended or lost.
 
-A map document must fit in one znode (1 MiB by default, ZooKeeper's ``jute.maxbuffer``).
+No znode exceeds 1 MiB (ZooKeeper's default ``jute.maxbuffer``): documents hold ~20
+topics each, the index a name per shard.
+
+Znodes of the map are created by :meth:`ZooKeeperBackend._create_op` (with
+``map_acl``), members and election nodes by ``kazoo``'s create with ``acl`` None
+(the client's default ACL).
 """
 
 from __future__ import annotations
@@ -37,18 +52,18 @@ from kazoo.exceptions import (
     KazooException,
     NodeExistsError,
     NoNodeError,
+    RolledBackError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.recipe.watchers import ChildrenWatch, DataWatch
 
 from federation.errors import ConfigError, FedKafkaError
+from federation.maplayout import MapState, fetch_and_apply, parse_root, valid_doc_name
 from federation.mapstore import (
     EMPTY_VERSION,
     BackendInfo,
     MapFormatError,
     VersionConflict,
-    dumps,
-    loads,
 )
 from federation.model import FederationMap
 from federation.plugin import hookimpl
@@ -58,6 +73,8 @@ __all__ = ["StoreUnavailableError", "ZooKeeperBackend", "ZooKeeperElection"]
 log = structlog.get_logger(__name__)
 
 _ELECTION_PREFIX = "n_"
+#: Largest multi request this backend sends (ZooKeeper refuses requests > jute.maxbuffer).
+_MAX_REQUEST_BYTES = 900_000
 
 
 @hookimpl
@@ -72,41 +89,92 @@ class StoreUnavailableError(FedKafkaError):
 
 
 class _Watch:
-    """One DataWatch delivering each newer map version to one callback."""
+    """A DataWatch on the index and a thread delivering each newer map to one callback."""
 
     def __init__(self, backend: ZooKeeperBackend,
                  callback: Callable[[FederationMap], None]) -> None:
         self._backend = backend
         self._callback = callback
         self._cancelled = threading.Event()
-        self._lock = threading.Lock()
+        self._poked = threading.Condition()
+        self._pending: bytes | None = None
+        self._dirty = False
+        self._state: MapState | None = None
         self.last_map: FederationMap | None = None
+        self.error: str | None = None  #: why the last map was refused or not read
+        self.gaps = 0  #: times it found versions missed (caught up by the index diff)
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"fedkafka-zk-watch:{backend.map_path}")
+        self._thread.start()
         self._watch = DataWatch(backend.client, backend.map_path, self._on_data)
 
     def _on_data(self, data: bytes | None, _stat: Any) -> bool | None:
+        """kazoo's callback (its thread: must not block): hand the index to our thread."""
         if self._cancelled.is_set():
             return False  # tells kazoo to stop watching
-        if not data:
-            return None
-        try:
-            fmap = loads(data)
-        except MapFormatError as e:
-            log.error("ignoring unreadable map znode; keeping the last map",
-                      path=self._backend.map_path, error=str(e))
-            return None
-        with self._lock:
-            if self.last_map is not None and fmap.version <= self.last_map.version:
-                return None
-            self.last_map = fmap
-        self._backend._seen(fmap.version)
-        try:
-            self._callback(fmap)
-        except Exception:
-            log.exception("map watch callback failed", version=fmap.version)
+        if data:
+            with self._poked:
+                self._pending, self._dirty = data, True
+                self._poked.notify()
         return None
+
+    def _run(self) -> None:
+        retry = False
+        while not self._cancelled.is_set():
+            with self._poked:
+                self._poked.wait_for(lambda: self._dirty or self._cancelled.is_set(),
+                                     timeout=1.0 if retry else None)
+                if self._cancelled.is_set():
+                    return
+                data, self._pending = self._pending, None
+                if not self._dirty and not retry:
+                    continue
+                self._dirty = False
+            retry = False
+            try:
+                self._apply(data)
+            except (StoreUnavailableError, KazooException) as e:
+                self.error = f"cannot read the map: {e!r}"
+                retry = True  # read again in a second (or at the next change)
+            except Exception as e:  # a watch never dies; health() says why
+                self.error = f"{type(e).__name__}: {e}"
+                log.exception("map watch failed; keeping the last map")
+
+    def _apply(self, data: bytes | None) -> None:
+        backend = self._backend
+        first = [data] if data else []
+
+        def read_root() -> bytes | None:
+            return first.pop() if first else backend._read_root()[0]
+
+        before = self._state
+        try:
+            state = fetch_and_apply(before, read_root, backend._read_docs)
+        except MapFormatError as e:
+            self.error = f"refused the stored map: {e}"
+            log.error("refusing an unreadable or invalid map; keeping the last map",
+                      path=backend.map_path, error=str(e),
+                      version=before.version if before is not None else None)
+            return
+        self.error = None
+        if state is None or state is before or self._cancelled.is_set():
+            return
+        if before is not None and state.version > before.version + 1:
+            self.gaps += 1
+            log.info("map versions missed; caught up", version=state.version,
+                     previous=before.version)
+        self._state = state
+        self.last_map = state.fmap
+        backend._seen(state.version)
+        try:
+            self._callback(state.fmap)
+        except Exception:
+            log.exception("map watch callback failed", version=state.version)
 
     def cancel(self) -> None:
         self._cancelled.set()
+        with self._poked:
+            self._poked.notify_all()
         self._backend._forget(self)
 
 
@@ -122,6 +190,7 @@ class ZooKeeperBackend:
     """
 
     name = "zookeeper"
+    validates_publish = True  #: publish validates what changed (mapstore.update)
 
     def __init__(self, hosts: str = "127.0.0.1:2181", root: str = "/fedkafka", *,
                  session_timeout: float = 10.0, connect_timeout: float = 15.0) -> None:
@@ -131,9 +200,15 @@ class ZooKeeperBackend:
         self.hosts = hosts
         self.root = root.rstrip("/") or ""
         self.map_path = f"{self.root}/map"
+        self.docs_path = f"{self.root}/mapdocs"
+        #: ACL of the map's znodes (None: the client's default); see _create_op
+        self.map_acl: list[Any] | None = None
+        self._map_state: MapState | None = None  #: the map this backend last read or wrote
+        self._state_lock = threading.Lock()
         self.members_path = f"{self.root}/members"
         self.election_path = f"{self.root}/election"
         self._guard = threading.Lock()
+        self._write_lock = threading.Lock()
         self._watches: list[_Watch] = []
         self._own: dict[tuple[str, str], bytes] = {}
         self._elections: list[ZooKeeperElection] = []
@@ -157,7 +232,7 @@ class ZooKeeperBackend:
                 "or fix the hosts (e.g. --store zookeeper:127.0.0.1:2181/fedkafka)"
             ) from None
         self._state = KazooState.CONNECTED
-        for path in (self.members_path, self.election_path):
+        for path in (self.members_path, self.election_path, self.docs_path):
             self.client.ensure_path(path)
 
     # -- connection state ------------------------------------------------------------------
@@ -217,48 +292,157 @@ class ZooKeeperBackend:
 
     # -- maps ------------------------------------------------------------------------------
 
-    def _read(self) -> tuple[FederationMap | None, int | None]:
-        """The stored map and its znode version (None, None when there is no znode)."""
+    def _create_op(self, txn: Any, path: str, data: bytes) -> None:
+        """Add the creation of a map znode to the transaction ``txn`` (with ``map_acl``)."""
+        txn.create(path, data, acl=self.map_acl)
+
+    def _read_root(self) -> tuple[bytes | None, int | None]:
+        """The index's bytes and znode version ((None, None) when there is no index)."""
         try:
             data, stat = self._op("read the map", self.client.get_async, self.map_path)
         except NoNodeError:
             return None, None
         except KazooException as e:
             raise self._unavailable("read the map", e) from e
-        if not data:
-            return None, stat.version
-        fmap = loads(data)
-        self._seen(fmap.version)
-        return fmap, stat.version
+        return (data or None), stat.version
+
+    def _read_docs(self, names: list[str]) -> dict[str, bytes | None]:
+        """Documents by name, read in parallel (None for a missing one)."""
+        if self._state != KazooState.CONNECTED:
+            raise StoreUnavailableError(f"ZooKeeper at {self.hosts} is not connected")
+        for name in names:
+            if not valid_doc_name(name):
+                raise MapFormatError(f"bad map document name {name!r}")
+        pending = [(name, self.client.get_async(f"{self.docs_path}/{name}")) for name in names]
+        out: dict[str, bytes | None] = {}
+        for name, result in pending:
+            try:
+                out[name] = result.get(timeout=self._op_timeout)[0]
+            except NoNodeError:
+                out[name] = None
+            except KazooTimeoutError as e:
+                raise self._unavailable("read the map documents", e) from e
+            except KazooException as e:
+                raise self._unavailable("read the map documents", e) from e
+        return out
+
+    def _sync(self) -> tuple[MapState | None, int | None]:
+        """The stored map (reading only what changed since this backend last read it) and
+        the znode version of the index it came from."""
+        with self._state_lock:
+            seen: list[int | None] = [None]
+
+            def read_root() -> bytes | None:
+                data, seen[0] = self._read_root()
+                return data
+
+            state = fetch_and_apply(self._map_state, read_root, self._read_docs)
+            self._map_state = state
+        if state is not None:
+            self._seen(state.version)
+        return state, seen[0]
 
     def load(self) -> FederationMap | None:
-        return self._read()[0]
+        state, _ = self._sync()
+        return state.fmap if state is not None else None
+
+    def _commit(self, what: str, ops: list[tuple[str, str, bytes, int | None]]) -> None:
+        """One transaction: ("create", path, data, None) / ("set", path, data, version).
+
+        :raises BadVersionError, NodeExistsError, NoNodeError: the first failing op's error.
+        """
+        txn = self.client.transaction()
+        for kind, path, data, version in ops:
+            if kind == "create":
+                self._create_op(txn, path, data)
+            else:
+                txn.set_data(path, data, version=-1 if version is None else version)
+        results = self._op(what, txn.commit_async)
+        for r in results:
+            if isinstance(r, Exception) and not isinstance(r, RolledBackError):
+                raise r
 
     def publish(self, fmap: FederationMap, expected_version: int) -> int:
-        current, znode_version = self._read()
-        actual = current.version if current is not None else EMPTY_VERSION
-        if actual != expected_version:
-            raise VersionConflict(expected_version, actual)
-        new = fmap.with_version(expected_version + 1)
-        new.validate()
-        data = dumps(new).encode()
+        with self._write_lock:
+            current, znode_version = self._sync()
+            actual = current.version if current is not None else EMPTY_VERSION
+            if actual != expected_version:
+                raise VersionConflict(expected_version, actual)
+            base = current or MapState.from_legacy(FederationMap(EMPTY_VERSION))
+            plan = base.plan(fmap)
+            version = plan.index.version
+            what = f"publish map version {version}"
+            creates = [("create", f"{self.docs_path}/{name}", data, None)
+                       for name, data in plan.docs.items()]
+            index_op = (("create", self.map_path, plan.index_bytes, None)
+                        if znode_version is None
+                        else ("set", self.map_path, plan.index_bytes, znode_version))
+            batches: list[list[tuple[str, str, bytes, int | None]]] = [[]]
+            size = 0
+            for op in creates:
+                if batches[-1] and size + len(op[2]) + 200 > _MAX_REQUEST_BYTES:
+                    batches.append([])
+                    size = 0
+                batches[-1].append(op)
+                size += len(op[2]) + 200
+            if size + len(plan.index_bytes) + 200 > _MAX_REQUEST_BYTES:
+                batches.append([])
+            early, last = batches[:-1], batches[-1]
+            created: list[str] = []
+            try:
+                for batch in early:  # invisible to readers until the index names them
+                    self._commit(what, batch)
+                    created += [op[1] for op in batch]
+                self._commit(what, [*last, index_op])
+            except (BadVersionError, NodeExistsError):
+                self._delete_quietly(created)
+                stored, _ = self._sync()
+                raise VersionConflict(expected_version,
+                                      stored.version if stored is not None else EMPTY_VERSION
+                                      ) from None
+            except KazooException as e:
+                self._delete_quietly(created)
+                raise self._unavailable(what, e) from e
+            except StoreUnavailableError:
+                self._delete_quietly(created)
+                raise
+            with self._state_lock:
+                self._map_state = plan.state
+            self._delete_quietly([f"{self.docs_path}/{n}" for n in plan.delete])
+        self._seen(version)
+        log.info("map published", hosts=self.hosts, path=self.map_path, version=version,
+                 documents=len(plan.docs), topics_changed=len(plan.topics))
+        return version
+
+    def _delete_quietly(self, paths: list[str]) -> None:
+        """Best-effort deletion of documents (retired ones, or those of a lost publish)."""
+        pending = []
+        for path in paths:
+            try:
+                pending.append(self.client.delete_async(path))
+            except KazooException:
+                return
+        for result in pending:
+            try:
+                result.get(timeout=self._op_timeout)
+            except (KazooException, KazooTimeoutError) as e:
+                if not isinstance(e, NoNodeError):
+                    log.info("could not delete a map document", error=repr(e))
+
+    def migrate(self) -> int | None:
+        """Convert a whole-map (format 1) ``<root>/map`` to this layout, as the next version.
+
+        :returns: the new version, or None if there was nothing to convert.
+        """
+        raw, _ = self._read_root()
+        if raw is None or not isinstance(parse_root(raw), FederationMap):
+            return None
+        fmap = self.load()
+        assert fmap is not None
         try:
-            what = f"publish map version {new.version}"
-            if znode_version is None:
-                self._op(what, self.client.create_async, self.map_path, data, makepath=True)
-            else:
-                self._op(what, self.client.set_async, self.map_path, data,
-                         version=znode_version)
-        except (BadVersionError, NodeExistsError):
-            stored = self.load()
-            raise VersionConflict(expected_version,
-                                  stored.version if stored is not None else EMPTY_VERSION
-                                  ) from None
-        except KazooException as e:
-            raise self._unavailable(f"publish map version {new.version}", e) from e
-        self._seen(new.version)
-        log.info("map published", hosts=self.hosts, path=self.map_path, version=new.version)
-        return new.version
+            return self.publish(fmap, fmap.version)
+        except VersionConflict:
+            return None  # another writer published (and so converted) meanwhile
 
     def watch(self, callback: Callable[[FederationMap], None]) -> _Watch:
         w = _Watch(self, callback)
@@ -349,6 +533,7 @@ class ZooKeeperBackend:
         with self._guard:
             version = self._version
             watch_versions = [w.last_map.version for w in self._watches if w.last_map]
+            errors = [w.error for w in self._watches if w.error]
         if watch_versions:
             version = max(watch_versions + ([version] if version is not None else []))
         status: dict[str, Any] = {
@@ -360,6 +545,9 @@ class ZooKeeperBackend:
         if self._state != KazooState.CONNECTED:
             status["error"] = (f"ZooKeeper connection {state}; serving the last map "
                                f"(version {version})")
+        elif errors:
+            status.update(ok=False, error=f"{errors[0]}; serving the last map "
+                                          f"(version {version})")
         return status
 
     def close(self) -> None:

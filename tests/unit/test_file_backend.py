@@ -60,10 +60,12 @@ def test_publish_is_compare_and_set(backend: FileBackend) -> None:
         backend.publish(cluster_map("A", "B"), EMPTY_VERSION)
     assert (e.value.expected, e.value.actual) == (0, 1)
     assert backend.publish(cluster_map("A", "B"), 1) == 2
-    doc = json.loads(backend.path.read_text())
-    assert doc["format"] == 1 and doc["version"] == 2
+    doc = json.loads(backend.path.read_text())  # the index of the incremental layout
+    assert doc["format"] == 2 and doc["version"] == 2
     # written atomically: no temporary file left behind
-    assert sorted(p.name for p in backend.path.parent.iterdir()) == ["map.json", "map.json.lock"]
+    assert sorted(p.name for p in backend.path.parent.iterdir()) == [
+        "map.json", "map.json.d", "map.json.lock"]
+    assert not [p for p in backend.docs_path.iterdir() if p.name.startswith(".")]
 
 
 def test_publish_refuses_an_invalid_map(backend: FileBackend) -> None:
