@@ -288,13 +288,14 @@ def _run_loop(coro: Any) -> None:
 
 
 def _register_plugins_commands() -> None:
-    from federation import bench, bench_elastic, bench_metadata, cli_admin, cli_group
+    from federation import bench, bench_elastic, bench_metadata, cli_admin, cli_group, fuzz
 
     bench.register(app)
     bench_metadata.register(app)
     bench_elastic.register(app)
     cli_admin.register(app)
     cli_group.register(app)
+    fuzz.register(app)
 
 
 _register_plugins_commands()

@@ -18,11 +18,14 @@
    (not an exception).  :func:`prescan_entity` walks a message's structure in
    Python first and rejects any array count larger than the bytes left; it also
    spots unknown tagged fields so those messages go straight to the tolerant
-   reader.
+   reader. Given a ``max_array``, it also refuses any array of more elements
+   (:class:`ArrayTooLarge`) as soon as it reads the count: a request announcing
+   millions of small elements costs one count read, not a walk and a decode.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import MISSING, Field, fields
 from typing import Any, Final, TypeAlias
@@ -53,6 +56,7 @@ from kio.static.primitive import i16
 
 __all__ = (
     "PREALLOCATED_ERROR_CODES",
+    "ArrayTooLarge",
     "FieldReader",
     "NeedsTolerantReader",
     "PrescanError",
@@ -145,6 +149,8 @@ def _entity_array(inner: FieldReader, flexible: bool) -> FieldReader:
         offset = start + size
         if length is None:
             return None, size
+        if length > _LIMIT.max_array:
+            raise ArrayTooLarge(length, _LIMIT.max_array)
         if length > len(buf) - offset:
             # Every element takes at least one byte; refuse absurd lengths early.
             raise BufferUnderflow(f"array of {length} items cannot fit in the buffer")
@@ -249,6 +255,22 @@ class PrescanError(Exception):
     """The message is truncated or announces an impossible array/string size."""
 
 
+class ArrayTooLarge(PrescanError):
+    """An array announces more elements than the caller's ``max_array``."""
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(f"an array of {count} elements, more than the {limit} allowed")
+        self.count = count
+        self.limit = limit
+
+
+class _Limit(threading.local):
+    max_array: int = 1 << 62  # per thread: the proxy's loop and upstream decoders differ
+
+
+_LIMIT: Final = _Limit()
+
+
 class NeedsTolerantReader(Exception):
     """The message holds an unknown tagged field; kio's native reader would raise."""
 
@@ -328,6 +350,8 @@ def _array_skipper(element: int | Skipper, min_size: int, flexible: bool) -> Ski
             offset += 4
         if count <= 0:
             return offset
+        if count > _LIMIT.max_array:
+            raise ArrayTooLarge(count, _LIMIT.max_array)
         if count * min_size > len(buf) - offset:
             raise PrescanError(
                 f"array of {count} elements cannot fit in the {len(buf) - offset} bytes left"
@@ -432,13 +456,16 @@ def _build_entity_skipper(entity_type: type[Any]) -> tuple[Skipper, int]:
     return skip, min_size
 
 
-def prescan_entity(entity_type: type[Any], buf: bytes, offset: int) -> int:
+def prescan_entity(entity_type: type[Any], buf: bytes, offset: int,
+                   max_array: int | None = None) -> int:
     """Walk one encoded ``entity_type`` at ``offset``; return the offset after it.
 
+    :raises ArrayTooLarge: an array announces more than ``max_array`` elements.
     :raises PrescanError: truncated, or an array count exceeds the bytes left.
     :raises NeedsTolerantReader: an unknown tagged field is present.
     """
     skip, _min_size = _entity_skipper(entity_type)
+    _LIMIT.max_array = (1 << 62) if max_array is None else max_array
     try:
         end = skip(buf, offset)
     except IndexError:

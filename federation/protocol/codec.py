@@ -36,6 +36,7 @@ __all__ = (
     "CodecError",
     "DecodeError",
     "EncodeError",
+    "LimitExceeded",
     "Request",
     "RequestHeader",
     "UnsupportedVersion",
@@ -72,6 +73,17 @@ class DecodeError(CodecError):
     ``header`` is set when the request header itself could be parsed, so the
     caller may still know which request failed.
     """
+
+
+class LimitExceeded(DecodeError):
+    """A request holds an array of more elements than the caller allows (refused before
+    it is decoded; ``count`` and ``limit`` say by how much)."""
+
+    def __init__(self, reason: str, count: int, limit: int,
+                 header: RequestHeader | None = None) -> None:
+        super().__init__(reason, header)
+        self.count = count
+        self.limit = limit
 
 
 class UnsupportedVersion(CodecError):
@@ -181,15 +193,18 @@ def _native_reader(schema: type[Any]) -> Any:
     return reader
 
 
-def _read_entity(schema: type[Any], buf: bytes | memoryview, offset: int) -> tuple[Any, int]:
+def _read_entity(schema: type[Any], buf: bytes | memoryview, offset: int,
+                 max_array: int | None = None) -> tuple[Any, int]:
     """Decode one entity at ``offset``; return it and the number of bytes it took.
 
     The structure is pre-scanned first (kio's native reader would abort the
-    process on a huge array count), then read natively, falling back to the
-    tolerant reader on kio's snags.
+    process on a huge array count; ``max_array`` bounds every array), then read
+    natively, falling back to the tolerant reader on kio's snags.
     """
     try:
-        _kio_compat.prescan_entity(schema, cast(bytes, buf), offset)
+        _kio_compat.prescan_entity(schema, cast(bytes, buf), offset, max_array)
+    except _kio_compat.ArrayTooLarge as exc:
+        raise LimitExceeded(f"{schema.__name__}: {exc}", exc.count, exc.limit) from None
     except _kio_compat.NeedsTolerantReader:
         return _read_tolerant(schema, buf, offset)
     except _kio_compat.PrescanError as exc:
@@ -212,6 +227,8 @@ def _read_tolerant(schema: type[Any], buf: bytes | memoryview, offset: int) -> t
     try:
         reader = _kio_compat.tolerant_entity_reader(schema)
         return reader(cast(bytes, buf), offset)
+    except _kio_compat.ArrayTooLarge as exc:
+        raise LimitExceeded(f"{schema.__name__}: {exc}", exc.count, exc.limit) from None
     except (SerialError, KeyError, ValueError, TypeError, OverflowError, IndexError) as exc:
         raise DecodeError(f"malformed {schema.__name__}: {exc or type(exc).__name__}") from exc
 
@@ -307,7 +324,7 @@ def parse_request_header(frame: BytesLike) -> tuple[RequestHeader, int]:
     return header, offset
 
 
-def decode_request(frame: BytesLike) -> Request:
+def decode_request(frame: BytesLike, max_array: int | None = None) -> Request:
     """Decode a request frame body into its header and kio entity.
 
     As lenient as Kafka's own request parsing: bytes after the body are ignored
@@ -315,7 +332,11 @@ def decode_request(frame: BytesLike) -> Request:
     unknown tagged fields are skipped.  Lengths are still checked against the
     frame: an array, string or bytes field that cannot fit in it is an error.
 
+    ``max_array`` bounds the elements of every array: a request with more is refused
+    before it is decoded (:class:`LimitExceeded`, cheap whatever the count).
+
     :raises UnsupportedVersion: kio has no schema for the key/version (``exc.header`` set).
+    :raises LimitExceeded: an array holds more than ``max_array`` elements.
     :raises DecodeError: the frame is truncated or malformed.
     """
     buf = _readonly(frame)
@@ -328,7 +349,9 @@ def decode_request(frame: BytesLike) -> Request:
         )
     try:
         # Bytes after the entity are ignored, as Kafka does.
-        entity, _size = _read_entity(schema, buf, offset)
+        entity, _size = _read_entity(schema, buf, offset, max_array)
+    except LimitExceeded as exc:
+        raise LimitExceeded(exc.reason, exc.count, exc.limit, header) from None
     except DecodeError as exc:
         raise DecodeError(exc.reason, header) from exc
     return Request(header, entity)

@@ -27,6 +27,7 @@ from federation.admin import topic_name_error as topic_name_error  # for Metadat
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
+from federation.proxy.limits import PartitionBudget
 from federation.proxy.routing import build, resp_module
 
 if TYPE_CHECKING:
@@ -233,6 +234,7 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
     mod = resp_module(ApiKey.CREATE_TOPICS, req.header.api_version)
     names = Counter(t.name for t in body.topics)
     answers: list[_Answer] = []
+    budget = PartitionBudget(state.config.limits)  # Kafka's controller: 10,000 per request
     for t in body.topics:
         if any(a.name == t.name for a in answers):
             continue  # a duplicated name gets one answer, as from Kafka
@@ -240,6 +242,9 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
         answers.append(answer)
         try:
             _check_creatable(state, t, names[t.name] > 1, answer)
+            over = budget.take(answer.partitions)
+            if over is not None:
+                raise _Refusal(*over)
             if body.validate_only:
                 await admin.validate_create_topic(state.backend, t.name, answer.partitions,
                                                   answer.strategy, answer.configs,
@@ -247,6 +252,8 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
                 answer.described = [admin.TopicConfig(k, v) for k, v in answer.configs.items()]
         except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
             answer.refuse(*_failure(e, t.name))
+    if budget.hit:
+        state.metrics.limit_hit("max_partitions_per_request")
     pending = [a for a in answers if not a.code and not body.validate_only]
     if pending:
         await _create_pending(state, pending)
@@ -335,10 +342,16 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
     body: Any = req.entity
     mod = resp_module(ApiKey.CREATE_PARTITIONS, req.header.api_version)
     results = []
+    budget = PartitionBudget(state.config.limits)
     for t in body.topics:
         code, message = 0, None
         try:
-            if body.validate_only:
+            current = state.fmap.topics.get(t.name)
+            # (an unknown topic is answered as such by admin, spending nothing)
+            over = budget.take(int(t.count) - len(current.partitions) if current else 0)
+            if over is not None:
+                code, message = over
+            elif body.validate_only:
                 admin.plan_add_partitions(state.fmap, t.name, int(t.count),
                                           plugins=state.plugins)
             else:
@@ -350,6 +363,8 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
             code, message = ErrorCode.INVALID_PARTITIONS, str(e)
         results.append(build(mod.CreatePartitionsTopicResult, name=t.name,
                              error_code=to_kio(code), error_message=message))
+    if budget.hit:
+        state.metrics.limit_hit("max_partitions_per_request")
     if any(int(r.error_code) == 0 for r in results) and not body.validate_only:
         await _served_everywhere(state, body.timeout)
     else:

@@ -30,6 +30,8 @@ log = logging.getLogger("fedkafka.proxy.autocreate")
 CONCURRENT_CREATIONS = 4
 #: After a failed creation, the same name is not tried again for this long (seconds).
 RETRY_AFTER = 1.0
+#: Creations waiting or running at once; further names are retried by their clients later.
+MAX_PENDING = 1000
 #: Kafka's prefix for internal topics, never created on demand.
 INTERNAL_PREFIX = "__"
 
@@ -59,8 +61,8 @@ class AutoCreator:
         return True
 
     def start(self, name: str) -> None:
-        if name in self._tasks:
-            return
+        if name in self._tasks or len(self._tasks) >= MAX_PENDING:
+            return  # (names come from clients: at most MAX_PENDING wait for a slot)
         loop = asyncio.get_running_loop()
         if self._failed_until.get(name, 0.0) > loop.time():
             return

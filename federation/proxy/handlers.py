@@ -175,8 +175,8 @@ class Session:
     def _remembered(self) -> dict[Any, bool]:
         """Whole-request verdicts, for this principal and map version."""
         key = (self.fmap.version, self.principal)
-        if self._memo_key != key:
-            self._memo.clear()
+        if self._memo_key != key or len(self._memo) >= MAX_VERDICTS:
+            self._memo.clear()  # (keyed by client input: transactional ids)
             self._memo_key = key
         return self._memo
 

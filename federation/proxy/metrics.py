@@ -43,6 +43,11 @@ class ProxyMetrics:
         self.closed_bad_frames = Counter("fedkafka_proxy_connections_closed_total",
                                          "Client connections closed by the proxy, per reason.",
                                          ["reason"], registry=r)
+        self.limit_hits = Counter(
+            "fedkafka_proxy_limit_hits_total",
+            "Times a resource limit of the proxy config's limits was hit, per limit (its field "
+            "name: max_connections, frame_timeout, max_array_elements, "
+            "max_partitions_per_request, max_client_timeout...).", ["limit"], registry=r)
         self.authentications = Counter(
             "fedkafka_proxy_authentications_total",
             "SASL authentications, per mechanism and result (ok, failed, "
@@ -80,6 +85,9 @@ class ProxyMetrics:
         name = API_NAMES.get(api_key, "unknown")
         self.requests.labels(name, str(version)).inc()
         self.latency.labels(name).observe(seconds)
+
+    def limit_hit(self, limit: str) -> None:
+        self.limit_hits.labels(limit).inc()
 
     def authentication(self, mechanism: str, result: str) -> None:
         label = mechanism if mechanism in KNOWN_MECHANISMS else "other"

@@ -22,12 +22,12 @@ from federation.model import FederationMap, ProxyEndpoint, Segment
 from federation.plugin import Plugins, get_plugins
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response
-from federation.protocol.framing import FrameError, FrameReader
+from federation.protocol.framing import FrameError, FrameReader, FrameTooLarge
 from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
 from federation.proxy.autocreate import AutoCreator
 from federation.proxy.config import ProxyConfig, parse_store
 from federation.proxy.handlers import Session
-from federation.proxy.limits import idle_reason
+from federation.proxy.limits import clamp_timeouts, idle_reason
 from federation.proxy.metrics import ProxyMetrics
 from federation.proxy.routing import serving
 from federation.proxy.upstream import ClusterClient, UpstreamError
@@ -70,7 +70,6 @@ CAPS: dict[int, tuple[int, int]] = {
     ApiKey.DESCRIBE_PRODUCERS: (0, 0),
     ApiKey.DESCRIBE_TOPIC_PARTITIONS: (0, 0),
 }
-MAX_QUEUED_REQUESTS = 64
 #: Client ids a proxy remembers having served (for operators and tests; bounded).
 MAX_CLIENT_IDS = 1024
 #: How long after seeing a roll a proxy checks writes to the new segment for retries of
@@ -154,9 +153,11 @@ class ProxyState:
         """Count a new client connection from ``address``; why it is refused, if it is."""
         limits = self.config.limits
         if len(self.connections) >= limits.max_connections:
+            self.metrics.limit_hit("max_connections")
             return f"the proxy holds {len(self.connections)} connections (limits.max_connections)"
         count = self.per_address.get(address, 0)
         if count >= limits.max_connections_per_address:
+            self.metrics.limit_hit("max_connections_per_address")
             return (f"{count} connections from {address} already "
                     "(limits.max_connections_per_address)")
         self.per_address[address] = count + 1
@@ -419,7 +420,8 @@ class ClientConnection(asyncio.Protocol):
         self.address = "?"
         self.last_activity = time.monotonic()
         self.frame_started: float | None = None  # first byte of an incomplete frame
-        self._queued_bytes = 0  # of frames received and not yet dispatched
+        self._queued_bytes = 0  # of requests received and not yet answered
+        self._reply_sizes: deque[int] = deque()  # frame sizes of self._replies
         self._counted = False  # in the proxy's connection counts
         self.peer = "?"
         self.session: Session | None = None
@@ -468,6 +470,9 @@ class ClientConnection(asyncio.Protocol):
         try:
             frames = self.reader.feed(data)
         except FrameError as e:
+            if isinstance(e, FrameTooLarge) and (
+                    self.reader.max_frame_size < self.state.config.max_frame_size):
+                self.state.metrics.limit_hit("max_frame_size_unauthenticated")
             self.abort("bad_frame", e.reason)
             return
         if self.reader.buffered:
@@ -478,9 +483,14 @@ class ClientConnection(asyncio.Protocol):
         for frame in frames:
             self._queued_bytes += len(frame)
             self._frames.put_nowait(frame)
-        if (self._frames.qsize() + len(self._replies) > MAX_QUEUED_REQUESTS
-                or self._queued_bytes > self.state.config.limits.max_queued_bytes) and (
-                self.transport and not self._paused_reading):
+        limits = self.state.config.limits
+        if self.transport and not self._paused_reading:
+            if self._frames.qsize() + len(self._replies) > limits.max_requests_in_flight:
+                self.state.metrics.limit_hit("max_requests_in_flight")
+            elif self._queued_bytes > limits.max_queued_bytes:
+                self.state.metrics.limit_hit("max_queued_bytes")
+            else:
+                return
             self.transport.pause_reading()
             self._paused_reading = True
 
@@ -491,12 +501,15 @@ class ClientConnection(asyncio.Protocol):
         reason = idle_reason(self.state.config.limits, now, self.last_activity,
                              self.frame_started, self.busy)
         if reason is not None:
+            self.state.metrics.limit_hit("frame_timeout" if reason == "slow_frame"
+                                         else "idle_timeout")
             self.abort(reason, "a frame took too long to arrive" if reason == "slow_frame"
                        else "idle for too long")
 
     def _maybe_resume(self) -> None:
         if self._paused_reading and self.transport and (
-                self._frames.qsize() + len(self._replies) <= MAX_QUEUED_REQUESTS // 2) and (
+                self._frames.qsize() + len(self._replies)
+                <= self.state.config.limits.max_requests_in_flight // 2) and (
                 self._queued_bytes <= self.state.config.limits.max_queued_bytes // 2):
             self.transport.resume_reading()
             self._paused_reading = False
@@ -556,10 +569,14 @@ class ClientConnection(asyncio.Protocol):
             frame = await self._frames.get()
             if frame is None or self._aborted:
                 return
-            self._queued_bytes -= len(frame)
             started = time.monotonic()
             try:
                 reply = await self._dispatch(frame)
+            except codec.LimitExceeded as e:
+                self.state.metrics.limit_hit("max_array_elements")
+                self.abort("array_limit", f"request refused: {e.reason} (limits."
+                           "max_array_elements / max_array_elements_by_api)")
+                return
             except codec.CodecError as e:
                 self.abort("undecodable", f"undecodable request: {e.reason}")
                 return
@@ -570,13 +587,15 @@ class ClientConnection(asyncio.Protocol):
             if self.session.authenticated and (
                     self.reader.max_frame_size < self.state.config.max_frame_size):
                 self.reader.max_frame_size = self.state.config.max_frame_size
-            self._maybe_resume()
             if reply is None:
+                self._queued_bytes -= len(frame)  # nothing to answer (acks=0)
+                self._maybe_resume()
                 continue
             header, awaitable = reply
             task = asyncio.ensure_future(awaitable)
             task.add_done_callback(_retrieve)
             self._replies.append((header, task, started))
+            self._reply_sizes.append(len(frame))  # in flight until answered
             self._reply_ready.set()
             if self.session.close_reason is not None:
                 # Answer, then close (Kafka after a failed SASL exchange): nothing it sends
@@ -600,7 +619,10 @@ class ClientConnection(asyncio.Protocol):
         if rng is None or not rng[0] <= header.api_version <= rng[1]:
             name = API_NAMES.get(header.api_key, f"key {header.api_key}")
             try:
-                req = codec.decode_request(frame)
+                req = codec.decode_request(frame, self.state.config.limits.array_limit(
+                    header.api_key))
+            except codec.LimitExceeded:
+                raise
             except codec.CodecError:
                 raise codec.DecodeError(f"{name} v{header.api_version} is not served by this "
                                         f"proxy (client {header.client_id!r})",
@@ -609,7 +631,13 @@ class ClientConnection(asyncio.Protocol):
                      self.peer, name, header.api_version)
             self.state.metrics.error(name, ErrorCode.UNSUPPORTED_VERSION)
             return header, _value(error_response(req, ErrorCode.UNSUPPORTED_VERSION))
-        req = codec.decode_request(frame)
+        limits = self.state.config.limits
+        req = codec.decode_request(frame, limits.array_limit(header.api_key))
+        entity, clamped = clamp_timeouts(limits, header.api_key, req.entity)
+        if clamped:
+            self.state.metrics.limit_hit("max_fetch_wait" if header.api_key == ApiKey.FETCH
+                                         else "max_client_timeout")
+            req = codec.Request(header, entity)
         if not self.session.may_send(header.api_key):
             raise codec.DecodeError(f"{API_NAMES.get(header.api_key)} before SASL "
                                     "authentication on a listener that requires it", header)
@@ -634,6 +662,7 @@ class ClientConnection(asyncio.Protocol):
                 self.abort("internal_error", "internal error while answering")
                 return
             self._replies.popleft()
+            self._queued_bytes -= self._reply_sizes.popleft()
             if self.transport is None or self._closing:
                 return
             if isinstance(entity, _RawBytes):
