@@ -115,11 +115,12 @@ class _Watch:
     """One polling thread delivering each new map version to one callback, in order."""
 
     def __init__(self, backend: FileBackend, callback: Callable[[FederationMap], None],
-                 interval: float) -> None:
+                 interval: float, initial: MapState | None = None) -> None:
         self._backend = backend
         self._callback = callback
         self._interval = interval
         self._stop = threading.Event()
+        self._initial = initial  #: the backend's last read map, delivered first
         self._state: MapState | None = None
         self._signature: tuple[int, int, int] | None = None
         self._raw: bytes | None = None
@@ -139,6 +140,8 @@ class _Watch:
             self._thread.join(timeout=max(1.0, 5 * self._interval))
 
     def _run(self) -> None:
+        if self._initial is not None:
+            self._deliver(None, self._initial)
         while True:
             try:
                 self._poll()
@@ -190,6 +193,9 @@ class _Watch:
         self.error = None
         if state is None or state is before or self._stop.is_set():
             return
+        self._deliver(before, state)
+
+    def _deliver(self, before: MapState | None, state: MapState) -> None:
         if before is not None and state.version > before.version + 1:
             self.gaps += 1
             log.info("map versions missed; caught up", version=state.version,
@@ -302,7 +308,9 @@ class FileBackend:
             return None  # another writer published (and so converted) meanwhile
 
     def watch(self, callback: Callable[[FederationMap], None]) -> _Watch:
-        w = _Watch(self, callback, self.poll_interval)
+        with self._state_lock:
+            initial = self._state
+        w = _Watch(self, callback, self.poll_interval, initial)
         self._watches.append(w)
         return w
 

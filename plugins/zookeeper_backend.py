@@ -92,13 +92,15 @@ class _Watch:
     """A DataWatch on the index and a thread delivering each newer map to one callback."""
 
     def __init__(self, backend: ZooKeeperBackend,
-                 callback: Callable[[FederationMap], None]) -> None:
+                 callback: Callable[[FederationMap], None],
+                 initial: MapState | None = None) -> None:
         self._backend = backend
         self._callback = callback
         self._cancelled = threading.Event()
         self._poked = threading.Condition()
         self._pending: bytes | None = None
         self._dirty = False
+        self._initial = initial  #: the backend's last read map, delivered first
         self._state: MapState | None = None
         self.last_map: FederationMap | None = None
         self.error: str | None = None  #: why the last map was refused or not read
@@ -119,6 +121,8 @@ class _Watch:
         return None
 
     def _run(self) -> None:
+        if self._initial is not None:
+            self._deliver(None, self._initial)
         retry = False
         while not self._cancelled.is_set():
             with self._poked:
@@ -159,13 +163,16 @@ class _Watch:
         self.error = None
         if state is None or state is before or self._cancelled.is_set():
             return
+        self._deliver(before, state)
+
+    def _deliver(self, before: MapState | None, state: MapState) -> None:
         if before is not None and state.version > before.version + 1:
             self.gaps += 1
             log.info("map versions missed; caught up", version=state.version,
                      previous=before.version)
         self._state = state
         self.last_map = state.fmap
-        backend._seen(state.version)
+        self._backend._seen(state.version)
         try:
             self._callback(state.fmap)
         except Exception:
@@ -445,7 +452,9 @@ class ZooKeeperBackend:
             return None  # another writer published (and so converted) meanwhile
 
     def watch(self, callback: Callable[[FederationMap], None]) -> _Watch:
-        w = _Watch(self, callback)
+        with self._state_lock:
+            initial = self._map_state
+        w = _Watch(self, callback, initial)
         with self._guard:
             self._watches.append(w)
         return w

@@ -14,10 +14,10 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from federation.mapstore import MetadataBackend
+from federation.mapstore import MetadataBackend, changed_topics
 from federation.model import FederationMap, ProxyEndpoint, Segment
 from federation.plugin import Plugins, get_plugins
 from federation.protocol import codec
@@ -119,6 +119,10 @@ class ProxyState:
         #: client.id → connections that announced it (the most recent MAX_CLIENT_IDS ids)
         self.clients_seen: dict[str, int] = {}
         self.per_address: dict[str, int] = {}  #: source address → client connections
+        #: topic → its fenced partitions' active segments, as of map ``_fenced_version``
+        self._fenced: dict[str, set[PhysKey]] = {}
+        self._fenced_version = -1
+        self._gone_acked: set[PhysKey] = set()  #: no longer active, a write still in flight
         self.metrics.map_version.set(fmap.version)
         self.metrics.map_age.set(time.time())
         self.metrics.store_healthy.set(1)
@@ -132,9 +136,11 @@ class ProxyState:
             return
         old = self.fmap
         self.fmap = fmap
-        if old.users != fmap.users:
+        if old.users is not fmap.users and old.users != fmap.users:
             self._advertised = None  # SASL is advertised while a mechanism is offered
-        for cid, client in list(self.clusters.items()):
+        # Work proportional to the change: unchanged parts are shared between versions.
+        for cid, client in (list(self.clusters.items()) if old.clusters is not fmap.clusters
+                            else ()):
             new = fmap.clusters.get(cid)
             if new is None or new.bootstrap != client.cluster.bootstrap:
                 client.close()
@@ -145,8 +151,9 @@ class ProxyState:
         self.metrics.map_age.set(time.time())
         if old.version != fmap.version:
             log.info("serving map version %d (was %d)", fmap.version, old.version)
-            self._after_map_change(fmap)
-            self._note_rolls(old, fmap)
+            changed, _ = changed_topics(old, fmap)
+            self._after_map_change(fmap, old, changed)
+            self._note_rolls(old, fmap, changed)
             self._report_version()
 
     def admit(self, address: str) -> str | None:
@@ -185,31 +192,65 @@ class ProxyState:
     # -- rolls: fences and acknowledged offsets ---------------------------------------
 
     def fenced_keys(self, fmap: FederationMap) -> set[PhysKey]:
+        if fmap is self.fmap and self._fenced_version == fmap.version:
+            return set().union(*self._fenced.values())  # kept up to date by set_map
         return {phys_key(lp.active) for _, lp in fenced_partitions(fmap)}
 
-    def _after_map_change(self, fmap: FederationMap) -> None:
+    def _after_map_change(self, fmap: FederationMap, old: FederationMap | None = None,
+                          changed: Iterable[str] | None = None) -> None:
+        """Fences, ceilings and acknowledged offsets after a map change: only the topics
+        ``changed`` since ``old`` are looked at (all of them without ``old``)."""
+        gone: set[PhysKey] = set(self._gone_acked)
+        if old is None or changed is None or self._fenced_version != old.version:
+            self._fenced = {}
+            for t in fmap.topics.values():
+                keys = {phys_key(lp.active) for lp in t.partitions if lp.fence is not None}
+                if keys:
+                    self._fenced[t.name] = keys
+            live = {phys_key(lp.active) for t in fmap.topics.values() for lp in t.partitions}
+            gone |= {k for k in self.acked if k not in live}
+        else:
+            for name in changed:
+                topic = fmap.topics.get(name)
+                keys = ({phys_key(lp.active) for lp in topic.partitions if lp.fence is not None}
+                        if topic is not None else set())
+                if keys:
+                    self._fenced[name] = keys
+                else:
+                    self._fenced.pop(name, None)
+                was = old.topics.get(name)
+                if was is not None:
+                    now_active = ({phys_key(lp.active) for lp in topic.partitions}
+                                  if topic is not None else set())
+                    gone |= {phys_key(lp.active) for lp in was.partitions} - now_active
+        self._fenced_version = fmap.version
         fenced = self.fenced_keys(fmap)
         # Ceilings of partitions no longer fenced are enforced by their seal in the map.
         for key in [k for k in self.ceilings if k not in fenced]:
             del self.ceilings[key]
-        live = {phys_key(lp.active) for t in fmap.topics.values() for lp in t.partitions}
-        for key in [k for k in self.acked if k not in live and k not in self.inflight]:
-            del self.acked[key]
+        self._gone_acked = {k for k in gone if k in self.inflight}  # dropped once answered
+        for key in gone - self._gone_acked:
+            self.acked.pop(key, None)
         if fenced and self.member_id is not None and (
                 self._report_task is None or self._report_task.done()):
             self._report_task = asyncio.get_running_loop().create_task(self._report_fences())
 
-    def _note_rolls(self, old: FederationMap, new: FederationMap) -> None:
+    def _note_rolls(self, old: FederationMap, new: FederationMap,
+                    changed: Iterable[str] | None = None) -> None:
         """Remember partitions rolled between two maps (new active → sealed predecessor),
-        for a while: retries of writes whose acknowledgement was lost arrive then."""
+        for a while: retries of writes whose acknowledgement was lost arrive then.
+
+        Only topics ``changed`` are looked at (every topic without it).
+        """
         now = time.monotonic()
         for key in [k for k, (_, at) in self.recent_rolls.items() if now - at > ROLL_DEDUP_SECONDS]:
             del self.recent_rolls[key]
             self._sealed_states.pop(key, None)
             self.roll_established = {e for e in self.roll_established if e[0] != key}
-        for name, topic in new.topics.items():
+        for name in (new.topics if changed is None else changed):
+            topic = new.topics.get(name)
             before = old.topics.get(name)
-            if before is None or before.topic_id != topic.topic_id:
+            if topic is None or before is None or before.topic_id != topic.topic_id:
                 continue
             for lp, was in zip(topic.partitions, before.partitions, strict=False):
                 if len(lp.segments) < 2 or lp.active == was.active:
@@ -779,7 +820,7 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     plugins = get_plugins()
     backend_name, options = parse_store(config.store)
     backend = plugins.backend(backend_name, **options)
-    fmap = backend.load()
+    fmap = await asyncio.to_thread(backend.load)  # parsed off the event loop
     if fmap is None:
         backend.close()
         from federation.errors import FedKafkaError
