@@ -602,10 +602,12 @@ async def aiokafka_admin(cluster: PhysicalCluster, *, timeout: float = REQUEST_T
     """The default :data:`Connect`: aiokafka's admin client on ``cluster``'s bootstrap."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from federation.tls import aiokafka_kwargs
+
     client = AIOKafkaAdminClient(bootstrap_servers=list(cluster.bootstrap_servers),
                                  client_id="fedkafka-admin",
                                  request_timeout_ms=int(timeout * 1000),
-                                 **dict(cluster.security))
+                                 **aiokafka_kwargs(cluster.security, cluster.id))
     try:
         try:
             await asyncio.wait_for(client.start(), timeout)
@@ -1179,7 +1181,8 @@ async def probe_cluster(cluster: PhysicalCluster, timeout: float = 3.0) -> str |
     for server in cluster.bootstrap_servers:
         host, _, port = server.rpartition(":")
         try:
-            answer = await asyncio.to_thread(probe.metadata, host, int(port), timeout)
+            answer = await asyncio.to_thread(probe.metadata, host, int(port), timeout,
+                                             security=cluster.security)
         except (OSError, probe.ProbeError) as e:
             errors.append(f"{server}: {e}")
             continue
@@ -1205,6 +1208,13 @@ async def add_cluster(backend: MetadataBackend, cluster_id: str, bootstrap: str,
         valid = ", ".join(s.value for s in ClusterState)
         raise InvalidRequestError(f"unknown cluster state {state!r}; valid: {valid}") from None
     plan_add_cluster(None, cluster)  # validates before any network call
+    from federation.errors import ConfigError
+    from federation.tls import cluster_security
+
+    try:
+        cluster_security(cluster.security, cluster.id)
+    except ConfigError as e:
+        raise InvalidRequestError(str(e)) from None
     if probe_first:
         await probe_cluster(cluster)
     await _publish(backend, lambda current: plan_add_cluster(current, cluster,

@@ -463,7 +463,8 @@ class Controller:
 
     def _client(self, cluster: PhysicalCluster) -> ClusterClient:
         client = self._clients.get(cluster.id)
-        if client is None or client.cluster.bootstrap != cluster.bootstrap:
+        if client is None or client.cluster.bootstrap != cluster.bootstrap or (
+                client.cluster.security != cluster.security):
             if client is not None:
                 client.close()
             client = ClusterClient(cluster, client_id=f"fedkafka-controller-"

@@ -251,6 +251,8 @@ async def apply_reset(fmap: FederationMap, group: str, offsets: Mapping[tuple[st
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.structs import OffsetAndMetadata
 
+    from federation.tls import aiokafka_kwargs
+
     info = (await describe_groups(fmap, [group], timeout)).get(group)
     if info is not None and info.state not in INACTIVE_STATES:
         raise admin.InvalidRequestError(
@@ -262,7 +264,7 @@ async def apply_reset(fmap: FederationMap, group: str, offsets: Mapping[tuple[st
                                 group_id=group, client_id="fedkafka-admin",
                                 enable_auto_commit=False,
                                 request_timeout_ms=int(timeout * 1000),
-                                **dict(cluster.security))
+                                **aiokafka_kwargs(cluster.security, cluster.id))
     try:
         await asyncio.wait_for(consumer.start(), timeout)
         tps = {TopicPartition(t, p): OffsetAndMetadata(off, "") for (t, p), off in

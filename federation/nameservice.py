@@ -54,7 +54,10 @@ def handle(state: ProxyState, method: str, target: str) -> tuple[int, str, bytes
     return 404, "application/json", b'{"error": "not found; try /v1/proxies?client_id=ID"}'
 
 
-async def start_http(state: ProxyState, host: str, port: int) -> asyncio.Server:
+async def start_http(state: ProxyState, host: str, port: int, **server_options: Any
+                     ) -> asyncio.Server:
+    """The HTTP API on ``host:port`` (``server_options``: e.g. TLS, federation.tls)."""
+
     async def on_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(10):
@@ -76,4 +79,4 @@ async def start_http(state: ProxyState, host: str, port: int) -> asyncio.Server:
         finally:
             writer.close()
 
-    return await asyncio.start_server(on_client, host, port)
+    return await asyncio.start_server(on_client, host, port, **server_options)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -60,12 +61,25 @@ class _Reader:
         return s
 
 
-def metadata(host: str, port: int, timeout: float = 2.0, client_id: str = "fedkafka-probe"
-             ) -> MetadataAnswer:
-    """Ask one broker for Metadata (all topics); raise ProbeError/OSError if it can't answer."""
+def metadata(host: str, port: int, timeout: float = 2.0, client_id: str = "fedkafka-probe",
+             security: Mapping[str, str] | None = None) -> MetadataAnswer:
+    """Ask one broker for Metadata (all topics); raise ProbeError/OSError if it can't answer.
+
+    :param security: the cluster's ``security`` (TLS and SASL first, :mod:`federation.tls`).
+    """
     cid = client_id.encode()
     body = struct.pack(">hhih", 3, 4, 1, len(cid)) + cid + struct.pack(">i?", -1, False)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
+    if security:
+        from federation import tls
+        from federation.errors import ConfigError
+
+        try:
+            opened = tls.open_blocking(host, port, security, timeout)
+        except (ConfigError, PermissionError, ConnectionError) as e:
+            raise ProbeError(str(e)) from e
+    else:
+        opened = socket.create_connection((host, port), timeout=timeout)
+    with opened as sock:
         sock.settimeout(timeout)
         sock.sendall(struct.pack(">i", len(body)) + body)
         (size,) = struct.unpack(">i", _recv_exact(sock, 4))

@@ -9,6 +9,7 @@ from typing import Any
 
 from federation.errors import ConfigError
 from federation.proxy.limits import Limits
+from federation.tls import ListenerTls
 
 ROLES = frozenset({"producer", "consumer"})
 
@@ -34,6 +35,10 @@ def parse_store(spec: str, name: str = "store") -> tuple[str, dict[str, Any]]:
     return kind, {"location": rest}
 
 
+def _tls(data: dict[str, Any], key: str) -> ListenerTls | None:
+    return None if data.get(key) is None else ListenerTls.from_dict(data[key], key)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     node_id: int
@@ -51,13 +56,16 @@ class ProxyConfig:
     sasl_required: bool = False  # refuse clients that do not authenticate with SASL
     http: tuple[str, int] | None = None  # the name service's HTTP API
     limits: Limits = field(default_factory=Limits)
+    tls: ListenerTls | None = None  # TLS on the client listener (docs/security.md)
+    http_tls: ListenerTls | None = None  # TLS on the name service's HTTP API
+    metrics_tls: ListenerTls | None = None  # TLS on the Prometheus endpoint
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
-                 "shutdown_grace", "sasl_required",
+                 "shutdown_grace", "sasl_required", "tls", "http_tls", "metrics_tls",
                  "http", "limits", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
@@ -89,7 +97,9 @@ class ProxyConfig:
                    shutdown_grace=float(data.get("shutdown_grace", 10.0)),
                    sasl_required=bool(data.get("sasl_required", False)),
                    http=parse_hostport(str(data["http"]), "http") if data.get("http") else None,
-                   limits=Limits.from_dict(data.get("limits")))
+                   limits=Limits.from_dict(data.get("limits")),
+                   tls=_tls(data, "tls"), http_tls=_tls(data, "http_tls"),
+                   metrics_tls=_tls(data, "metrics_tls"))
 
     @classmethod
     def load(cls, path: Path) -> ProxyConfig:

@@ -202,6 +202,12 @@ class Session:
     def fmap(self) -> Any:
         return self.state.fmap
 
+    def set_certificate_principal(self, principal: Principal) -> None:
+        """mTLS: the client certificate names the principal (until SASL names another)."""
+        self.principal = principal
+        self._anonymous_resolved = True
+        self._authz.clear()
+
     def allowed(self, operation: Operation, topic: str) -> bool:
         """The authorization chain's answer for a logical topic (cached per map version)."""
         return self.authorized(ResourceType.TOPIC, topic, operation)

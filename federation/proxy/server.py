@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from federation import tls
 from federation.mapstore import MetadataBackend, changed_topics
 from federation.model import FederationMap, ProxyEndpoint, Segment
 from federation.plugin import Plugins, get_plugins
@@ -142,7 +143,8 @@ class ProxyState:
         for cid, client in (list(self.clusters.items()) if old.clusters is not fmap.clusters
                             else ()):
             new = fmap.clusters.get(cid)
-            if new is None or new.bootstrap != client.cluster.bootstrap:
+            if new is None or new.bootstrap != client.cluster.bootstrap or (
+                    new.security != client.cluster.security):  # reconnect with the new one
                 client.close()
                 del self.clusters[cid]
             else:
@@ -482,6 +484,14 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.address = str(peer[0]) if peer else "?"
+        try:  # mTLS: the client certificate's subject, mapped (federation.tls)
+            cert_principal = tls.peer_principal(transport, self.state.config.tls)
+        except PermissionError as e:
+            self._closing = self._aborted = True
+            log.warning("refusing TLS connection from %s: %s", self.peer, e)
+            self.state.metrics.authentication("SSL", "failed")
+            self.transport.abort()
+            return
         refused = self.state.admit(self.address)
         if refused is not None:
             self._closing = self._aborted = True
@@ -497,6 +507,8 @@ class ClientConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.session = Session(self.state, self.peer)
+        if cert_principal is not None:
+            self.session.set_certificate_principal(cert_principal)
         self.state.sessions.add(self.session)
         self.state.connections.add(self)
         self.state.metrics.connections.inc()
@@ -839,13 +851,15 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(lambda: ClientConnection(state), config.listen[0],
-                                      config.listen[1], reuse_address=True, backlog=1024)
+                                      config.listen[1], reuse_address=True, backlog=1024,
+                                      **tls.server_kwargs(config.tls, "tls"))
     metrics_server = None
     if config.metrics is not None:
         from prometheus_client import start_http_server
 
         metrics_server, _ = start_http_server(config.metrics[1], addr=config.metrics[0],
-                                              registry=state.metrics.registry)
+                                              registry=state.metrics.registry,
+                                              **tls.prometheus_kwargs(config.metrics_tls))
     log.info("proxy %d listening on %s:%d (advertised %s:%d), roles %s, map version %d",
              config.node_id, *config.listen, *config.advertised, sorted(config.roles),
              fmap.version)
@@ -853,7 +867,8 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     if config.http is not None:
         from federation.nameservice import start_http
 
-        http_server = await start_http(state, *config.http)
+        http_server = await start_http(state, *config.http,
+                                       **tls.server_kwargs(config.http_tls, "http_tls"))
     if ready is not None:
         ready.set()
 

@@ -19,6 +19,7 @@ import contextlib
 import enum
 import itertools
 import logging
+import ssl
 import time
 import uuid
 from collections import OrderedDict
@@ -28,10 +29,13 @@ from typing import Any, cast
 
 from kio.index import load_request_schema
 
+from federation import tls
+from federation.errors import ConfigError
 from federation.model import PhysicalCluster
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode
 from federation.protocol.framing import FrameError, FrameReader
+from federation.tls import ClusterSecurity
 
 log = logging.getLogger("fedkafka.upstream")
 
@@ -87,14 +91,26 @@ class BrokerConnection(asyncio.Protocol):
 
     @classmethod
     async def open(cls, host: str, port: int, client_id: str, label: str,
-                   timeout: float = 10.0) -> BrokerConnection:
+                   timeout: float = 10.0, security: ClusterSecurity | None = None
+                   ) -> BrokerConnection:
+        """Connect, with TLS and SASL as the cluster's ``security`` says (federation.tls)."""
         loop = asyncio.get_running_loop()
         try:
+            ctx = security.client_context() if security is not None else None
             async with asyncio.timeout(timeout):
                 _, proto = await loop.create_connection(
-                    lambda: cls(host, port, client_id, label), host, port)
-        except (OSError, TimeoutError) as e:
+                    lambda: cls(host, port, client_id, label), host, port, ssl=ctx,
+                    server_hostname=host if ctx is not None else None)
+                if security is not None and security.sasl:
+                    try:
+                        await tls.login(proto, security, timeout, label)
+                    except BaseException:
+                        proto.close()
+                        raise
+        except (OSError, TimeoutError, ConfigError, ssl.SSLError) as e:
             raise UpstreamError(f"{label}: cannot connect to {host}:{port}: {e}") from e
+        except PermissionError as e:
+            raise UpstreamError(str(e), ErrorCode.SASL_AUTHENTICATION_FAILED) from e
         return proto
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,6 +271,7 @@ class ClusterClient:
         self.cluster = cluster
         self.client_id = client_id
         self.request_timeout = request_timeout
+        self._security: ClusterSecurity | None = None
         self.view = ClusterView()
         self.api_versions: dict[int, tuple[int, int]] = {}
         self._conns: dict[tuple[int, str], BrokerConnection] = {}
@@ -271,6 +288,16 @@ class ClusterClient:
     def id(self) -> str:
         return self.cluster.id
 
+    @property
+    def security(self) -> ClusterSecurity:
+        """The cluster's ``security`` of the map, parsed (every connection applies it)."""
+        if self._security is None:
+            try:
+                self._security = tls.cluster_security(self.cluster.security, self.id)
+            except ConfigError as e:
+                raise UpstreamError(str(e)) from e
+        return self._security
+
     def bootstrap_addresses(self) -> list[tuple[str, int]]:
         out = []
         for item in self.cluster.bootstrap.split(","):
@@ -285,7 +312,8 @@ class ClusterClient:
         for host, port in self.bootstrap_addresses():
             try:
                 return await BrokerConnection.open(host, port, self.client_id,
-                                                   f"{self.id}/bootstrap", timeout=5.0)
+                                                   f"{self.id}/bootstrap", timeout=5.0,
+                                                   security=self.security)
             except UpstreamError as e:
                 errors.append(str(e))
         raise UpstreamError(f"cluster {self.id} unreachable: {'; '.join(errors)}")
@@ -308,7 +336,8 @@ class ClusterClient:
                                     ErrorCode.NOT_LEADER_OR_FOLLOWER)
             host, port = self.view.brokers[node_id]
             conn = await BrokerConnection.open(host, port, self.client_id,
-                                               f"{self.id}/{node_id}/{lane}")
+                                               f"{self.id}/{node_id}/{lane}",
+                                               security=self.security)
             self._conns[key] = conn
             fut.set_result(conn)
             return conn
@@ -330,7 +359,8 @@ class ClusterClient:
             raise UpstreamError(f"cluster {self.id} has no broker {node_id}",
                                 ErrorCode.NOT_LEADER_OR_FOLLOWER)
         host, port = self.view.brokers[node_id]
-        conn = await BrokerConnection.open(host, port, self.client_id, label)
+        conn = await BrokerConnection.open(host, port, self.client_id, label,
+                                           security=self.security)
         conn.on_latency = self.on_latency
         return conn
 
