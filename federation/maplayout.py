@@ -253,14 +253,14 @@ def changed_topics(old: FederationMap, new: FederationMap) -> tuple[frozenset[st
     names = {n for n, t in new.topics.items() if old.topics.get(n) is not t}
     if len(new.topics) - len(names & (new.topics.keys() - old.topics.keys())) != len(old.topics):
         names |= old.topics.keys() - new.topics.keys()
-    base = (old.clusters is not new.clusters or old.pools is not new.pools
-            or old.users is not new.users or old.acls != new.acls
-            or old.routing != new.routing or old.moves != new.moves
-            or old.auto_create != new.auto_create
-            or old.coordination_cluster != new.coordination_cluster
-            or old.physical_topic_template != new.physical_topic_template
-            or old.default_pool != new.default_pool)
+    base = any(getattr(old, f) is not getattr(new, f) and getattr(old, f) != getattr(new, f)
+               for f in _BASE_FIELDS)
     return frozenset(names), base
+
+
+#: Every field of a map but its version and topics (new fields are base fields).
+_BASE_FIELDS = tuple(f.name for f in dataclasses.fields(FederationMap)
+                     if f.init and f.name not in ("version", "topics"))
 
 
 # -- incremental validation ------------------------------------------------------------------

@@ -210,3 +210,200 @@ def test_members_register_expire_and_withdraw(tmp_path: Path) -> None:
 def test_backend_options_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="must be > 0"):
         FileBackend(tmp_path / "m.json", poll_interval=0)
+
+
+# -- the incremental layout (federation.maplayout, ADR 0015) ---------------------------------
+
+
+def topics_map(version: int = 0, gen: int = 0, n: int = 30) -> FederationMap:
+    from federation.model import LogicalPartition, LogicalTopic, Segment, new_topic_id
+
+    def topic(name: str) -> LogicalTopic:
+        return LogicalTopic(name, new_topic_id(name, "x"),
+                            (LogicalPartition(0, (Segment("A", f"{name}.fk", 0, 0, 0),)),),
+                            config={"gen": str(gen)})
+
+    return FederationMap(version, {"A": PhysicalCluster("A", "a:9092", weight=gen + 1)},
+                         {f"t{i:02d}": topic(f"t{i:02d}") for i in range(n)})
+
+
+def with_gen(fmap: FederationMap, gen: int, names: tuple[str, ...]) -> FederationMap:
+    """``fmap`` with topics ``names`` and the cluster's weight all at generation ``gen``."""
+    import dataclasses
+
+    for name in names:
+        fmap = fmap.with_topic(dataclasses.replace(fmap.topics[name], config={"gen": str(gen)}))
+    return fmap.with_cluster(dataclasses.replace(fmap.clusters["A"], weight=gen + 1))
+
+
+def consistent(fmap: FederationMap, names: tuple[str, ...]) -> bool:
+    gens = {fmap.topics[n].config["gen"] for n in names}
+    return gens == {str(fmap.clusters["A"].weight - 1)}
+
+
+def test_a_change_writes_only_its_shard_and_the_index(backend: FileBackend) -> None:
+    backend.publish(topics_map(), EMPTY_VERSION)
+    before = set(p.name for p in backend.docs_path.iterdir())
+    import dataclasses
+
+    stored = backend.load()
+    assert stored is not None
+    t = stored.topics["t05"]
+    backend.publish(stored.with_topic(dataclasses.replace(t, config={"gen": "9"})), 1)
+    added = set(p.name for p in backend.docs_path.iterdir()) - before
+    assert len(added) == 1 and added.pop().startswith("s")  # one shard document, no base
+    index = json.loads(backend.path.read_text())
+    assert index["version"] == 2 and len(index["retired"]) == 1
+
+
+def test_readers_racing_a_writer_never_see_half_a_change(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation import maplayout
+
+    monkeypatch.setattr(maplayout, "RETIRE_GRACE_S", 0.0)  # collect at once: readers race it
+    path = tmp_path / "map.json"
+    names = ("t01", "t02", "t17")  # in different shards, changed together with the base
+    writer = FileBackend(path, poll_interval=0.005)
+    writer.publish(topics_map(), EMPTY_VERSION)
+    readers = [FileBackend(path, poll_interval=0.005) for _ in range(2)]
+    seen: list[list[int]] = [[], []]
+    bad: list[str] = []
+
+    def check(i: int) -> Callable[[FederationMap], None]:
+        def on_map(m: FederationMap) -> None:
+            seen[i].append(m.version)
+            if not consistent(m, names):
+                bad.append(f"watch {i}: version {m.version}")
+        return on_map
+
+    for i, r in enumerate(readers):
+        r.watch(check(i))
+    stop = threading.Event()
+
+    def load_loop() -> None:
+        r = FileBackend(path)
+        try:
+            while not stop.is_set():
+                m = r.load()
+                if m is not None and not consistent(m, names):
+                    bad.append(f"load: version {m.version}")
+        finally:
+            r.close()
+
+    loader = threading.Thread(target=load_loop)
+    loader.start()
+    try:
+        for gen in range(1, 41):
+            mapstore.update(writer, lambda m, g=gen: with_gen(m, g, names))  # type: ignore[misc]
+    finally:
+        stop.set()
+        loader.join()
+    wait_for(lambda: all(s and s[-1] == 41 for s in seen), timeout=30)
+    for r in readers:
+        r.close()
+    writer.close()
+    assert bad == []
+    for s in seen:
+        assert s == sorted(set(s))  # in order, each version once
+    # collected: the documents left are those the index names (and the just retired)
+    index = json.loads(path.read_text())
+    left = {p.name for p in writer.docs_path.iterdir()}
+    named = {index["base"], *(d for d in index["docs"] if d)}
+    assert named <= left and len(left - named) <= len(index["retired"])
+
+
+def test_a_watcher_that_missed_versions_catches_up(backend: FileBackend) -> None:
+    backend.publish(topics_map(), EMPTY_VERSION)
+    seen: list[int] = []
+    release = threading.Event()
+
+    def slow(m: FederationMap) -> None:
+        seen.append(m.version)
+        if m.version == 1:
+            release.wait(30)  # the watch is stuck while versions 2..6 are published
+
+    handle = backend.watch(slow)
+    wait_for(lambda: seen == [1])
+    for gen in range(1, 6):
+        mapstore.update(backend, lambda m, g=gen: with_gen(m, g, ("t03",)))  # type: ignore[misc]
+    release.set()
+    wait_for(lambda: seen[-1] == 6)
+    assert seen == sorted(set(seen)) and len(seen) < 6  # skipped to the latest, in order
+    assert handle.gaps >= 1
+    final = backend.load()
+    assert final is not None and final.topics["t03"].config == {"gen": "5"}
+
+
+def test_concurrent_topic_changes_never_both_win(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    FileBackend(path).publish(topics_map(), EMPTY_VERSION)
+    a, b = FileBackend(path), FileBackend(path)
+    try:
+        base_a, base_b = a.load(), b.load()
+        assert base_a is not None and base_b is not None
+        wins = []
+        for backend, fmap, name in ((a, base_a, "t01"), (b, base_b, "t02")):
+            try:
+                wins.append(backend.publish(with_gen(fmap, 7, (name,)), 1))
+            except VersionConflict as e:
+                assert (e.expected, e.actual) == (1, 2)
+        assert wins == [2]
+        final = b.load()
+        assert final is not None
+        assert final.topics["t01"].config == {"gen": "7"} and final.topics["t02"].config == {
+            "gen": "0"}
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_format_1_file_is_read_and_converted(tmp_path: Path) -> None:
+    path = tmp_path / "map.json"
+    legacy = topics_map(version=5)
+    _atomic_write(path, mapstore.dumps(legacy))  # as the layout before wrote it
+    b = FileBackend(path, poll_interval=0.02)
+    seen: list[FederationMap] = []
+    try:
+        assert b.load() == legacy
+        assert b.health()["ok"] is True and b.health()["version"] == 5
+        b.watch(seen.append)
+        wait_for(lambda: len(seen) == 1)
+        assert seen[0] == legacy
+        assert b.migrate() == 6
+        assert json.loads(path.read_text())["format"] == 2
+        assert b.migrate() is None  # nothing left to convert
+        wait_for(lambda: len(seen) == 2)
+        assert seen[1] == legacy.with_version(6)
+        reader = FileBackend(path)
+        assert reader.load() == legacy.with_version(6)
+        reader.close()
+    finally:
+        b.close()
+
+
+def test_an_invalid_document_is_refused_and_reported(backend: FileBackend) -> None:
+    backend.publish(topics_map(), EMPTY_VERSION)
+    seen: list[int] = []
+    handle = backend.watch(lambda m: seen.append(m.version))
+    wait_for(lambda: seen == [1])
+    good_index = backend.path.read_bytes()
+    # A writer that wrote a document naming an unknown cluster (e.g. a buggy tool):
+    index = json.loads(good_index)
+    shard = next(i for i, d in enumerate(index["docs"]) if d)
+    doc = json.loads((backend.docs_path / index["docs"][shard]).read_text())
+    name = next(iter(doc["topics"]))
+    doc["topics"][name]["partitions"][0][0]["cluster"] = "nowhere"
+    bad_name = f"s{shard:04d}.2.00000000"
+    (backend.docs_path / bad_name).write_text(json.dumps(doc))
+    index["docs"][shard], index["version"] = bad_name, 2
+    _atomic_write(backend.path, json.dumps(index))
+    wait_for(lambda: handle.error is not None)
+    health = backend.health()
+    assert health["ok"] is False
+    assert "unknown cluster 'nowhere'" in health["error"] and "version 1" in health["error"]
+    assert seen == [1]  # the last good map is kept; the watch goes on
+    with pytest.raises(mapstore.MapFormatError, match="unknown cluster"):
+        backend.load()
+    _atomic_write(backend.path, good_index.replace(b'"version":1', b'"version":3'))
+    wait_for(lambda: seen == [1, 3])
+    assert backend.health()["ok"] is True
