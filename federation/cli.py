@@ -123,6 +123,10 @@ def local_up(
     monitoring: Annotated[bool, typer.Option(help="Also run Prometheus (base+80) scraping "
                                              "every component, with fedkafka's rules.")]
     = False,
+    secure: Annotated[bool, typer.Option(help="TLS and SASL/SCRAM everywhere: a generated "
+                                         "CA, SASL_SSL brokers and proxies, users admin "
+                                         "and app (settings in federation.json).")]
+    = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a federation of real Kafka clusters on loopback and write federation.json."""
@@ -139,13 +143,19 @@ def local_up(
         state = fed.up(clusters=clusters, brokers_per_cluster=brokers_per_cluster,
                        metadata=metadata, kafka_version=kafka_version, base_port=base_port,
                        heap=heap, timeout=timeout, progress=progress, proxies=proxies,
-                       controllers=controllers, exporter=exporter, monitoring=monitoring)
+                       controllers=controllers, exporter=exporter, monitoring=monitoring,
+                       secure=secure)
     if as_json:
         _print_json(state)
         return
     err.print(f"federation up in {time.monotonic() - t0:.1f}s; state in {fed.state_path}")
     _status_table(fed)
     out.print(f"bootstrap: [bold]{state['bootstrap']}[/bold]")
+    if state.get("security"):
+        users = state["security"]["users"]
+        out.print(f"security: SASL_SSL, SCRAM-SHA-512, CA {state['security']['ca']}; users "
+                  + ", ".join(f"{u} ({users[u]['java_properties']})" for u in users)
+                  + f"; passwords in {fed.state_path} (security.users)")
     if state.get("prometheus"):
         out.print(f"prometheus: [bold]{state['prometheus']}[/bold]")
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from federation import probe, procs
+from federation import local_secure, probe, procs
 from federation.errors import ConfigError, FedKafkaError
 from federation.kafka_dist import (
     DEFAULT_KAFKA_VERSION,
@@ -36,6 +36,7 @@ from federation.kafka_dist import (
     install_zookeeper,
     java_executable,
 )
+from federation.local_secure import SecureSetup
 
 STATE_FILE = "federation.json"
 FORMAT = 1
@@ -123,7 +124,9 @@ def new_cluster_id() -> str:
             return cid
 
 
-def broker_properties(cluster: ClusterPlan, broker: BrokerPlan, data_dir: Path) -> str:
+def broker_properties(cluster: ClusterPlan, broker: BrokerPlan, data_dir: Path,
+                      overrides: dict[str, str] | None = None) -> str:
+    """``server.properties`` of one local broker (``overrides``: e.g. SASL_SSL listeners)."""
     rf = min(len(cluster.brokers), 3)
     roles = "broker,controller" if broker.controller_port is not None else "broker"
     listeners = f"PLAINTEXT://{HOST}:{broker.port}"
@@ -157,6 +160,7 @@ def broker_properties(cluster: ClusterPlan, broker: BrokerPlan, data_dir: Path) 
         "log.segment.bytes": str(64 << 20),
         "socket.request.max.bytes": str(100 << 20),
     }
+    lines.update(overrides or {})
     return "".join(f"{k}={v}\n" for k, v in lines.items())
 
 
@@ -172,6 +176,7 @@ class LocalFederation:
     def __init__(self, workdir: Path | None = None) -> None:
         self.workdir = (workdir or default_workdir()).resolve()
         self.state_path = self.workdir / STATE_FILE
+        self._secure: SecureSetup | None = None  # while `up --secure` runs
 
     # -- state -------------------------------------------------------------
 
@@ -188,6 +193,8 @@ class LocalFederation:
     def _save(self, state: dict[str, Any]) -> None:
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2) + "\n")
+        if state.get("secure"):
+            tmp.chmod(0o600)  # it holds the example users' passwords
         os.replace(tmp, self.state_path)
 
     def records(self, state: dict[str, Any] | None = None) -> list[procs.ProcessRecord]:
@@ -229,6 +236,7 @@ class LocalFederation:
         exporter: bool = True,
         monitoring: bool = False,
         exporter_options: dict[str, Any] | None = None,
+        secure: bool = False,
     ) -> dict[str, Any]:
         """Start the federation and return its description (also in federation.json).
 
@@ -238,6 +246,7 @@ class LocalFederation:
         :param monitoring: also start a Prometheus (Debian's ``prometheus`` package) on
             ``base + 80`` scraping every component, with fedkafka's rules loaded.
         :param exporter_options: exporter config fields, e.g. ``{"max_groups": 10}``.
+        :param secure: TLS and SASL/SCRAM everywhere (:mod:`federation.local_secure`).
         """
         from federation import local_monitoring
 
@@ -271,6 +280,9 @@ class LocalFederation:
         # A fresh start: data of an earlier, stopped federation in this workdir is discarded.
         for sub in ("clusters", "zookeeper", "logs", "run", "store", "proxies", "monitoring"):
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
+        self._secure = local_secure.prepare(self.workdir) if secure else None
+        if not secure:
+            local_secure.scrub(self.workdir)
         state: dict[str, Any] = {
             "format": FORMAT,
             "workdir": str(self.workdir),
@@ -294,7 +306,12 @@ class LocalFederation:
                         for i, p in enumerate(proxy_ports)],
             "zookeeper": f"{HOST}:{zk_port}" if zk_port else None,
             "processes": [],
+            "secure": secure,
         }
+        if self._secure is not None:
+            state["probe_security"] = {"kafka-broker": self._secure.cluster_security(),
+                                       "proxy": self._secure.proxy_probe_security(),
+                                       "nameservice": self._secure.proxy_probe_security()}
         self._save(state)
         started: list[procs.ProcessRecord] = []
         try:
@@ -302,7 +319,8 @@ class LocalFederation:
                 started.append(self._start_zookeeper(zk_dist, zk_port, state, progress))
             for plan in plans:
                 started.extend(self._start_cluster(dist, plan, heap, state, progress))
-            self._wait_clusters(plans, started, timeout, progress)
+            self._wait_clusters(plans, started, timeout, progress,
+                                _probe_security(state, "kafka-broker"))
             if zk_port is not None:
                 self._wait_zookeeper(zk_port, started, timeout)
             if proxy_ports:
@@ -321,7 +339,10 @@ class LocalFederation:
                         self, state, base_port, progress, timeout))
                 state["proxy_bootstrap"] = ",".join(f"{HOST}:{p}" for p in proxy_ports)
                 state["bootstrap"] = f"{HOST}:{base_port + 10}"
-                state["nameservice_http"] = f"http://{HOST}:{base_port + 11}"
+                scheme = "https" if self._secure is not None else "http"
+                state["nameservice_http"] = f"{scheme}://{HOST}:{base_port + 11}"
+                if self._secure is not None:
+                    state["security"] = self._secure.client_settings(state["bootstrap"])
         except BaseException:
             progress("start failed: stopping what was started")
             procs.stop(started)
@@ -338,12 +359,22 @@ class LocalFederation:
         from federation.proxy.config import parse_store
 
         (self.workdir / "store").mkdir(parents=True, exist_ok=True)
+        security = self._secure.cluster_security() if self._secure is not None else {}
+        extra: dict[str, Any] = {}
+        if self._secure is not None:
+            from federation.credentials import make_user
+
+            extra = {"users": {name: make_user(password)
+                               for name, password in self._secure.users().items()},
+                     "acls": tuple(self._secure.acls())}
         fmap = FederationMap(
             version=0,
-            clusters={p.name: PhysicalCluster(id=p.name, bootstrap=p.bootstrap) for p in plans},
+            clusters={p.name: PhysicalCluster(id=p.name, bootstrap=p.bootstrap,
+                                              security=security) for p in plans},
             coordination_cluster=plans[0].name,
             pools={"default": tuple(ProxyEndpoint(node_id=p["node_id"], host=p["host"],
                                                   port=p["port"]) for p in state["proxies"])},
+            **extra,
         )
         name, options = parse_store(state["store"])
         backend = get_plugins().backend(name, **options)
@@ -368,6 +399,7 @@ class LocalFederation:
                 "advertised": f"{HOST}:{p['port']}", "store": state["store"],
                 "roles": ["producer", "consumer"], "pool": "default",
                 "metrics": f"{HOST}:{metrics_port}",
+                **(self._secure.proxy_settings() if self._secure is not None else {}),
             }, indent=2))
             progress(f"starting {name} on {HOST}:{p['port']}")
             rec, _ = procs.spawn(
@@ -392,6 +424,8 @@ class LocalFederation:
         cfg_path.write_text(json.dumps({
             "node_id": 999, "listen": f"{HOST}:{port}", "advertised": f"{HOST}:{port}",
             "store": state["store"], "pool": "default", "http": f"{HOST}:{http}",
+            **(self._secure.proxy_settings() if self._secure is not None else {}),
+            **(self._secure.http_settings() if self._secure is not None else {}),
         }, indent=2))
         progress(f"starting the name service on {HOST}:{port} (HTTP {http})")
         rec, _ = procs.spawn(
@@ -442,7 +476,8 @@ class LocalFederation:
                     raise FedKafkaError(f"{rec.name} exited during start-up; see its log "
                                         f"{rec.log}:\n{tail(Path(rec.log), 8)}")
                 try:
-                    probe.metadata(HOST, rec.ports[0], timeout=1.0)
+                    probe.metadata(HOST, rec.ports[0], timeout=1.0,
+                                   security=_probe_security(state, rec.kind))
                     progress(f"{rec.name} is up at {HOST}:{rec.ports[0]}")
                     break
                 except (OSError, probe.ProbeError):
@@ -487,10 +522,17 @@ class LocalFederation:
             data = bdir / "data"
             bdir.mkdir(parents=True, exist_ok=True)
             props = bdir / "server.properties"
-            props.write_text(broker_properties(plan, b, data))
+            secure = self._secure
+            props.write_text(broker_properties(
+                plan, b, data, secure.broker_overrides(b.port, b.controller_port)
+                if secure is not None else None))
+            if secure is not None:
+                props.chmod(0o600)  # the inter-broker SCRAM password
             fmt = subprocess.run(
                 dist.java_command(dist.storage_tool, "format", f"--cluster-id={plan.cluster_id}",
-                                  "-c", str(props), "--ignore-formatted", heap="128m"),
+                                  "-c", str(props), "--ignore-formatted",
+                                  *(secure.format_args() if secure is not None else []),
+                                  heap="128m"),
                 capture_output=True, text=True, check=False, timeout=120,
             )
             if fmt.returncode != 0:
@@ -530,7 +572,8 @@ class LocalFederation:
         return rec
 
     def _wait_clusters(self, plans: list[ClusterPlan], started: list[procs.ProcessRecord],
-                       timeout: float, progress: Progress) -> None:
+                       timeout: float, progress: Progress,
+                       security: dict[str, str] | None = None) -> None:
         deadline = time.monotonic() + timeout
         pending = {p.name: p for p in plans}
         by_name = {r.name: r for r in started}
@@ -544,7 +587,7 @@ class LocalFederation:
                             f"broker {b.name} exited during start-up; see its log "
                             f"{rec.log}:\n{tail(Path(rec.log), 8)}"
                         )
-                if self._cluster_ready(plan):
+                if self._cluster_ready(plan, security):
                     del pending[name]
                     progress(f"cluster {name} is up at {plan.bootstrap} "
                              f"({time.monotonic() - t0:.1f}s)")
@@ -559,11 +602,11 @@ class LocalFederation:
             time.sleep(0.25)
 
     @staticmethod
-    def _cluster_ready(plan: ClusterPlan) -> bool:
+    def _cluster_ready(plan: ClusterPlan, security: dict[str, str] | None = None) -> bool:
         want = {b.node_id for b in plan.brokers}
         for b in plan.brokers:
             try:
-                answer = probe.metadata(HOST, b.port, timeout=1.0)
+                answer = probe.metadata(HOST, b.port, timeout=1.0, security=security)
             except (OSError, probe.ProbeError):
                 return False
             if {x.node_id for x in answer.brokers} != want:
@@ -597,6 +640,12 @@ class LocalFederation:
         # Stop in reverse order of start: entry points first, metadata store last.
         outcomes = procs.stop(list(reversed(records)), grace=grace)
         state["stopped_at"] = time.time()
+        if state.get("secure"):  # no key or password outlives the federation
+            local_secure.scrub(self.workdir)
+            for props in (self.workdir / "clusters").glob("*/broker-*/server.properties"):
+                props.unlink()
+            for key in ("security", "probe_security"):
+                state.pop(key, None)
         self._save(state)
         return outcomes
 
@@ -613,7 +662,8 @@ class LocalFederation:
                 health = "starting"
                 if rec.kind in ("kafka-broker", "proxy", "nameservice"):
                     try:
-                        probe.metadata(HOST, rec.ports[0], timeout=1.0)
+                        probe.metadata(HOST, rec.ports[0], timeout=1.0,
+                                       security=_probe_security(state, rec.kind))
                         health = "healthy"
                     except (OSError, probe.ProbeError):
                         health = "not answering"
@@ -674,7 +724,8 @@ class LocalFederation:
                 return new  # its metrics port is bound: it has started
             else:
                 try:
-                    probe.metadata(HOST, new.ports[0], timeout=1.0)
+                    probe.metadata(HOST, new.ports[0], timeout=1.0,
+                                   security=_probe_security(state, rec.kind))
                     return new
                 except (OSError, probe.ProbeError):
                     pass
@@ -691,6 +742,12 @@ class LocalFederation:
                 return Path(rec.log)
         names = ", ".join(r.name for r in self.records()) or "none"
         raise ConfigError(f"no component named {name!r} in {self.workdir}; known: {names}")
+
+
+def _probe_security(state: dict[str, Any], kind: str) -> dict[str, str] | None:
+    """How readiness probes reach a component of kind ``kind`` (None: plaintext)."""
+    found: dict[str, str] | None = state.get("probe_security", {}).get(kind)
+    return found
 
 
 def zookeeper_ok(host: str, port: int) -> bool:

@@ -56,6 +56,10 @@ class ProxyConfig:
     sasl_required: bool = False  # refuse clients that do not authenticate with SASL
     http: tuple[str, int] | None = None  # the name service's HTTP API
     limits: Limits = field(default_factory=Limits)
+    #: processes serving the listener together (SO_REUSEPORT), each a full proxy
+    #: (docs/adr/0015-proxy-worker-processes.md); ``worker``: this process's index
+    workers: int = 1
+    worker: int = 0
     tls: ListenerTls | None = None  # TLS on the client listener (docs/security.md)
     http_tls: ListenerTls | None = None  # TLS on the name service's HTTP API
     metrics_tls: ListenerTls | None = None  # TLS on the Prometheus endpoint
@@ -65,7 +69,7 @@ class ProxyConfig:
     def from_dict(cls, data: dict[str, Any]) -> ProxyConfig:
         known = {"node_id", "listen", "advertised", "store", "roles", "pool", "metrics",
                  "request_timeout", "max_frame_size", "federation_name", "route_by_client_id",
-                 "shutdown_grace", "sasl_required", "tls", "http_tls", "metrics_tls",
+                 "shutdown_grace", "sasl_required", "workers", "tls", "http_tls", "metrics_tls",
                  "http", "limits", "_comment"}  # "_comment": e.g. Ansible's managed marker, ignored
         unknown = sorted(set(data) - known)
         if unknown:
@@ -85,6 +89,10 @@ class ProxyConfig:
                               "[\"producer\", \"consumer\"]")
         metrics = parse_hostport(str(data["metrics"]), "metrics") if data.get("metrics") else None
         parse_store(str(data["store"]))
+        workers = data.get("workers", 1)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
+            raise ConfigError(f"workers {workers!r} must be an integer from 1 to 64 (worker "
+                              "processes sharing the listener; e.g. one per core)")
         timeout = float(data.get("request_timeout", 30.0))
         if timeout <= 0:
             raise ConfigError("request_timeout must be a positive number of seconds")
@@ -97,6 +105,7 @@ class ProxyConfig:
                    shutdown_grace=float(data.get("shutdown_grace", 10.0)),
                    sasl_required=bool(data.get("sasl_required", False)),
                    http=parse_hostport(str(data["http"]), "http") if data.get("http") else None,
+                   workers=workers,
                    limits=Limits.from_dict(data.get("limits")),
                    tls=_tls(data, "tls"), http_tls=_tls(data, "http_tls"),
                    metrics_tls=_tls(data, "metrics_tls"))

@@ -28,7 +28,7 @@ from federation.model import (
     ResourceType,
 )
 from federation.offsets import list_offsets
-from federation.protocol import codec, records
+from federation.protocol import codec, fetch_wire, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy import admin_apis, admin_handlers, authz, configs, routing
@@ -695,7 +695,8 @@ class Session:
                 continue
             try:
                 conn = await self.lane(grp.cluster, grp.node)
-                fut = conn.send(sub, client_id=req.header.client_id)
+                # The answer stays a frame: its records are passed on, never decoded.
+                fut = conn.send(sub, client_id=req.header.client_id, raw=True)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
@@ -758,55 +759,61 @@ class Session:
         next Fetch if it asks for the same offsets.
         """
         body: Any = req.entity
-        mod = resp_module(ApiKey.FETCH, req.header.api_version)
-        results: dict[tuple[str, int], Any] = {}
+        version = req.header.api_version
+        results: dict[tuple[str, int], fetch_wire.FetchPartition] = {}
         throttle = 0
         min_bytes = max(1, int(body.min_bytes))
         max_wait = body.max_wait.total_seconds()
 
         async def one(grp: _Group, conn: BrokerConnection, fut: Any
-                      ) -> tuple[int, int, list[tuple[tuple[str, int], Any]],
+                      ) -> tuple[int, int, list[tuple[tuple[str, int],
+                                                      fetch_wire.FetchPartition]],
                                  list[tuple[str, int, int]]]:
-            out: list[tuple[tuple[str, int], Any]] = []
+            out: list[tuple[tuple[str, int], fetch_wire.FetchPartition]] = []
             errs: list[tuple[str, int, int]] = []
             try:
-                resp = await conn.wait(asyncio.shield(fut), timeout)
+                frame = await conn.wait(asyncio.shield(fut), timeout)
+                _, resp = fetch_wire.parse_fetch_response(version, frame)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 errs.extend((p.topic, p.partition, _not_sent(e.error_code)) for p in grp.parts)
                 return 0, 0, out, errs
-            top_error = int(getattr(resp, "error_code", 0) or 0)
-            if top_error:
-                errs.extend((p.topic, p.partition, top_error) for p in grp.parts)
+            except fetch_wire.WireError as e:
+                log.error("%s: undecodable Fetch answer: %s", conn.label, e)
+                grp.cluster.invalidate()
+                errs.extend((p.topic, p.partition, ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                            for p in grp.parts)
+                return 0, 0, out, errs
+            if resp.error_code:
+                errs.extend((p.topic, p.partition, resp.error_code) for p in grp.parts)
                 return 0, 0, out, errs
             size = 0
             by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
-            for tr in resp.responses:
-                phys_name = tr.topic if routing.has_field(tr, "topic") else (
-                    grp.cluster.view.topic_names.get(tr.topic_id))
+            names = grp.cluster.view.topic_names
+            for tr in resp.topics:
+                phys_name = tr.name if tr.topic_id is None else names.get(tr.topic_id)
                 for pr in tr.partitions:
-                    part = by_phys.get((phys_name, int(pr.partition_index)))
+                    part = by_phys.get((phys_name, pr.partition_index))  # type: ignore[arg-type]
                     if part is None:
                         continue
-                    code = int(pr.error_code)
+                    code = pr.error_code
                     if code in RETRIABLE_LEADER_ERRORS:
                         grp.cluster.invalidate()
-                    data = routing.translate_records(pr.records, part.seg)
-                    size += len(data or b"")
-                    hwm = routing.logical_offset(part.seg, int(pr.high_watermark))
-                    lso = routing.logical_offset(part.seg, int(pr.last_stable_offset))
-                    log_start = _log_start(part.seg, int(pr.log_start_offset))
+                    seg = part.seg
+                    data = routing.translate_records(pr.records, seg)
+                    size += len(data) if data else 0
+                    hwm = routing.logical_offset(seg, pr.high_watermark)
+                    lso = routing.logical_offset(seg, pr.last_stable_offset)
+                    log_start = _log_start(seg, pr.log_start_offset)
                     if code == 0:
                         self._watermarks[(part.topic, part.partition)] = (hwm, lso, log_start)
-                    out.append(((part.topic, part.partition), replace(
-                        pr, partition_index=part.partition, high_watermark=hwm,
-                        last_stable_offset=lso, log_start_offset=log_start,
-                        preferred_read_replica=-1,
-                        current_leader=_default_of(pr, "current_leader"),
-                        diverging_epoch=_default_of(pr, "diverging_epoch"),
-                        records=data,
-                    )))
-            return int(resp.throttle_time.total_seconds() * 1000), size, out, errs
+                    aborted = pr.aborted
+                    if aborted:
+                        aborted = [(pid, routing.logical_offset(seg, first))
+                                   for pid, first in aborted]
+                    out.append(((part.topic, part.partition), fetch_wire.FetchPartition(
+                        part.partition, code, hwm, lso, log_start, aborted, -1, data)))
+            return resp.throttle_time_ms, size, out, errs
 
         tasks = {asyncio.ensure_future(one(g, c, f)): g for g, c, f in sends}
         pending = set(tasks)
@@ -835,22 +842,18 @@ class Session:
             task.cancel()  # the upstream request itself stays in flight (shielded)
             for p in tasks[task].parts:
                 hwm, lso, log_start = self._watermarks[(p.topic, p.partition)]
-                results[(p.topic, p.partition)] = build(
-                    mod.PartitionData, partition_index=p.partition, error_code=to_kio(0),
-                    high_watermark=hwm, last_stable_offset=lso, log_start_offset=log_start,
-                    aborted_transactions=None, preferred_read_replica=-1, records=b"")
+                results[(p.topic, p.partition)] = fetch_wire.FetchPartition(
+                    p.partition, 0, hwm, lso, log_start, None, -1, b"")
         for topic, partition, code in failed:
             self.state.metrics.error("Fetch", code)
-            results[(topic, partition)] = build(
-                mod.PartitionData, partition_index=partition, error_code=to_kio(code),
-                high_watermark=-1, last_stable_offset=-1, log_start_offset=-1,
-                aborted_transactions=None, preferred_read_replica=-1, records=b"")
+            results[(topic, partition)] = fetch_wire.FetchPartition(
+                partition, code, -1, -1, -1, None, -1, b"")
         if ends is not None:
             for key, end in (await ends).items():
                 r = results.get(key)
-                if r is not None and int(r.error_code) == 0 and end > int(r.high_watermark):
-                    results[key] = replace(r, high_watermark=end, last_stable_offset=end)
-        ordered: dict[str, list[Any]] = defaultdict(list)
+                if r is not None and r.error_code == 0 and end > r.high_watermark:
+                    r.high_watermark = r.last_stable_offset = end
+        ordered: dict[str, list[fetch_wire.FetchPartition]] = defaultdict(list)
         ids: dict[str, Any] = {}
         for t in body.topics:
             name = _fetch_topic_key(self.fmap, t)
@@ -860,11 +863,12 @@ class Session:
                 r = results.get((name, int(p.partition)))
                 if r is not None:
                     ordered[name].append(r)
-                    self.state.metrics.bytes_out(name, len(r.records or b""))
-        topics = tuple(build(mod.FetchableTopicResponse, topic=name, topic_id=ids.get(name),
-                             partitions=tuple(ps)) for name, ps in ordered.items())
-        return build(mod.FetchResponse, throttle_time=_ms(throttle), error_code=to_kio(0),
-                     session_id=0, responses=topics)
+                    self.state.metrics.bytes_out(name, len(r.records) if r.records else 0)
+        answer = fetch_wire.FetchAnswer(throttle, 0, 0, [
+            fetch_wire.FetchTopic(None if version >= 13 else name, ids.get(name), ps)
+            for name, ps in ordered.items()])
+        return fetch_wire.Encoded(fetch_wire.encode_fetch_response(
+            version, req.header.correlation_id, answer))
 
     # -- ListOffsets --------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from federation import tls
 from federation.mapstore import MetadataBackend, changed_topics
 from federation.model import FederationMap, ProxyEndpoint, Segment
 from federation.plugin import Plugins, get_plugins
-from federation.protocol import codec
+from federation.protocol import codec, fetch_wire
 from federation.protocol.errors import ErrorCode, error_response
 from federation.protocol.framing import FrameError, FrameReader, FrameTooLarge
 from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
@@ -720,6 +720,8 @@ class ClientConnection(asyncio.Protocol):
                 return
             if isinstance(entity, _RawBytes):
                 self.transport.write(entity.data)
+            elif isinstance(entity, fetch_wire.Encoded):  # Fetch: records by reference
+                self.transport.writelines(entity.parts)
             else:
                 self.transport.writelines(codec.encode_response(header, entity))
             self.state.metrics.request(header.api_key, time.monotonic() - started,
@@ -782,14 +784,21 @@ class MapFollower:
             self.loop.call_soon_threadsafe(self.state.set_map, fmap)
 
         self._handle = self.backend.watch(on_map)
-        host, port = self.state.config.advertised
-        data = {"node_id": self.state.config.node_id, "host": host, "port": port,
-                "roles": sorted(self.state.config.roles), "pool": self.state.config.pool,
+        config = self.state.config
+        host, port = config.advertised
+        data = {"node_id": config.node_id, "host": host, "port": port,
+                "roles": sorted(config.roles), "pool": config.pool,
                 "map_version": self.state.fmap.version}
+        # Each worker process acknowledges writes on its own: it is a member of its own
+        # (fence reports, the map version it serves).
+        member = f"{host}:{port}"
+        if config.workers > 1:
+            member += f"/w{config.worker}"
+            data["worker"] = config.worker
         with contextlib.suppress(Exception):
-            self.backend.register_member("proxy", f"{host}:{port}", data)
+            self.backend.register_member("proxy", member, data)
             self.state.member_data = data
-            self.state.member_id = f"{host}:{port}"
+            self.state.member_id = member
             self.loop.call_soon_threadsafe(self.state._after_map_change, self.state.fmap)
         threading.Thread(target=self._health_loop, daemon=True, name="store-health").start()
 
@@ -852,19 +861,23 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
             loop.add_signal_handler(sig, stop.set)
     server = await loop.create_server(lambda: ClientConnection(state), config.listen[0],
                                       config.listen[1], reuse_address=True, backlog=1024,
+                                      reuse_port=config.workers > 1,  # workers share it
                                       **tls.server_kwargs(config.tls, "tls"))
     metrics_server = None
     if config.metrics is not None:
         from prometheus_client import start_http_server
 
-        metrics_server, _ = start_http_server(config.metrics[1], addr=config.metrics[0],
+        # One endpoint per worker process: the configured port + the worker's index.
+        metrics_server, _ = start_http_server(config.metrics[1] + config.worker,
+                                              addr=config.metrics[0],
                                               registry=state.metrics.registry,
                                               **tls.prometheus_kwargs(config.metrics_tls))
-    log.info("proxy %d listening on %s:%d (advertised %s:%d), roles %s, map version %d",
+    log.info("proxy %d listening on %s:%d (advertised %s:%d), roles %s, map version %d%s",
              config.node_id, *config.listen, *config.advertised, sorted(config.roles),
-             fmap.version)
+             fmap.version, f", worker {config.worker + 1} of {config.workers}"
+             if config.workers > 1 else "")
     http_server = None
-    if config.http is not None:
+    if config.http is not None and config.worker == 0:
         from federation.nameservice import start_http
 
         http_server = await start_http(state, *config.http,

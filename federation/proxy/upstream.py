@@ -68,6 +68,7 @@ class _Pending:
     api_version: int
     future: asyncio.Future[Any]
     sent_at: float
+    raw: bool = False  #: answer with the frame body itself, undecoded
 
 
 class BrokerConnection(asyncio.Protocol):
@@ -174,12 +175,15 @@ class BrokerConnection(asyncio.Protocol):
 
     # -- requests --------------------------------------------------------------
 
-    def send(self, entity: Any, expect_response: bool = True, client_id: str | None = None
-             ) -> asyncio.Future[Any] | None:
+    def send(self, entity: Any, expect_response: bool = True, client_id: str | None = None,
+             raw: bool = False) -> asyncio.Future[Any] | None:
         """Write ``entity`` now (pipelined); returns the future of its response entity.
 
         :param client_id: the request header's client id (the application's, for requests
             forwarded on its behalf); None: this connection's own.
+        :param raw: the future's result is the response frame body (``bytes``, correlation
+            id first), not decoded: Fetch answers are read by
+            :mod:`federation.protocol.fetch_wire` without copying their records.
         """
         if not self.alive or self._transport is None:
             raise UpstreamError(f"{self.label}: connection is closed")
@@ -193,7 +197,7 @@ class BrokerConnection(asyncio.Protocol):
         # "exception never retrieved".
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending[cid] = _Pending(int(entity.__api_key__), int(entity.__version__), fut,
-                                      time.monotonic())
+                                      time.monotonic(), raw)
         return fut
 
     async def wait(self, fut: asyncio.Future[Any], timeout: float) -> Any:
@@ -237,6 +241,9 @@ class BrokerConnection(asyncio.Protocol):
                 continue  # the waiter gave up (timeout/cancel); drop the late answer
             if self.on_latency is not None:
                 self.on_latency(time.monotonic() - pending.sent_at)
+            if pending.raw:
+                pending.future.set_result(frame)
+                continue
             try:
                 _, entity = codec.decode_response(pending.api_key, pending.api_version, frame)
             except codec.CodecError as e:

@@ -1,0 +1,384 @@
+"""TLS everywhere, against a secure local federation (``fedkafka local up --secure``):
+
+* two physical clusters whose brokers listen with SASL_SSL only (SCRAM-SHA-512, PEM
+  keystores); every federation component connects to them with the map's ``security``;
+* a proxy and the name service with TLS on their client listeners and SASL/SCRAM required;
+  the name service's HTTP API over HTTPS;
+* the Java client, librdkafka and aiokafka produce and consume through the federation
+  with TLS + SCRAM (exact records back);
+* mTLS: an in-process proxy requiring client certificates; the certificate's subject DN
+  is the principal the ACLs name (granted: success; not granted: TOPIC_AUTHORIZATION_FAILED);
+* plaintext to a TLS listener fails on that connection only.
+
+The secure federation starts once for the module on ``FEDKAFKA_TEST_TLS_PORT`` (default
+23500) and is stopped (secrets removed) at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import ssl
+import stat
+import struct
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer
+
+from federation import admin, certs, probe, procs
+from federation.kafka_dist import KafkaDist
+from federation.local import LocalFederation
+from federation.model import AclRule
+
+from .elastic_tools import wait_until
+from .fedtopics import backend_of, route_to_proxy
+from .inprocess import InProcessProxy
+
+pytestmark = pytest.mark.integration
+
+BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_TLS_PORT", "23500"))
+MTLS_PORT = BASE_PORT + 30  # free in the local layout (proxies +0.., name service +10)
+MTLS_NODE = 1930
+TOPIC = "app-tls"  # the example user `app` may use topics and groups starting with app-
+MTLS_TOPIC = "mtls-orders"
+APP_PRINCIPAL = "User:CN=app,OU=fedkafka-local"
+
+
+@pytest.fixture(scope="module")
+def secure(tmp_path_factory: pytest.TempPathFactory, kafka_dist: KafkaDist
+           ) -> Iterator[dict[str, Any]]:
+    """A secure local federation: 2 SASL_SSL clusters, a TLS proxy and name service."""
+    workdir = tmp_path_factory.mktemp("tls-federation")
+    fed = LocalFederation(workdir)
+    state = fed.up(clusters=2, kafka_version=kafka_dist.version, base_port=BASE_PORT,
+                   heap="256m", proxies=1, controllers=1, exporter=False, secure=True,
+                   timeout=240)
+    backend = backend_of(state)
+    try:
+        for name, partitions in ((TOPIC, 4), (MTLS_TOPIC, 2), ("app-java", 2),
+                                 ("app-aio", 2), ("forbidden-topic", 1)):
+            asyncio.run(admin.create_topic(backend, name, partitions))
+        fmap = backend.load()
+        assert fmap is not None
+        health = f"{state['nameservice_http']}/health"
+        ctx = ssl.create_default_context(cafile=state["security"]["ca"])
+        wait_until(lambda: json.load(urllib.request.urlopen(health, context=ctx))[
+            "map_version"] >= fmap.version, 60, "the name service to serve the topics")
+        yield state
+    finally:
+        backend.close()
+        records = fed.records()
+        fed.down(grace=15)
+        assert not [r.name for r in records if procs.is_ours(r)]
+        left = [p for p in ("tls", "passwords", "clients") if (workdir / p).exists()]
+        assert not left, f"secrets left behind: {left}"
+        assert "security" not in json.loads((workdir / "federation.json").read_text())
+
+
+def _user(state: dict[str, Any], name: str) -> dict[str, Any]:
+    settings: dict[str, Any] = state["security"]["users"][name]
+    return settings
+
+
+def _rdkafka(state: dict[str, Any], user: str, client: str) -> dict[str, Any]:
+    u = _user(state, user)
+    return {"bootstrap.servers": u["bootstrap"], "client.id": f"fk-tls-{client}",
+            "security.protocol": u["security.protocol"], "sasl.mechanism": u["sasl.mechanism"],
+            "sasl.username": u["sasl.username"], "sasl.password": u["sasl.password"],
+            "ssl.ca.location": u["ssl.ca.location"]}
+
+
+def _produce(config: dict[str, Any], topic: str, values: list[bytes]
+             ) -> tuple[list[bytes], list[Any]]:
+    ok: list[bytes] = []
+    errors: list[Any] = []
+    producer = Producer({**config, "acks": "all", "message.timeout.ms": 30000})
+
+    def delivered(err: Any, msg: Any) -> None:
+        (errors.append(err) if err else ok.append(msg.value()))
+    for value in values:
+        producer.produce(topic, value, on_delivery=delivered)
+    assert producer.flush(60) == 0
+    return ok, errors
+
+
+def _consume(config: dict[str, Any], topic: str, want: set[bytes], group: str
+             ) -> list[bytes]:
+    consumer = Consumer({**config, "group.id": group, "auto.offset.reset": "earliest"})
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not want <= set(got) and time.monotonic() < deadline:
+            for m in consumer.consume(num_messages=100, timeout=0.5):
+                assert m.error() is None, m.error()
+                value = m.value()
+                assert value is not None
+                got.append(value)
+    finally:
+        consumer.close()
+    return got
+
+
+# -- the physical clusters -------------------------------------------------------------------
+
+
+def test_physical_brokers_speak_only_sasl_ssl(secure: dict[str, Any]) -> None:
+    """The brokers refuse a plaintext client; with the map's security they answer."""
+    fmap = backend_of(secure).load()
+    assert fmap is not None and len(fmap.clusters) == 2
+    for cluster in fmap.clusters.values():
+        assert cluster.security["security.protocol"] == "SASL_SSL"
+        assert cluster.security["sasl.password"].startswith("file:")  # not in clear
+        host, port = cluster.bootstrap_servers[0].rsplit(":", 1)
+        with pytest.raises((OSError, probe.ProbeError)):
+            probe.metadata(host, int(port), timeout=5.0)
+        answer = probe.metadata(host, int(port), timeout=10.0, security=cluster.security)
+        assert len(answer.brokers) == 1
+
+
+def test_federation_json_has_client_settings(secure: dict[str, Any]) -> None:
+    sec = secure["security"]
+    assert set(sec["users"]) == {"admin", "app"}
+    for user in sec["users"].values():
+        assert user["security.protocol"] == "SASL_SSL"
+        assert user["sasl.mechanism"] == "SCRAM-SHA-512"
+        assert user["sasl.password"] and Path(user["ssl.ca.location"]).is_file()
+        assert user["bootstrap"] == secure["bootstrap"]
+        props = Path(user["java_properties"])
+        assert stat.S_IMODE(props.stat().st_mode) == 0o600
+    state_file = Path(secure["workdir"]) / "federation.json"
+    assert stat.S_IMODE(state_file.stat().st_mode) == 0o600
+
+
+def test_name_service_http_api_is_https(secure: dict[str, Any]) -> None:
+    assert secure["nameservice_http"].startswith("https://")
+    ctx = ssl.create_default_context(cafile=secure["security"]["ca"])
+    with urllib.request.urlopen(f"{secure['nameservice_http']}/health", context=ctx) as r:
+        assert r.status == 200
+    with pytest.raises(OSError):  # plain HTTP to the TLS port gets no HTTP answer
+        urllib.request.urlopen(secure["nameservice_http"].replace("https", "http")
+                               + "/health", timeout=10)
+
+
+# -- clients through the federation with TLS + SCRAM -----------------------------------------
+
+
+def test_librdkafka_produces_and_consumes_with_tls_and_scram(secure: dict[str, Any]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    sent = [f"rd-{tag}-{i}".encode() for i in range(40)]
+    ok, errors = _produce(_rdkafka(secure, "app", "rd-p"), TOPIC, sent)
+    assert not errors and sorted(ok) == sorted(sent)
+    got = _consume(_rdkafka(secure, "app", "rd-c"), TOPIC, set(sent), f"app-rd-{tag}")
+    mine = [v for v in got if tag.encode() in v]
+    assert sorted(mine) == sorted(sent)  # every record, once
+
+
+def test_acls_hold_for_scram_users_over_tls(secure: dict[str, Any]) -> None:
+    """`app` may only use topics starting with app-: elsewhere TOPIC_AUTHORIZATION_FAILED."""
+    ok, errors = _produce({**_rdkafka(secure, "app", "rd-denied"),
+                           "message.timeout.ms": 10000}, "forbidden-topic", [b"no"])
+    assert not ok
+    assert [e.code() for e in errors] == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    ok, errors = _produce(_rdkafka(secure, "admin", "rd-admin"), "forbidden-topic", [b"yes"])
+    assert ok == [b"yes"] and not errors
+
+
+def test_wrong_password_over_tls_fails_authentication(secure: dict[str, Any]) -> None:
+    errors: list[KafkaError] = []
+    producer = Producer({**_rdkafka(secure, "app", "rd-bad"), "sasl.password": "wrong",
+                         "message.timeout.ms": 5000, "error_cb": errors.append})
+    producer.produce(TOPIC, b"never")
+    deadline = time.monotonic() + 30
+    while not any(e.code() == KafkaError._AUTHENTICATION for e in errors) \
+            and time.monotonic() < deadline:
+        producer.poll(0.1)
+    assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+    producer.purge()
+    producer.flush(5)
+
+
+async def _aiokafka_roundtrip(state: dict[str, Any], topic: str, sent: list[bytes],
+                              group: str) -> list[bytes]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    u = _user(state, "app")
+    security = {"security_protocol": "SASL_SSL", "sasl_mechanism": u["sasl.mechanism"],
+                "sasl_plain_username": u["sasl.username"],
+                "sasl_plain_password": u["sasl.password"],
+                "ssl_context": ssl.create_default_context(cafile=u["ssl.ca.location"])}
+    producer = AIOKafkaProducer(bootstrap_servers=u["bootstrap"], client_id="fk-tls-aio-p",
+                                acks="all", **security)
+    await producer.start()
+    try:
+        for value in sent:
+            await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=u["bootstrap"], group_id=group,
+                                client_id="fk-tls-aio-c", auto_offset_reset="earliest",
+                                **security)
+    await consumer.start()
+    got: list[bytes] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not set(sent) <= set(got) and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=500)).values():
+                got.extend(m.value for m in msgs if m.value is not None)
+    finally:
+        await consumer.stop()
+    return got
+
+
+def test_aiokafka_produces_and_consumes_with_tls_and_scram(secure: dict[str, Any]) -> None:
+    tag = uuid.uuid4().hex[:8]
+    sent = [f"aio-{tag}-{i}".encode() for i in range(25)]
+    got = asyncio.run(_aiokafka_roundtrip(secure, "app-aio", sent, f"app-aio-{tag}"))
+    assert sorted(v for v in got if tag.encode() in v) == sorted(sent)
+
+
+def test_java_client_produces_and_consumes_with_tls_and_scram(
+        secure: dict[str, Any], kafka_dist: KafkaDist) -> None:
+    """Kafka's console producer and consumer with the properties file `local up --secure`
+    wrote (SASL_SSL, SCRAM-SHA-512, a PEM truststore)."""
+    props = _user(secure, "app")["java_properties"]
+    tag = uuid.uuid4().hex[:8]
+    sent = [f"java-{tag}-{i}".encode() for i in range(12)]
+    produced = subprocess.run(
+        kafka_dist.java_command(kafka_dist.console_producer, "--bootstrap-server",
+                                secure["bootstrap"], "--topic", "app-java",
+                                "--producer.config", props,
+                                "--producer-property", "acks=all", heap="256m"),
+        input=b"".join(v + b"\n" for v in sent), capture_output=True, timeout=180,
+        check=False)
+    assert produced.returncode == 0, produced.stderr.decode(errors="replace")[-2000:]
+    consumed = subprocess.run(
+        kafka_dist.java_command(kafka_dist.console_consumer, "--bootstrap-server",
+                                secure["bootstrap"], "--topic", "app-java",
+                                "--from-beginning", "--group", f"app-java-{tag}",
+                                "--max-messages", str(len(sent)), "--timeout-ms", "60000",
+                                "--consumer.config", props, heap="256m"),
+        capture_output=True, timeout=180, check=False)
+    got = [line for line in consumed.stdout.splitlines() if line.startswith(b"java-")]
+    assert sorted(got) == sorted(sent), consumed.stderr.decode(errors="replace")[-2000:]
+
+
+# -- mTLS: the certificate names the principal -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mtls(secure: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """An in-process proxy with an SSL listener requiring client certificates, its pool
+    the one for client ids fk-mtls-*; an ACL for the example app certificate."""
+    route_to_proxy(secure, "mtls", MTLS_NODE, MTLS_PORT, "fk-mtls-.*")
+    backend = backend_of(secure)
+    rules = [AclRule(APP_PRINCIPAL, "Topic", MTLS_TOPIC, op) for op in ("Write", "Read")]
+    rules += [AclRule(APP_PRINCIPAL, "Group", "mtls-", "Read", pattern_type="PREFIXED"),
+              AclRule(APP_PRINCIPAL, "Cluster", "kafka-cluster", "IdempotentWrite")]
+    asyncio.run(admin.add_acls(backend, rules))
+    sec = secure["security"]
+    workdir = Path(secure["workdir"])
+    tls = {"cert": str(workdir / "tls" / "proxy.pem"), "key": str(workdir / "tls" / "proxy.key"),
+           "ca": sec["ca"], "client_auth": "required"}
+    # A certificate of the same CA whose subject has no ACL.
+    stranger = certs.load_ca(workdir / "tls").issue("stranger", "stranger", units=["other"],
+                                                   server=False)
+    try:
+        with InProcessProxy(secure["store"], MTLS_PORT, pool="mtls", node_id=MTLS_NODE,
+                            tls=tls):
+            base = {"bootstrap.servers": f"127.0.0.1:{MTLS_PORT}",
+                    "security.protocol": "SSL", "ssl.ca.location": sec["ca"]}
+            yield f"127.0.0.1:{MTLS_PORT}", {
+                "app": {**base, "ssl.certificate.location": sec["mtls_client"]["cert"],
+                        "ssl.key.location": sec["mtls_client"]["key"]},
+                "stranger": {**base, "ssl.certificate.location": str(stranger.cert),
+                             "ssl.key.location": str(stranger.key)},
+                "none": base}
+    finally:
+        asyncio.run(admin.remove_acls(backend, rules))
+        backend.close()
+
+
+def test_mtls_certificate_principal_with_the_acl_produces_and_consumes(
+        mtls: tuple[str, dict[str, Any]]) -> None:
+    _, clients = mtls
+    tag = uuid.uuid4().hex[:8]
+    sent = [f"mtls-{tag}-{i}".encode() for i in range(20)]
+    ok, errors = _produce({**clients["app"], "client.id": "fk-mtls-p"}, MTLS_TOPIC, sent)
+    assert not errors and sorted(ok) == sorted(sent)
+    got = _consume({**clients["app"], "client.id": "fk-mtls-c"}, MTLS_TOPIC, set(sent),
+                   f"mtls-{tag}")
+    assert sorted(v for v in got if tag.encode() in v) == sorted(sent)
+
+
+def test_mtls_certificate_principal_without_the_acl_is_denied(
+        mtls: tuple[str, dict[str, Any]]) -> None:
+    _, clients = mtls
+    ok, errors = _produce({**clients["stranger"], "client.id": "fk-mtls-stranger",
+                           "message.timeout.ms": 10000}, MTLS_TOPIC, [b"no"])
+    assert not ok
+    assert [e.code() for e in errors] == [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+
+
+def test_mtls_client_without_a_certificate_fails_the_handshake(
+        mtls: tuple[str, dict[str, Any]]) -> None:
+    bootstrap, clients = mtls
+    host, port = bootstrap.rsplit(":", 1)
+    ctx = ssl.create_default_context(cafile=clients["none"]["ssl.ca.location"])
+    with pytest.raises((ssl.SSLError, ConnectionError)), ctx.wrap_socket(
+            socket.create_connection((host, int(port)), timeout=10),
+            server_hostname=host) as s:
+        s.sendall(_api_versions())  # TLS 1.3: the refusal arrives with the first read
+        if not s.recv(4):
+            raise ConnectionError("closed")
+
+
+# -- plaintext to a TLS listener ---------------------------------------------------------------
+
+
+def _api_versions() -> bytes:
+    body = struct.pack(">hhih", 18, 0, 1, 1) + b"x"
+    return struct.pack(">i", len(body)) + body
+
+
+def test_plaintext_to_a_tls_listener_fails_without_hurting_others(
+        secure: dict[str, Any]) -> None:
+    """A plaintext Kafka request to the proxy's TLS port is not a TLS handshake: that
+    connection closes; a TLS client connected before and after keeps being served."""
+    config = _rdkafka(secure, "app", "rd-neighbour")
+    tag = uuid.uuid4().hex[:8]
+    producer = Producer({**config, "acks": "all", "message.timeout.ms": 30000})
+    errors: list[Any] = []
+
+    def delivered(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+    producer.produce(TOPIC, f"before-{tag}".encode(), on_delivery=delivered)
+    assert producer.flush(60) == 0 and not errors
+    host, port = secure["proxy_bootstrap"].split(",")[0].rsplit(":", 1)
+    for _ in range(20):
+        with socket.create_connection((host, int(port)), timeout=15) as s:
+            s.sendall(_api_versions())
+            try:
+                data = s.recv(1024)
+            except ConnectionResetError:
+                data = b""
+            # No Kafka answer: at most a TLS alert record (content type 21), then EOF.
+            assert data == b"" or data[0] == 21, data[:16]
+    producer.produce(TOPIC, f"after-{tag}".encode(), on_delivery=delivered)
+    assert producer.flush(60) == 0 and not errors
+    fed = LocalFederation(Path(secure["workdir"]))
+    assert all(procs.is_ours(r) for r in fed.records() if r.kind == "proxy")
+    got = _consume(_rdkafka(secure, "app", "rd-neighbour-c"), TOPIC,
+                   {f"before-{tag}".encode(), f"after-{tag}".encode()}, f"app-nb-{tag}")
+    assert sorted(v for v in got if tag.encode() in v) == [f"after-{tag}".encode(),
+                                                           f"before-{tag}".encode()]
