@@ -739,7 +739,10 @@ class _Canary:
             self._fail(f"produced {len(delivered)} of {len(values)} ({left} left, "
                        f"errors {errors[:3]})")
             return
-        consumer.assign([topic_partition(topic, p, o) for p, o in delivered.values()])
+        first: dict[int, int] = {}
+        for p, o in delivered.values():
+            first[p] = min(o, first.get(p, o))
+        consumer.assign([topic_partition(topic, p, o) for p, o in first.items()])
         want = {v: po for v, po in delivered.items()}
         seen: set[str] = set()
         deadline = time.monotonic() + 60

@@ -16,7 +16,7 @@ from kio.index import load_request_schema
 from federation.protocol import decode_response, encode_request
 
 from .inprocess import InProcessProxy
-from .test_proxy_roles import _free_ports
+from .proxy_process import federation_port
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def _exact(sock: socket.socket, n: int) -> bytes:
 
 @pytest.fixture(scope="module")
 def limited(local_federation: dict[str, Any]) -> Iterator[int]:
-    (port,) = _free_ports(1)
+    port = federation_port(local_federation, 30)  # the test range, not an ephemeral port
     limits = {"max_connections": 40, "idle_timeout": 3.0, "frame_timeout": 2.0,
               "max_frame_size_unauthenticated": 4096}
     with InProcessProxy(local_federation["store"], port, pool="limits", node_id=1960,
