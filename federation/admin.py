@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -45,15 +46,18 @@ from federation.model import (
 from federation.plugin import PluginError, Plugins, get_plugins
 
 __all__ = [
+    "APPLYING_INTENT",
     "AdminError",
     "BrokerRefusedError",
     "ClusterAdmin",
     "ClusterUnreachableError",
     "Connect",
+    "IntentAppliedError",
     "InvalidRequestError",
     "MapExistsError",
     "NewPhysicalTopic",
     "NoMapError",
+    "NotLeaderError",
     "PhysicalTopic",
     "TopicConfig",
     "TopicExistsError",
@@ -164,6 +168,56 @@ class MapExistsError(AdminError):
 
 class _Refused(Exception):
     """Carries an AdminError out of a mapstore.update change function."""
+
+
+class IntentAppliedError(AdminError):
+    """The intent being applied is recorded in the map already (applied by an earlier
+    attempt, e.g. before a controller failover): it is not applied twice."""
+
+    def __init__(self, intent_id: str, version: int) -> None:
+        super().__init__(f"intent {intent_id} was applied already (map version {version})")
+        self.intent_id = intent_id
+        self.version = version
+
+
+#: The id of the intent the controller is applying in this task (federation.intents):
+#: every map it publishes records the id in the same compare-and-set, and a map that
+#: records it already refuses the change (:class:`IntentAppliedError`).
+APPLYING_INTENT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fedkafka_applying_intent", default=None)
+
+class NotLeaderError(AdminError):
+    """The controller applying an intent no longer leads: it publishes nothing."""
+
+    error_code = 41  # NOT_CONTROLLER
+
+
+#: Set by the controller while it applies an intent: called inside every compare-and-set,
+#: a False answer (leadership lost) publishes nothing (:class:`NotLeaderError`).
+WRITE_GUARD: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "fedkafka_write_guard", default=None)
+
+#: Applied intent ids a map keeps (the newest by version): enough for any retry in flight.
+KEEP_APPLIED_INTENTS = 512
+
+
+def _stamp(current: FederationMap | None, new: FederationMap | None) -> FederationMap | None:
+    """``new`` recording the intent being applied (if any); refuses a second application."""
+    guard = WRITE_GUARD.get()
+    if guard is not None and not guard():
+        raise NotLeaderError("this controller lost its leadership; the new one applies it")
+    intent = APPLYING_INTENT.get()
+    if intent is None:
+        return new
+    if current is not None and intent in current.intents:
+        raise IntentAppliedError(intent, current.intents[intent])
+    if new is None:
+        return None
+    applied = dict(new.intents)
+    applied[intent] = (current.version if current is not None else 0) + 1
+    if len(applied) > KEEP_APPLIED_INTENTS:
+        applied = dict(sorted(applied.items(), key=lambda kv: kv[1])[-KEEP_APPLIED_INTENTS:])
+    return dataclasses.replace(new, intents=applied)
 
 
 TOPIC_NAME_MAX = 249
@@ -641,7 +695,7 @@ async def _publish(backend: MetadataBackend,
     def wrapped(current: FederationMap | None) -> FederationMap | None:
         before[:] = [current]
         try:
-            return change(current)
+            return _stamp(current, change(current))
         except AdminError as e:
             raise _Refused() from e
 
@@ -1026,7 +1080,7 @@ async def set_topic_config(backend: MetadataBackend, name: str, config: Mapping[
 
     def publish(current: FederationMap | None) -> FederationMap | None:
         try:
-            return change(current)
+            return _stamp(current, change(current))
         except AdminError as e:
             raise _Refused() from e
 

@@ -20,8 +20,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from federation import admin
-from federation.cli_admin import JsonOpt, StoreOpt, WorkdirOpt, _backend, _load, _print_json, _run
+from federation import intents
+from federation.cli_admin import (
+    JsonOpt,
+    StoreOpt,
+    WorkdirOpt,
+    _backend,
+    _load,
+    _print_json,
+    _run,
+    via,
+)
 from federation.cli_admin import out as console
 from federation.errors import ConfigError
 from federation.model import (
@@ -134,7 +143,7 @@ def acl_add(principal: PrincipalOpt, operation: OperationsOpt, topic: TopicOpt =
     rules = rules_from_options(principal, operation, topic, group, cluster, transactional_id,
                                prefixed, deny)
     with _backend(store, workdir) as backend:
-        fmap, added = _run(admin.add_acls(backend, rules))
+        fmap, added = _run(intents.add_acls(backend, rules, via=via(store, workdir)))
     if as_json:
         _print_json({"added": _json(added), "map_version": fmap.version})
         return
@@ -157,7 +166,7 @@ def acl_remove(principal: PrincipalOpt, operation: OperationsOpt, topic: TopicOp
     rules = rules_from_options(principal, operation, topic, group, cluster, transactional_id,
                                prefixed, deny)
     with _backend(store, workdir) as backend:
-        fmap, removed = _run(admin.remove_acls(backend, rules))
+        fmap, removed = _run(intents.remove_acls(backend, rules, via=via(store, workdir)))
     if as_json:
         _print_json({"removed": _json(removed), "map_version": fmap.version})
         return

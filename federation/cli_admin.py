@@ -23,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation import admin
+from federation import admin, intents
 from federation.errors import ConfigError
 from federation.mapstore import MetadataBackend
 from federation.model import (
@@ -113,6 +113,15 @@ def _backend(store: str | None, workdir: Path | None) -> Iterator[MetadataBacken
         backend.close()
 
 
+def via(store: str | None, workdir: Path | None) -> intents.Submitter:
+    """How this CLI changes the map: intents to the active controller with the admin token
+    (``$FEDKAFKA_INTENT_TOKEN[_FILE]``, else the one remembered for the store by ``local
+    up``); directly only while no controller is registered (bootstrap, ADR 0015)."""
+    token = intents.resolve_token() or intents.store_token(resolve_store(store, workdir),
+                                                          intents.ADMIN)
+    return intents.Submitter(token=token, allow_direct=True)
+
+
 def _run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
@@ -161,8 +170,9 @@ def cluster_add(
 ) -> None:
     """Add a physical cluster (it must answer Kafka Metadata first)."""
     with _backend(store, workdir) as backend:
-        cluster = _run(admin.add_cluster(backend, cluster_id, bootstrap, weight, state=state,
-                                         coordination=coordination))
+        cluster = _run(intents.add_cluster(backend, cluster_id, bootstrap, weight, state=state,
+                                           coordination=coordination,
+                                           via=via(store, workdir)))
         fmap = _load(backend)
     if as_json:
         _print_json(_cluster_json(cluster, fmap))
@@ -199,7 +209,8 @@ def cluster_set_state(
 ) -> None:
     """Change a cluster's state (e.g. read_only to stop new writes there)."""
     with _backend(store, workdir) as backend:
-        cluster = _run(admin.set_cluster_state(backend, cluster_id, state))
+        cluster = _run(intents.set_cluster_state(backend, cluster_id, state,
+                                                 via=via(store, workdir)))
         fmap = _load(backend)
     if as_json:
         _print_json(_cluster_json(cluster, fmap))
@@ -214,7 +225,7 @@ def cluster_remove(
 ) -> None:
     """Remove a cluster that holds no segment any more."""
     with _backend(store, workdir) as backend:
-        _run(admin.remove_cluster(backend, cluster_id))
+        _run(intents.remove_cluster(backend, cluster_id, via=via(store, workdir)))
     out.print(f"cluster {cluster_id} removed")
 
 
@@ -233,7 +244,7 @@ def cluster_drain(
 
     async def go() -> Any:
         with _backend(store, workdir) as backend:
-            await elastic.start_drain(backend, cluster_id)
+            await intents.start_drain(backend, cluster_id, via=via(store, workdir))
             loop = asyncio.get_running_loop()
             deadline = loop.time() + timeout
             while True:
@@ -260,10 +271,10 @@ def cluster_retire(
     store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Retire a drained cluster: the map forgets its segments; its brokers can be stopped."""
-    from federation import elastic
 
     with _backend(store, workdir) as backend:
-        fmap = _run(elastic.retire_cluster(backend, cluster_id, force=force))
+        fmap = _run(intents.retire_cluster(backend, cluster_id, force=force,
+                                           via=via(store, workdir)))
     if as_json:
         _print_json(_cluster_json(fmap.clusters[cluster_id], fmap))
         return
@@ -287,7 +298,7 @@ def rebalance(
 
     async def go() -> dict[str, Any]:
         with _backend(store, workdir) as backend:
-            moves = await elastic.request_rebalance(backend, topic)
+            moves = await intents.request_rebalance(backend, topic, via=via(store, workdir))
             placed = await elastic.wait_moves(backend, moves, timeout) if wait and moves else {}
         return {"moves": [{"topic": m.topic, "partition": m.partition, "target": m.target,
                            "now_on": placed.get((m.topic, m.partition))} for m in moves]}
@@ -346,8 +357,9 @@ def topic_create(
 ) -> None:
     """Create a logical topic over the active clusters."""
     with _backend(store, workdir) as backend:
-        topic = _run(admin.create_topic(backend, name, partitions, strategy,
-                                        _parse_config(config), replication))
+        topic = _run(intents.create_topic(backend, name, partitions, strategy,
+                                          _parse_config(config), replication,
+                                          via=via(store, workdir)))
     if as_json:
         _print_json(_topic_json(topic))
         return
@@ -410,7 +422,7 @@ def topic_delete(
 ) -> None:
     """Delete a logical topic, its physical topics and its shadow topic."""
     with _backend(store, workdir) as backend:
-        deleted = _run(admin.delete_topic(backend, name))
+        deleted = _run(intents.delete_topic(backend, name, via=via(store, workdir)))
     out.print(f"topic {name} deleted")
     for cluster, physical in deleted.leftovers:
         err.print(f"[yellow]warning:[/yellow] {physical} on cluster {cluster} could not be "
@@ -425,7 +437,7 @@ def topic_add_partitions(
 ) -> None:
     """Grow a topic to COUNT logical partitions."""
     with _backend(store, workdir) as backend:
-        topic = _run(admin.add_partitions(backend, name, count))
+        topic = _run(intents.add_partitions(backend, name, count, via=via(store, workdir)))
     if as_json:
         _print_json(_topic_json(topic))
         return
@@ -457,7 +469,7 @@ def topic_auto_create(
             replication_factor=(current.replication_factor if replication is None
                                 else replication))
         if policy != current:
-            fmap = _run(admin.set_auto_create(backend, policy))
+            fmap = _run(intents.set_auto_create(backend, policy, via=via(store, workdir)))
     if as_json:
         _print_json(policy.to_dict())
         return
@@ -518,7 +530,7 @@ def pool_set(
     """Set the proxies of a pool."""
     endpoints = [endpoint_from_text(e) for e in endpoint or []]
     with _backend(store, workdir) as backend:
-        fmap = _run(admin.set_pool(backend, name, endpoints))
+        fmap = _run(intents.set_pool(backend, name, endpoints, via=via(store, workdir)))
     what = f"{len(endpoints)} endpoint(s)" if endpoints else "removed"
     out.print(f"pool {name}: {what}; map version {fmap.version}")
 
@@ -536,7 +548,7 @@ def pool_route(
     if role is not None and role not in (ROLE_PRODUCER, ROLE_CONSUMER):
         raise ConfigError(f"bad --role {role!r}: use {ROLE_PRODUCER} or {ROLE_CONSUMER}")
     with _backend(store, workdir) as backend:
-        fmap = _run(admin.set_route(backend, pattern, pool, role))
+        fmap = _run(intents.set_route(backend, pattern, pool, role, via=via(store, workdir)))
     rules = [{"pattern": r.pattern, "pool": r.pool, "role": r.role} for r in fmap.routing]
     if as_json:
         _print_json(rules)
@@ -552,7 +564,7 @@ def pool_unroute(
 ) -> None:
     """Remove a routing rule."""
     with _backend(store, workdir) as backend:
-        fmap = _run(admin.remove_route(backend, pattern))
+        fmap = _run(intents.remove_route(backend, pattern, via=via(store, workdir)))
     out.print(f"route {pattern!r} removed; map version {fmap.version}")
 
 

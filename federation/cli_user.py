@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from federation import users
+from federation import intents, users
 from federation.cli_admin import (
     JsonOpt,
     StoreOpt,
@@ -24,6 +24,7 @@ from federation.cli_admin import (
     _print_json,
     _run,
     out,
+    via,
 )
 from federation.credentials import DEFAULT_ITERATIONS, MAX_ITERATIONS, MECHANISMS, MIN_ITERATIONS
 from federation.errors import ConfigError
@@ -68,7 +69,8 @@ def user_add(
     mechanisms = [m.upper() for m in mechanism] if mechanism else list(MECHANISMS)
     password = _read_password(password_file)
     with _backend(store, workdir) as backend:
-        fmap, created = _run(users.add_user(backend, name, password, mechanisms, iterations))
+        fmap, created = _run(intents.add_user(backend, name, password, mechanisms, iterations,
+                                              via=via(store, workdir)))
     shown = users.describe_user(name, fmap.users[name])
     if as_json:
         _print_json({**shown, "created": created, "map_version": fmap.version})
@@ -85,7 +87,7 @@ def user_remove(
 ) -> None:
     """Remove a user (its open connections stay; new authentications fail)."""
     with _backend(store, workdir) as backend:
-        fmap = _run(users.remove_user(backend, name))
+        fmap = _run(intents.remove_user(backend, name, via=via(store, workdir)))
     if as_json:
         _print_json({"name": name, "removed": True, "map_version": fmap.version})
         return

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -39,7 +40,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from federation import admin, mapstore, rolls
+from federation import admin, intents, mapstore, rolls
 from federation.election import LeaderElection, elect_leader
 from federation.errors import ConfigError, FedKafkaError
 from federation.mapstore import MetadataBackend
@@ -87,11 +88,17 @@ class ControllerConfig:
     failover_after: float = 10.0
     #: Seconds to wait for every live proxy to report a fence before sealing anyway.
     fence_timeout: float = 5.0
+    #: host:port of the intent endpoint (port 0: any free port; published in the member
+    #: record); None: no intent endpoint
+    intent_listen: str | None = "127.0.0.1:0"
+    #: identity → token file of the intent endpoint (federation.intents.load_tokens);
+    #: default ``$FEDKAFKA_INTENT_TOKENS_FILE``; without tokens the endpoint is off
+    intent_tokens_file: str | None = None
 
 
 _FIELDS = {"metadata", "metrics_port", "metrics_host", "health_interval", "down_after",
            "request_timeout", "member_id", "repair", "failover_after", "fence_timeout",
-           "_comment"}  # "_comment" is ignored
+           "intent_listen", "intent_tokens_file", "_comment"}  # "_comment" is ignored
 
 
 def _default_member_id() -> str:
@@ -108,7 +115,9 @@ def load_config(path: str | os.PathLike[str]) -> ControllerConfig:
     other fields are optional: ``metrics_port`` (0 = any free port, null = none),
     ``metrics_host``, ``health_interval`` (s), ``down_after`` (failed observations before
     a cluster is down), ``request_timeout`` (s), ``member_id`` (default host-pid),
-    ``repair`` (create missing physical topics, default true).
+    ``repair`` (create missing physical topics, default true), ``intent_listen``
+    (host:port of the intent endpoint, default 127.0.0.1:0; null: none),
+    ``intent_tokens_file`` (identity → token JSON; default ``$FEDKAFKA_INTENT_TOKENS_FILE``).
 
     :raises ConfigError: naming the file, the field and the fix.
     """
@@ -173,10 +182,18 @@ def load_config(path: str | os.PathLike[str]) -> ControllerConfig:
         if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
             raise bad(name, "a number of seconds > 0")
         seconds[name] = float(value)
+    listen = data.get("intent_listen", "127.0.0.1:0")
+    if listen is not None and (not isinstance(listen, str)
+                               or not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", listen)):
+        raise bad("intent_listen", "host:port (port 0: any free port) or null (no endpoint)")
+    tokens = data.get("intent_tokens_file", os.environ.get(intents.TOKENS_FILE_ENV))
+    if tokens is not None and not isinstance(tokens, str):
+        raise bad("intent_tokens_file", "the path of a JSON file of identity → token")
     return ControllerConfig(backend=metadata["backend"], backend_options=options,
                             member_id=member_id, metrics_port=port, metrics_host=host,
                             health_interval=float(interval), down_after=down_after,
-                            request_timeout=float(timeout), repair=repair, **seconds)
+                            request_timeout=float(timeout), repair=repair,
+                            intent_listen=listen, intent_tokens_file=tokens, **seconds)
 
 
 # -- pure decisions --------------------------------------------------------------------------
@@ -321,6 +338,13 @@ class _Metrics:
         self.roll_seconds = Histogram("fedkafka_controller_roll_seconds",
                                       "Time from fence to seal of one batch of rolls.",
                                       registry=self.registry)
+        self.repairs = Counter("fedkafka_controller_repairs_total",
+                               "Physical or shadow topics created or grown to match the map.",
+                               ["kind"], registry=self.registry)
+        self.lost = Gauge("fedkafka_controller_partitions_lost",
+                          "Physical partitions whose records went missing behind the "
+                          "controller's back (end offset went backwards; reported, not "
+                          "repairable).", registry=self.registry)
 
 
 class Controller:
@@ -347,6 +371,11 @@ class Controller:
         self._started_at = time.time()
         self._clients: dict[str, ClusterClient] = {}
         self._reasons: dict[tuple[str, int], str] = {}  #: fenced partition → why
+        self.intents: intents.IntentServer | None = None
+        #: the last rounds' convergence report (member record "convergence")
+        self.convergence: dict[str, Any] | None = None
+        self._repaired: list[dict[str, Any]] = []
+        self._lost: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -369,7 +398,29 @@ class Controller:
                                 "leader": self._leading, "started_at": self._started_at}
         if self.metrics_address is not None:
             data["metrics"] = f"{self.metrics_address[0]}:{self.metrics_address[1]}"
+        if self.intents is not None:
+            data["intents"] = self.intents.address
+        if self.convergence is not None:
+            data["convergence"] = self.convergence
         return data
+
+    async def _start_intents(self) -> None:
+        """The intent endpoint (federation.intents), if configured with tokens."""
+        if self.config.intent_listen is None:
+            return
+        if self.config.intent_tokens_file is None:
+            log.warning("no intent tokens file (intent_tokens_file or $"
+                        f"{intents.TOKENS_FILE_ENV}): the admin CLI and proxies cannot submit "
+                        "changes to this controller")
+            return
+        tokens = intents.load_tokens(self.config.intent_tokens_file)
+        host, _, port = self.config.intent_listen.rpartition(":")
+        server = intents.IntentServer(
+            self.backend, tokens, self._still_leading, plugins=self.plugins,
+            host=host.strip("[]"), port=int(port),
+            leader_id=lambda: self.election.leader() if self.election else None)
+        await server.start()
+        self.intents = server
 
     async def _register(self) -> None:
         try:
@@ -385,6 +436,7 @@ class Controller:
         """Serve until :meth:`stop`: contend for leadership, act while leading."""
         self._start_metrics()
         try:
+            await self._start_intents()
             await self._register()
             self.election = await asyncio.to_thread(elect_leader, self.backend,
                                                     self.config.member_id)
@@ -412,6 +464,8 @@ class Controller:
             await self._shutdown()
 
     async def _shutdown(self) -> None:
+        if self.intents is not None:
+            await self.intents.close()
         for client in self._clients.values():
             client.close()
         self._clients.clear()
@@ -452,7 +506,10 @@ class Controller:
         if changes:
             published = await self._publish_states(changes)
         reachable = {o.cluster for o in observations if o.reachable}
+        lost = len(self._lost)
         await self._observe_ends(published or fmap, reachable)
+        if len(self._lost) != lost:
+            await self._register()  # the report in the member record
         rolled = await self.roll(published or fmap)
         published = rolled or published
         if self.config.repair:
@@ -495,7 +552,10 @@ class Controller:
                 return
             for (ptopic, ppart), end in ends.items():
                 key = (cid, ptopic, ppart)
-                self.memory.last_end[key] = max(end, self.memory.last_end.get(key, -1))
+                before = self.memory.last_end.get(key, -1)
+                if 0 <= end < before:
+                    self._report_loss(key, before, end)
+                self.memory.last_end[key] = max(end, before)
 
         await asyncio.gather(*(one(c, p) for c, p in wanted.items()))
 
@@ -713,9 +773,32 @@ class Controller:
         self.plugins.notify_map_published(old, new)
         return new
 
+    def _report_loss(self, key: rolls.PhysKey, before: int, end: int) -> None:
+        text = f"{key[0]}/{key[1]}/{key[2]}"
+        if text not in self._lost:
+            log.error("physical partition lost records behind the controller's back (deleted "
+                      "and recreated?): its end offset went backwards; the records are gone "
+                      "and logical offsets past the end are not served",
+                      partition=text, seen_end=before, now_end=end)
+        self._lost[text] = {"partition": text, "seen_end": before, "end": end,
+                            "at": time.time()}
+        self.metrics.lost.set(len(self._lost))
+        self._update_convergence()
+
+    def _update_convergence(self) -> None:
+        self.convergence = {"repaired": self._repaired[-20:],
+                            "lost": sorted(self._lost.values(),
+                                           key=lambda x: x["partition"])[:50]}
+
     async def _repair(self, fmap: FederationMap, observations: list[ClusterObservation]
                       ) -> None:
+        """Converge the clusters to the map: create missing physical and shadow topics,
+        grow short ones. A physical topic deleted behind the controller's back comes back
+        empty: its records are lost (reported by :meth:`_report_loss` once its end offset
+        is seen going backwards), but its partitions serve again."""
         repairs = plan_repairs(fmap, observations)
+        if not repairs:
+            return
         for r in repairs:
             cluster = fmap.clusters[r.cluster]
             topic = fmap.topics.get(r.topic)
@@ -731,8 +814,18 @@ class Controller:
             except admin.AdminError as e:
                 log.warning("repair failed", cluster=r.cluster, topic=r.topic, error=str(e))
                 continue
-            log.info("repaired physical topic", cluster=r.cluster, topic=r.topic,
-                     partitions=r.partitions, was=r.existing, shadow=r.shadow)
+            kind = ("shadow" if r.shadow else "data") + ("_created" if r.existing == 0
+                                                          else "_grown")
+            self.metrics.repairs.labels(kind=kind).inc()
+            self._repaired.append({"cluster": r.cluster, "topic": r.topic, "kind": kind,
+                                   "partitions": r.partitions, "was": r.existing,
+                                   "at": time.time()})
+            del self._repaired[:-20]
+            log.warning("repaired physical topic (missing or short)", cluster=r.cluster,
+                        topic=r.topic, partitions=r.partitions, was=r.existing,
+                        shadow=r.shadow)
+        self._update_convergence()
+        await self._register()
 
 
 async def serve(config: ControllerConfig) -> None:

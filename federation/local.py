@@ -325,6 +325,7 @@ class LocalFederation:
                 self._wait_zookeeper(zk_port, started, timeout)
             if proxy_ports:
                 self._init_map(plans, state)
+                self._write_intent_tokens(state)
                 started.extend(self._start_proxies(state, base_port, progress))
                 started.append(self._start_nameservice(state, base_port, progress))
                 for i in range(controllers):
@@ -383,6 +384,22 @@ class LocalFederation:
             backend.publish(fmap, current.version if current is not None else EMPTY_VERSION)
         finally:
             backend.close()
+
+    def _write_intent_tokens(self, state: dict[str, Any]) -> None:
+        """Fresh intent tokens (ADR 0015): the controllers' tokens file (0600) and this
+        user's per-store credentials, where the CLI and the proxies of the store find them."""
+        from federation import intents
+
+        tokens = intents.new_tokens()
+        secrets_dir = self.workdir / "secrets"
+        secrets_dir.mkdir(mode=0o700, exist_ok=True)
+        path = secrets_dir / "intent-tokens.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(tokens, f)
+        intents.save_store_credentials(state["store"], tokens)
+        state["intent_tokens_file"] = str(path)
+        self._save(state)
 
     def _start_proxies(self, state: dict[str, Any], base_port: int, progress: Progress
                        ) -> list[procs.ProcessRecord]:
@@ -452,6 +469,9 @@ class LocalFederation:
         cfg_path.write_text(json.dumps({
             "metadata": {"backend": name, **options}, "metrics_port": metrics,
             "metrics_host": HOST, "member_id": cname,
+            **({"intent_tokens_file": state["intent_tokens_file"],
+                "intent_listen": f"{HOST}:{base_port + 66 + index}"}
+               if state.get("intent_tokens_file") else {}),
             **LOCAL_CONTROLLER_DEFAULTS, **(overrides or {}),
         }, indent=2))
         progress(f"starting {cname}")
@@ -495,6 +515,7 @@ class LocalFederation:
             wanted += [(base + 10, "the name service"), (base + 11, "the name service HTTP")]
             wanted += [(base + 50 + i, "proxy metrics") for i in range(len(proxy_ports))]
             wanted += [(base + 60 + i, "controller metrics") for i in range(3)]
+            wanted += [(base + 66 + i, "controller intents") for i in range(3)]
             wanted += [(base + 70, "the lag exporter")]
         for p in plans:
             for b in p.brokers:
@@ -639,6 +660,10 @@ class LocalFederation:
             )
         # Stop in reverse order of start: entry points first, metadata store last.
         outcomes = procs.stop(list(reversed(records)), grace=grace)
+        if state.get("intent_tokens_file") and isinstance(state.get("store"), str):
+            from federation import intents
+
+            intents.forget_store_credentials(state["store"])
         state["stopped_at"] = time.time()
         if state.get("secure"):  # no key or password outlives the federation
             local_secure.scrub(self.workdir)

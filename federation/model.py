@@ -390,6 +390,10 @@ class FederationMap:
     auto_create: AutoCreatePolicy = AutoCreatePolicy()  #: automatic topic creation policy
     #: SASL users by name: SCRAM credentials and PLAIN hashes (federation.credentials)
     users: Mapping[str, UserCredentials] = field(default_factory=dict, hash=False, repr=False)
+    #: ids of the intents the controller applied → the map version that applied each (the
+    #: newest ones only, federation.intents.KEEP_APPLIED), so a retried intent is not
+    #: applied twice
+    intents: Mapping[str, int] = field(default_factory=dict, hash=False, repr=False)
     _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
                                                      hash=False)
 
@@ -404,6 +408,7 @@ class FederationMap:
         object.__setattr__(self, "moves", tuple(self.moves))
         object.__setattr__(self, "acls", tuple(self.acls))
         object.__setattr__(self, "users", _frozen_mapping(self.users))
+        object.__setattr__(self, "intents", _frozen_mapping(self.intents))
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -606,6 +611,8 @@ class FederationMap:
             out["acls"] = [rule.to_dict() for rule in self.acls]
         if self.users:  # written only when there are users (older readers)
             out["users"] = {name: u.to_dict() for name, u in sorted(self.users.items())}
+        if self.intents:  # written only when the controller applied intents (older readers)
+            out["intents"] = dict(sorted(self.intents.items()))
         return out
 
     @classmethod
@@ -666,6 +673,7 @@ class FederationMap:
                            for i, r in enumerate(data.get("acls", ()))),
                 users={name: UserCredentials.from_dict(u, f"user {name!r}")
                        for name, u in data.get("users", {}).items()},
+                intents={str(k): int(v) for k, v in data.get("intents", {}).items()},
             )
         except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed map document: {type(e).__name__}: {e}") from None
@@ -673,7 +681,7 @@ class FederationMap:
 
 _MAP_KEYS = frozenset({"format", "version", "coordination_cluster", "physical_topic_template",
                        "default_pool", "clusters", "topics", "pools", "routing", "moves", "acls",
-                       "auto_create", "users"})
+                       "auto_create", "users", "intents"})
 _SEGMENT_KEYS = frozenset({"cluster", "topic", "partition", "logical_start", "physical_start",
                            "sealed_end"})
 

@@ -24,7 +24,8 @@ from federation.mapstore import MetadataBackend
 from federation.model import FederationMap
 from federation.plugin import Plugins
 
-__all__ = ["UnknownUserError", "add_user", "describe_user", "describe_users", "remove_user"]
+__all__ = ["UnknownUserError", "add_user", "describe_user", "describe_users",
+           "make_checked_user", "put_user", "remove_user"]
 
 
 class UnknownUserError(admin.AdminError):
@@ -40,12 +41,28 @@ async def add_user(backend: MetadataBackend, name: str, password: str,
     :returns: the published map and whether the user is new.
     :raises admin.InvalidRequestError: a bad name, mechanism, iteration count or password.
     """
+    return await put_user(backend, name, make_checked_user(name, password, mechanisms,
+                                                           iterations), plugins=plugins)
+
+
+def make_checked_user(name: str, password: str, mechanisms: Iterable[str] = MECHANISMS,
+                      iterations: int = DEFAULT_ITERATIONS) -> UserCredentials:
+    """``name``'s credentials derived from ``password`` (the password goes no further).
+
+    :raises admin.InvalidRequestError: a bad name, mechanism, iteration count or password.
+    """
     try:
         validate_user_name(name)
         user = make_user(password, mechanisms, iterations)
         user.validate(name)
     except ValueError as e:
         raise admin.InvalidRequestError(str(e)) from None
+    return user
+
+
+async def put_user(backend: MetadataBackend, name: str, user: UserCredentials, *,
+                   plugins: Plugins | None = None) -> tuple[FederationMap, bool]:
+    """Store derived credentials (:func:`make_checked_user`) as ``name``'s: (map, is new)."""
     created: list[bool] = []
 
     def change(current: FederationMap | None) -> FederationMap:

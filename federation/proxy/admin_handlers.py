@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from federation import admin
+from federation import admin, intents
 from federation.admin import topic_name_error as topic_name_error  # for Metadata too
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
@@ -41,6 +41,15 @@ def _ms(value: int) -> Any:
     import datetime
 
     return datetime.timedelta(milliseconds=value)
+
+
+def submitter(state: ProxyState) -> intents.Submitter:
+    """How this proxy changes the map: intents to the active controller as the ``proxy``
+    identity (``$FEDKAFKA_INTENT_TOKEN[_FILE]``, else the token remembered for its store);
+    a proxy never writes the map itself, so it needs only read access to the store."""
+    token = intents.resolve_token() or intents.store_token(state.config.store, intents.PROXY)
+    return intents.Submitter(token=token, allow_direct=False,
+                             timeout=max(5.0, state.request_timeout))
 
 
 async def _refresh(state: ProxyState) -> None:
@@ -278,7 +287,8 @@ async def _create_pending(state: ProxyState, pending: list[_Answer]) -> None:
     specs = [admin.TopicSpec(a.name, a.partitions, a.strategy, a.configs, a.replication)
              for a in pending]
     try:
-        outcomes = await admin.create_topics(state.backend, specs, plugins=state.plugins)
+        outcomes = await intents.create_topics(state.backend, specs, via=submitter(state),
+                                               plugins=state.plugins)
     except Exception as e:  # noqa: BLE001 - the whole request failed (a cluster away...)
         failure = _failure(e, ", ".join(a.name for a in pending))
         for a in pending:
@@ -326,7 +336,8 @@ async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
         try:
             if name is None:
                 raise admin.UnknownTopicError("unknown topic id")
-            await admin.delete_topic(state.backend, name, plugins=state.plugins)
+            await intents.delete_topic(state.backend, name, via=submitter(state),
+                                       plugins=state.plugins)
         except admin.AdminError as e:
             code, message = e.error_code, str(e)
         results.append(build(mod.DeletableTopicResult, name=name, topic_id=topic_id,
@@ -355,8 +366,8 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
                 admin.plan_add_partitions(state.fmap, t.name, int(t.count),
                                           plugins=state.plugins)
             else:
-                await admin.add_partitions(state.backend, t.name, int(t.count),
-                                           plugins=state.plugins)
+                await intents.add_partitions(state.backend, t.name, int(t.count),
+                                             via=submitter(state), plugins=state.plugins)
         except admin.AdminError as e:
             code, message = e.error_code, str(e)
         except ValueError as e:

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from federation import admin
+from federation import admin, intents
 from federation.model import CLUSTER_RESOURCE, Operation, ResourceType
 
 if TYPE_CHECKING:
@@ -71,6 +71,8 @@ class AutoCreator:
         task.add_done_callback(lambda _: self._tasks.pop(name, None))
 
     async def _create(self, name: str) -> None:
+        from federation.proxy.admin_handlers import submitter
+
         async with self._slots:
             # The policy as stored now (this proxy may not serve its latest change yet).
             stored = await asyncio.to_thread(self.state.backend.load)
@@ -79,9 +81,10 @@ class AutoCreator:
             if name in current.topics or not policy.enabled:
                 return
             try:
-                await admin.create_topic(self.state.backend, name, policy.partitions,
-                                         policy.strategy, None, policy.replication_factor,
-                                         plugins=self.state.plugins)
+                await intents.create_topic(self.state.backend, name, policy.partitions,
+                                           policy.strategy, None, policy.replication_factor,
+                                           via=submitter(self.state),
+                                           plugins=self.state.plugins)
                 log.info("auto-created topic %s (%d partitions, %s)", name,
                          policy.partitions, policy.strategy)
             except admin.TopicExistsError:

@@ -336,8 +336,11 @@ async def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
         # if one cluster failed: a retry converges, and new segments get it).
         config = await _dynamic_configs(state, topic, client_id)
         if config is not None:
-            await admin.set_topic_config(state.backend, topic.name, config,
-                                         plugins=state.plugins)
+            from federation import intents
+            from federation.proxy.admin_handlers import submitter
+
+            await intents.set_topic_config(state.backend, topic.name, config,
+                                           via=submitter(state), plugins=state.plugins)
             fmap = await asyncio.to_thread(state.backend.load)
             if fmap is not None:
                 state.set_map(fmap)
