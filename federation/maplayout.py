@@ -1,7 +1,7 @@
 """The incremental map layout (format 2): a small versioned index and immutable documents.
 
 Pure logic, no I/O: the backends (``plugins/file_backend.py``, ``plugins/zookeeper_backend.py``)
-store bytes and this module says which bytes. See docs/adr/0015-incremental-map-layout.md.
+store bytes and this module says which bytes. See docs/adr/0016-incremental-map-layout.md.
 
 A map is stored as
 

@@ -8,7 +8,7 @@ The map's plain form is the stable, versioned JSON document of :func:`dumps`::
     {"format": 1, "version": 7, "clusters": {...}, "topics": {...}, ...}
 
 The built-in backends store it incrementally (format 2, :mod:`federation.maplayout`,
-ADR 0015): a small index and immutable per-shard documents in the format-1 key names, so
+ADR 0016): a small index and immutable per-shard documents in the format-1 key names, so
 a change writes, and a reader reads, only what changed. They still read a format-1
 document (the earlier layout) and convert it on the next publish. A reader refuses a
 document whose ``format`` it does not know; within one format, key names and meanings

@@ -1,6 +1,6 @@
 """Metadata backend ``file``: the map in a directory, for a single machine.
 
-Layout (the incremental layout of :mod:`federation.maplayout`, ADR 0015)::
+Layout (the incremental layout of :mod:`federation.maplayout`, ADR 0016)::
 
     <path>                  the index: version, shard document names (small, mutable)
     <path>.d/<document>     immutable documents: the base (clusters, pools, ...) and one

@@ -1,7 +1,7 @@
 """The metadata backend ``zookeeper`` (kazoo): the fleet default.
 
 Layout under ``root`` (default ``/fedkafka``), the incremental layout of
-:mod:`federation.maplayout` (ADR 0015)::
+:mod:`federation.maplayout` (ADR 0016)::
 
     <root>/map                         the map's index: version, document names (small)
     <root>/mapdocs/<document>          immutable documents: the base and one per shard
@@ -67,6 +67,7 @@ from federation.mapstore import (
 )
 from federation.model import FederationMap
 from federation.plugin import hookimpl
+from federation.tls import kazoo_kwargs
 
 __all__ = ["StoreUnavailableError", "ZooKeeperBackend", "ZooKeeperElection"]
 
@@ -194,13 +195,16 @@ class ZooKeeperBackend:
         is replaced) about this long after it died. ZooKeeper clamps it to
         2..20 times its ``tickTime``.
     :param connect_timeout: seconds to wait for the first connection.
+    :param tls: ZooKeeper over TLS (``ca``, ``cert``, ``key``, ``check_hostname``), from
+        the store spec's query (:func:`federation.tls.zookeeper_tls`, docs/security.md).
     """
 
     name = "zookeeper"
     validates_publish = True  #: publish validates what changed (mapstore.update)
 
     def __init__(self, hosts: str = "127.0.0.1:2181", root: str = "/fedkafka", *,
-                 session_timeout: float = 10.0, connect_timeout: float = 15.0) -> None:
+                 session_timeout: float = 10.0, connect_timeout: float = 15.0,
+                 tls: dict[str, Any] | None = None) -> None:
         if not root.startswith("/") or (root.endswith("/") and root != "/"):
             raise ConfigError(f"zookeeper root {root!r} must be an absolute znode path "
                                 "like '/fedkafka'")
@@ -227,6 +231,7 @@ class ZooKeeperBackend:
         self.client = KazooClient(
             hosts=hosts, timeout=session_timeout,
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
+            **kazoo_kwargs(tls),  # ZooKeeper over TLS: the store spec's ?ssl=true&ca=…
         )
         self.client.add_listener(self._on_state)
         try:
