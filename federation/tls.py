@@ -46,6 +46,7 @@ __all__ = [
     "aiokafka_kwargs",
     "check_secret_ref",
     "cluster_security",
+    "kazoo_kwargs",
     "login",
     "open_blocking",
     "peer_principal",
@@ -53,6 +54,7 @@ __all__ = [
     "resolve_secret",
     "server_kwargs",
     "subject_dn",
+    "zookeeper_tls",
 ]
 
 CLIENT_AUTH = ("none", "requested", "required")
@@ -486,6 +488,55 @@ async def login(conn: _Conn, sec: ClusterSecurity, timeout: float, label: str) -
             raise PermissionError(f"{label}: SASL {client.mechanism} authentication as "
                                   f"{sec.username!r} failed: {resp.error_message}")
         out = client.next(bytes(resp.auth_bytes))
+
+
+# -- ZooKeeper ---------------------------------------------------------------------------
+
+_ZK_KEYS = ("ssl", "ca", "cert", "key", "check_hostname")
+
+
+def zookeeper_tls(query: str, name: str = "store") -> dict[str, Any]:
+    """The ZooKeeper backend's ``tls`` option from a store spec's query string.
+
+    ``zookeeper:zk1:2281/fedkafka?ssl=true&ca=/ca.pem[&cert=/c.pem&key=/c.key]
+    [&check_hostname=false]`` → ``{"tls": {...}}``; no query → ``{}``.
+    """
+    if not query:
+        return {}
+    from urllib.parse import parse_qsl
+
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        raise ConfigError(f"{name}: the query {query!r} is not KEY=VALUE&...; write e.g. "
+                          "?ssl=true&ca=/etc/fedkafka/tls/ca.pem") from None
+    options = dict(pairs)
+    unknown = sorted(set(options) - set(_ZK_KEYS))
+    if unknown or len(options) != len(pairs):
+        raise ConfigError(f"{name}: unknown or repeated ZooKeeper option(s) "
+                          f"{', '.join(unknown) or query}; known: {', '.join(_ZK_KEYS)}")
+    flags = {}
+    for flag, default in (("ssl", "false"), ("check_hostname", "true")):
+        value = options.get(flag, default).lower()
+        if value not in ("true", "false"):
+            raise ConfigError(f"{name}: {flag}={value!r} must be true or false")
+        flags[flag] = value == "true"
+    if not flags["ssl"]:
+        raise ConfigError(f"{name}: ZooKeeper TLS options need ssl=true (got {query!r})")
+    if bool(options.get("cert")) != bool(options.get("key")):
+        raise ConfigError(f"{name}: cert and key go together (a client certificate needs "
+                          "its key)")
+    return {"tls": {"ca": options.get("ca"), "cert": options.get("cert"),
+                    "key": options.get("key"), "check_hostname": flags["check_hostname"]}}
+
+
+def kazoo_kwargs(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """KazooClient keyword arguments for the ZooKeeper backend's ``tls`` option."""
+    if not settings:
+        return {}
+    return {"use_ssl": True, "ca": settings.get("ca"), "certfile": settings.get("cert"),
+            "keyfile": settings.get("key"), "verify_certs": True,
+            "check_hostname": bool(settings.get("check_hostname", True))}
 
 
 # -- a blocking socket for health probes ---------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 from federation.errors import ConfigError
 from federation.proxy.limits import Limits
-from federation.tls import ListenerTls
+from federation.tls import ListenerTls, zookeeper_tls
 
 ROLES = frozenset({"producer", "consumer"})
 
@@ -22,7 +22,8 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
 
 
 def parse_store(spec: str, name: str = "store") -> tuple[str, dict[str, Any]]:
-    """``file:/path/map.json`` or ``zookeeper:host:port[,host:port]/root`` → (backend, options)."""
+    """``file:/path/map.json`` or ``zookeeper:host:port[,host:port]/root[?ssl=true&ca=…]``
+    → (backend, options); the query: ZooKeeper over TLS (:func:`federation.tls.zookeeper_tls`)."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest:
         raise ConfigError(f"{name} {spec!r} is not BACKEND:LOCATION; write "
@@ -30,8 +31,10 @@ def parse_store(spec: str, name: str = "store") -> tuple[str, dict[str, Any]]:
     if kind == "file":
         return "file", {"path": rest}
     if kind == "zookeeper":
+        rest, _, query = rest.partition("?")
         hosts, slash, root = rest.partition("/")
-        return "zookeeper", {"hosts": hosts, "root": "/" + root if slash and root else "/fedkafka"}
+        return "zookeeper", {"hosts": hosts, "root": "/" + root if slash and root else "/fedkafka",
+                             **zookeeper_tls(query, name)}
     return kind, {"location": rest}
 
 

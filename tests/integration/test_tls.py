@@ -48,6 +48,7 @@ pytestmark = pytest.mark.integration
 BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_TLS_PORT", "23500"))
 MTLS_PORT = BASE_PORT + 30  # free in the local layout (proxies +0.., name service +10)
 MTLS_NODE = 1930
+ZK_TLS_PORT = BASE_PORT + 40  # a TLS-only ZooKeeper
 TOPIC = "app-tls"  # the example user `app` may use topics and groups starting with app-
 MTLS_TOPIC = "mtls-orders"
 APP_PRINCIPAL = "User:CN=app,OU=fedkafka-local"
@@ -382,3 +383,89 @@ def test_plaintext_to_a_tls_listener_fails_without_hurting_others(
                    {f"before-{tag}".encode(), f"after-{tag}".encode()}, f"app-nb-{tag}")
     assert sorted(v for v in got if tag.encode() in v) == [f"after-{tag}".encode(),
                                                            f"before-{tag}".encode()]
+
+
+# -- ZooKeeper over TLS ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_zookeeper(secure: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[tuple[str, certs.IssuedCert]]:
+    """A ZooKeeper serving only TLS (Netty, PEM key and trust stores) and requiring client
+    certificates; yields its host:port and a client certificate of the same CA."""
+    from federation.kafka_dist import install_zookeeper
+
+    folder = tmp_path_factory.mktemp("tls-zookeeper")
+    ca = certs.load_ca(Path(secure["workdir"]) / "tls")
+    server = ca.issue("zookeeper", "zookeeper", hosts=["127.0.0.1", "localhost"])
+    client = ca.issue("zk-client", "fedkafka-proxy", units=["zookeeper-clients"],
+                      server=False)
+    port = ZK_TLS_PORT
+    (folder / "data").mkdir()
+    cfg = folder / "zoo.cfg"
+    cfg.write_text(
+        f"tickTime=2000\ndataDir={folder / 'data'}\nsecureClientPort={port}\n"
+        "secureClientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+        "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+        f"ssl.keyStore.location={server.keystore}\nssl.keyStore.type=PEM\n"
+        f"ssl.trustStore.location={ca.ca_path}\nssl.trustStore.type=PEM\n"
+        "ssl.clientAuth=need\n")
+    dist, _ = install_zookeeper()
+    record, proc = procs.spawn(name="zookeeper-tls", kind="zookeeper", cmd=dist.java_command(cfg),
+                               log=folder / "zookeeper.log", ports=[port], marker=str(cfg))
+    hosts = f"127.0.0.1:{port}"
+    try:
+        def serving() -> bool:
+            assert proc.poll() is None, (folder / "zookeeper.log").read_text()[-2000:]
+            return _kazoo_connects(hosts, ca=str(ca.ca_path), certfile=str(client.cert),
+                                   keyfile=str(client.key))
+        wait_until(serving, 90, "ZooKeeper to serve TLS")
+        yield hosts, client
+    finally:
+        procs.stop([record], grace=10)
+
+
+def _kazoo_connects(hosts: str, **options: Any) -> bool:
+    from kazoo.client import KazooClient
+    from kazoo.handlers.threading import KazooTimeoutError
+
+    client = KazooClient(hosts=hosts, timeout=3.0, connection_retry={"max_tries": 0},
+                         use_ssl=bool(options), verify_certs=True, check_hostname=True,
+                         **options)
+    try:
+        client.start(timeout=3.0)
+        return True
+    except (KazooTimeoutError, OSError):
+        return False
+    finally:
+        client.stop()
+        client.close()
+
+
+def test_zookeeper_store_over_tls(secure: dict[str, Any],
+                                  tls_zookeeper: tuple[str, certs.IssuedCert]) -> None:
+    """The store spec's ?ssl=true&ca=&cert=&key= makes the ZooKeeper backend speak TLS
+    with a client certificate; plaintext and certificate-less clients are refused."""
+    from federation.mapstore import EMPTY_VERSION
+    from federation.plugin import get_plugins
+    from federation.proxy.config import parse_store
+
+    hosts, client = tls_zookeeper
+    ca = secure["security"]["ca"]
+    assert not _kazoo_connects(hosts)  # plaintext
+    assert not _kazoo_connects(hosts, ca=ca)  # TLS without a client certificate
+    spec = (f"zookeeper:{hosts}/fk-tls?ssl=true&ca={ca}&cert={client.cert}"
+            f"&key={client.key}")
+    name, options = parse_store(spec)
+    assert options["tls"]["cert"] == str(client.cert)
+    fmap = backend_of(secure).load()
+    assert fmap is not None
+    backend = get_plugins().backend(name, **options)
+    try:
+        current = backend.load()
+        backend.publish(fmap, current.version if current is not None else EMPTY_VERSION)
+        again = backend.load()
+        assert again is not None and set(again.clusters) == set(fmap.clusters)
+        assert again.clusters["c1"].security == fmap.clusters["c1"].security
+    finally:
+        backend.close()
