@@ -320,3 +320,37 @@ def test_keystore_file_holds_key_and_chain(ca: certs.CertAuthority,
     assert (server_cert.key.stat().st_mode & 0o777) == 0o600
     again = certs.load_ca(ca.folder)
     assert again.cert.subject == ca.cert.subject
+
+
+# -- ZooKeeper store spec --------------------------------------------------------------------
+
+
+def test_zookeeper_store_spec_takes_tls_options() -> None:
+    from federation.proxy.config import parse_store
+
+    name, options = parse_store("zookeeper:zk1:2281,zk2:2281/fk?ssl=true&ca=/ca.pem"
+                                "&cert=/c.pem&key=/c.key&check_hostname=false")
+    assert name == "zookeeper" and options["hosts"] == "zk1:2281,zk2:2281"
+    assert options["root"] == "/fk"
+    assert options["tls"] == {"ca": "/ca.pem", "cert": "/c.pem", "key": "/c.key",
+                              "check_hostname": False}
+    assert tls.kazoo_kwargs(options["tls"]) == {
+        "use_ssl": True, "ca": "/ca.pem", "certfile": "/c.pem", "keyfile": "/c.key",
+        "verify_certs": True, "check_hostname": False}
+    assert "tls" not in parse_store("zookeeper:zk1:2181/fk")[1]
+    assert tls.kazoo_kwargs(None) == {}
+
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("ca=/ca.pem", "need ssl=true"),
+    ("ssl=yes", "must be true or false"),
+    ("ssl=true&trust=/x", "unknown or repeated"),
+    ("ssl=true&ssl=true", "unknown or repeated"),
+    ("ssl=true&cert=/c.pem", "go together"),
+    ("ssl", "not KEY=VALUE"),
+])
+def test_bad_zookeeper_tls_options_are_refused(query: str, message: str) -> None:
+    from federation.proxy.config import parse_store
+
+    with pytest.raises(ConfigError, match=message):
+        parse_store(f"zookeeper:zk1:2281/fk?{query}")
