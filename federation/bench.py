@@ -22,6 +22,7 @@ Nothing here asserts on timing: numbers are reported, not judged.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -79,6 +80,7 @@ class Settings:
     latency_rate: int
     warmup_records: int
     linger_ms: int
+    rounds: int = 1
 
 
 # -- topics --------------------------------------------------------------------------
@@ -104,12 +106,15 @@ def create_physical_topic(bootstrap: str, name: str, partitions: int) -> None:
 
 
 def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
-                         strategy: str = "contiguous") -> None:
+                         strategy: str = "contiguous") -> dict[str, int]:
     """Lay out a logical topic, create its physical topics and publish it in the map.
 
     Physical ``<name>.fk`` topics where the strategy puts segments, the same-named shadow
     topic on the coordination cluster, then the topic in the map (the proxies pick it up
     through their store watch), all by :func:`federation.admin.create_topic`.
+
+    :returns: physical cluster → how many of its partitions it holds (the layout the
+        direct path copies, so that both paths use the same brokers).
     """
     import asyncio
 
@@ -122,9 +127,13 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
     from federation import admin
 
     try:
-        asyncio.run(admin.create_topic(backend, name, partitions, strategy))
+        topic = asyncio.run(admin.create_topic(backend, name, partitions, strategy))
     finally:
         backend.close()
+    layout: dict[str, int] = {}
+    for lp in topic.partitions:
+        layout[lp.active.cluster] = layout.get(lp.active.cluster, 0) + 1
+    return layout
 
 
 def wait_topic(bootstrap: str, name: str, partitions: int, timeout: float = 60.0) -> None:
@@ -218,6 +227,7 @@ def produce(bootstrap: str, topic: str, count: int, size: int, *, linger_ms: int
         "p50_ms": _percentile(latencies, 0.50) * 1000,
         "p99_ms": _percentile(latencies, 0.99) * 1000,
         "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+        "_latencies": latencies,
     }
 
 
@@ -263,7 +273,26 @@ def consume(bootstrap: str, topic: str, partitions: int, expected: int, size: in
     }
 
 
-# -- proxy CPU ------------------------------------------------------------------------
+# -- CPU ---------------------------------------------------------------------------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (a proxy's worker processes), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
 
 
 def _cpu_seconds(pids: list[int]) -> float | None:
@@ -292,21 +321,37 @@ def _machine_busy_seconds() -> float | None:
 
 
 @contextmanager
-def _cpu_meter(pids: list[int], into: dict[str, Any]) -> Iterator[None]:
-    """Record the proxy's CPU (``pids``) and the machine's during the block, in cores busy."""
-    before = _cpu_seconds(pids) if pids else None
+def _cpu_meter(groups: dict[str, list[int]], into: dict[str, Any]) -> Iterator[None]:
+    """Record the CPU seconds of each process group (``proxy``: the proxy processes and
+    their workers, ``broker``: the broker JVMs) and the machine's during the block.
+
+    Sets ``<group>_cpu_s`` and ``<group>_cpu_util`` (cores busy over the phase), and
+    ``machine_cpu_util``; ``<group>_cpu_s_per_mb`` is added by :func:`_per_mb`.
+    """
+    before = {g: _cpu_seconds(p) for g, p in groups.items() if p}
     busy_before = _machine_busy_seconds()
     t0 = time.perf_counter()
     yield
     wall = time.perf_counter() - t0
-    after = _cpu_seconds(pids) if pids else None
     busy_after = _machine_busy_seconds()
-    if before is not None and after is not None:
-        into["proxy_cpu_s"] = round(after - before, 2)
+    for group, was in before.items():
+        now = _cpu_seconds(groups[group])
+        if was is None or now is None:
+            continue
+        into[f"{group}_cpu_s"] = round(now - was, 3)
         if into.get("seconds"):
-            into["proxy_cpu_util"] = round((after - before) / into["seconds"], 2)
+            into[f"{group}_cpu_util"] = round((now - was) / into["seconds"], 2)
     if busy_before is not None and busy_after is not None and wall > 0:
         into["machine_cpu_util"] = round((busy_after - busy_before) / wall, 2)
+
+
+def _per_mb(res: dict[str, Any], size: int) -> None:
+    """Add ``<group>_cpu_s_per_mb`` (CPU seconds per MiB of record values moved)."""
+    mb = res.get("records", 0) * size / MB
+    for group in ("proxy", "broker"):
+        cpu = res.get(f"{group}_cpu_s")
+        if cpu is not None and mb > 0:
+            res[f"{group}_cpu_s_per_mb"] = round(cpu / mb, 5)
 
 
 # -- Java tools -------------------------------------------------------------------------
@@ -322,7 +367,7 @@ def java_produce(dist: Any, bootstrap: str, topic: str, count: int, size: int) -
         dist.producer_perf, "--topic", topic, "--num-records", str(count),
         "--record-size", str(size), "--throughput", "-1",
         "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all",
-        "client.id=fk-bench-java", heap="512m")
+        "enable.idempotence=true", "client.id=fk-bench-java", heap="512m")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
     match = None
     for line in proc.stdout.splitlines():
@@ -384,78 +429,206 @@ def _ratio(proxy: float, direct: float) -> float | None:
     return round(proxy / direct, 3)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one client of a path talks to: a bootstrap, a topic and its partition count."""
+
+    bootstrap: str
+    topic: str
+    partitions: int
+
+
+def _split(count: int, targets: list[Target]) -> list[int]:
+    """``count`` split over ``targets`` in proportion to their partitions (exact sum)."""
+    total = sum(t.partitions for t in targets)
+    shares = [count * t.partitions // total for t in targets]
+    shares[0] += count - sum(shares)
+    return shares
+
+
+def _parallel(jobs: list[Callable[[], dict[str, Any]]]) -> list[dict[str, Any]]:
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return list(pool.map(lambda job: job(), jobs))
+
+
+def produce_to(targets: list[Target], count: int, size: int, *, linger_ms: int,
+               rate: float | None = None) -> dict[str, Any]:
+    """:func:`produce` to every target at once (one client per physical cluster on the
+    direct path of a multi-cluster topic), ``count`` split by partitions; merged result."""
+    shares = _split(count, targets)
+    total_parts = sum(t.partitions for t in targets)
+    parts = _parallel([
+        functools.partial(produce, t.bootstrap, t.topic, n, size, linger_ms=linger_ms,
+                          rate=None if rate is None else rate * t.partitions / total_parts)
+        for t, n in zip(targets, shares, strict=True)])
+    per_target = [p["records"] + p["primed"] for p in parts]
+    if len(parts) == 1:
+        parts[0].pop("_latencies")
+        return {**parts[0], "per_target": per_target}
+    latencies = sorted(x for p in parts for x in p.pop("_latencies"))
+    acked = sum(p["records"] for p in parts)
+    elapsed = max(p["seconds"] for p in parts)
+    return {
+        "records": acked, "primed": sum(p["primed"] for p in parts),
+        "failed": sum(p["failed"] for p in parts), "seconds": elapsed,
+        "records_per_s": acked / elapsed if elapsed else 0.0,
+        "mb_per_s": acked * size / MB / elapsed if elapsed else 0.0,
+        "p50_ms": _percentile(latencies, 0.50) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
+        "clients": len(parts), "per_target": per_target,
+    }
+
+
+def consume_from(targets: list[Target], expected: list[int], size: int) -> dict[str, Any]:
+    """:func:`consume` from every target at once; merged result."""
+    parts = _parallel([functools.partial(consume, t.bootstrap, t.topic, t.partitions, n, size)
+                       for t, n in zip(targets, expected, strict=True)])
+    if len(parts) == 1:
+        return parts[0]
+    got = sum(p["records"] for p in parts)
+    elapsed = max(p["seconds"] for p in parts)
+    return {"records": got, "seconds": elapsed,
+            "first_record_s": min((p["first_record_s"] for p in parts
+                                   if p["first_record_s"] is not None), default=None),
+            "records_per_s": got / elapsed if elapsed > 0 else 0.0,
+            "mb_per_s": got * size / MB / elapsed if elapsed > 0 else 0.0,
+            "clients": len(parts)}
+
+
+def _median(values: list[float]) -> float:
+    clean = sorted(v for v in values if v == v)
+    if not clean:
+        return float("nan")
+    mid = len(clean) // 2
+    return clean[mid] if len(clean) % 2 else (clean[mid - 1] + clean[mid]) / 2
+
+
+def _summary(r: dict[str, Any]) -> dict[str, float]:
+    nan = float("nan")
+    return {
+        "produce_records_per_s": r["produce"]["records_per_s"],
+        "produce_mb_per_s": r["produce"]["mb_per_s"],
+        "produce_p50_ms": r["produce"]["p50_ms"],
+        "produce_p99_ms": r["produce"]["p99_ms"],
+        "latency_p50_ms": r.get("latency", {}).get("p50_ms", nan),
+        "latency_p99_ms": r.get("latency", {}).get("p99_ms", nan),
+        "consume_records_per_s": r["consume"]["records_per_s"],
+        "consume_mb_per_s": r["consume"]["mb_per_s"],
+        "produce_broker_cpu_s_per_mb": r["produce"].get("broker_cpu_s_per_mb", nan),
+        "produce_proxy_cpu_s_per_mb": r["produce"].get("proxy_cpu_s_per_mb", nan),
+        "consume_broker_cpu_s_per_mb": r["consume"].get("broker_cpu_s_per_mb", nan),
+        "consume_proxy_cpu_s_per_mb": r["consume"].get("proxy_cpu_s_per_mb", nan),
+    }
+
+
+def _targets(layout: dict[str, int], bootstraps: dict[str, str], topic: str) -> list[Target]:
+    return [Target(bootstraps[c], topic, n) for c, n in sorted(layout.items())]
+
+
 def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
               progress: Callable[[str], None]) -> dict[str, Any]:
-    """Measure both paths on the running federation described by ``state``."""
+    """Measure both paths on the running federation described by ``state``.
+
+    Equal footing: the direct path writes to and reads from physical topics on the same
+    physical clusters, with the same partition counts, as the logical topic's segments
+    (one client per cluster, in parallel, when the logical topic spans several).
+    ``settings.rounds`` rounds alternate direct and proxy phase by phase; the summary is
+    the median of the rounds.
+    """
     import confluent_kafka
 
-    direct_bs: str = state["clusters"][0]["bootstrap"]
-    direct_cluster: str = state["clusters"][0]["name"]
+    bootstraps = {c["name"]: c["bootstrap"] for c in state["clusters"]}
     proxy_bs: str = state["bootstrap"]
-    proxy_pids = [int(p["pid"]) for p in state.get("processes", []) if p.get("kind") == "proxy"]
+    procs = state.get("processes", [])
+    proxy_pids = [q for p in procs if p.get("kind") == "proxy"
+                  for q in _descendants(int(p["pid"]))]
+    broker_pids = [int(p["pid"]) for p in procs if p.get("kind") == "kafka-broker"]
     tag = uuid.uuid4().hex[:6]
     n = settings.partitions
+    layouts: dict[str, dict[str, int]] = {}
 
-    def topics(suffix: str) -> tuple[str, str]:
+    def topics(suffix: str) -> tuple[list[Target], list[Target]]:
         direct, logical = f"bench-{tag}-{suffix}-direct", f"bench-{tag}-{suffix}"
-        progress(f"creating topics {direct} (on {direct_cluster}) and {logical} (logical)")
-        create_physical_topic(direct_bs, direct, n)
-        create_logical_topic(state, logical, n)
-        wait_topic(direct_bs, direct, n)
+        layout = create_logical_topic(state, logical, n)
+        layouts[suffix] = layout
+        progress(f"topics {logical} (logical: "
+                 + ", ".join(f"{k} partitions on {c}" for c, k in sorted(layout.items()))
+                 + f") and {direct} (the same partitions direct)")
+        for cluster, count in layout.items():
+            create_physical_topic(bootstraps[cluster], direct, count)
+        for cluster, count in layout.items():
+            wait_topic(bootstraps[cluster], direct, count)
         wait_topic(proxy_bs, logical, n)
-        return direct, logical
+        return _targets(layout, bootstraps, direct), [Target(proxy_bs, logical, n)]
 
-    main_topics = topics("main")
-    warm_topics = topics("warm")
-    paths = {"direct": (direct_bs, main_topics[0], warm_topics[0]),
-             "proxy": (proxy_bs, main_topics[1], warm_topics[1])}
     size = settings.record_size
-    results: dict[str, dict[str, Any]] = {"direct": {}, "proxy": {}}
-
-    for name, (bs, _, warm) in paths.items():
+    warm = topics("warm")
+    for name, targets in (("direct", warm[0]), ("proxy", warm[1])):
         if settings.warmup_records:
             progress(f"{name}: warm-up, {settings.warmup_records:,} records")
-            produce(bs, warm, settings.warmup_records, size, linger_ms=settings.linger_ms)
-    for phase in ("produce", "latency", "consume"):
-        for name, (bs, topic, _) in paths.items():
-            pids = proxy_pids if name == "proxy" else []
-            res: dict[str, Any]
-            if phase == "produce":
-                progress(f"{name}: producing {settings.records:,} x {size} B to {topic}")
-                res = {}
-                with _cpu_meter(pids, res):
-                    res.update(produce(bs, topic, settings.records, size,
-                                       linger_ms=settings.linger_ms))
-            elif phase == "latency":
-                if not settings.latency_records:
-                    continue
-                progress(f"{name}: {settings.latency_records:,} records at "
-                         f"{settings.latency_rate}/s for latency")
-                res = {}
-                with _cpu_meter(pids, res):
-                    res.update(produce(bs, topic, settings.latency_records, size,
-                                       linger_ms=settings.linger_ms,
-                                       rate=settings.latency_rate))
-            else:
-                expected = sum(r["records"] + r["primed"] for r in results[name].values())
-                progress(f"{name}: consuming {expected:,} records from {topic}")
-                res = {"expected": expected}
-                with _cpu_meter(pids, res):
-                    res.update(consume(bs, topic, n, expected, size))
-            results[name][phase] = res
+            produce_to(targets, settings.warmup_records, size, linger_ms=settings.linger_ms)
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for rnd in range(settings.rounds):
+        main = topics(f"r{rnd}")
+        paths = {"direct": main[0], "proxy": main[1]}
+        results: dict[str, dict[str, Any]] = {"direct": {}, "proxy": {}}
+        for phase in ("produce", "latency", "consume"):
+            for name, targets in paths.items():
+                groups = {"broker": broker_pids, "proxy": proxy_pids if name == "proxy" else []}
+                res: dict[str, Any] = {}
+                label = f"round {rnd + 1}/{settings.rounds}, {name}"
+                if phase == "produce":
+                    progress(f"{label}: producing {settings.records:,} x {size} B")
+                    with _cpu_meter(groups, res):
+                        res.update(produce_to(targets, settings.records, size,
+                                              linger_ms=settings.linger_ms))
+                elif phase == "latency":
+                    if not settings.latency_records:
+                        continue
+                    progress(f"{label}: {settings.latency_records:,} records at "
+                             f"{settings.latency_rate}/s for latency")
+                    with _cpu_meter(groups, res):
+                        res.update(produce_to(targets, settings.latency_records, size,
+                                              linger_ms=settings.linger_ms,
+                                              rate=settings.latency_rate))
+                else:
+                    expected = sum(r["records"] + r["primed"] for r in results[name].values())
+                    progress(f"{label}: consuming {expected:,} records")
+                    res = {"expected": expected}
+                    # Each target holds what was produced to it.
+                    per = [sum(r["per_target"][i] for r in results[name].values())
+                           for i in range(len(targets))]
+                    with _cpu_meter(groups, res):
+                        res.update(consume_from(targets, per, size))
+                _per_mb(res, size)
+                results[name][phase] = res
+        rounds.append(results)
 
-    summary: dict[str, dict[str, float]] = {}
-    for name, r in results.items():
-        summary[name] = {
-            "produce_records_per_s": r["produce"]["records_per_s"],
-            "produce_mb_per_s": r["produce"]["mb_per_s"],
-            "produce_p50_ms": r["produce"]["p50_ms"],
-            "produce_p99_ms": r["produce"]["p99_ms"],
-            "latency_p50_ms": r.get("latency", {}).get("p50_ms", float("nan")),
-            "latency_p99_ms": r.get("latency", {}).get("p99_ms", float("nan")),
-            "consume_records_per_s": r["consume"]["records_per_s"],
-            "consume_mb_per_s": r["consume"]["mb_per_s"],
-        }
+    summaries = [{name: _summary(r) for name, r in results.items()} for results in rounds]
+    keys = list(summaries[0]["direct"])
+    summary = {name: {k: _median([s[name][k] for s in summaries]) for k in keys}
+               for name in ("direct", "proxy")}
+    ratio = {k: _ratio(summary["proxy"][k], summary["direct"][k]) for k, _, _ in METRICS}
+    per_round_ratio = [{k: _ratio(s["proxy"][k], s["direct"][k]) for k, _, _ in METRICS}
+                       for s in summaries]
+    sp = summary["proxy"]
+    targets_met = {
+        "produce_ratio": ratio["produce_records_per_s"],
+        "consume_ratio": ratio["consume_records_per_s"],
+        "paced_p99_overhead_ms": _delta(sp["latency_p99_ms"], summary["direct"]["latency_p99_ms"]),
+        "paced_p50_overhead_ms": _delta(sp["latency_p50_ms"], summary["direct"]["latency_p50_ms"]),
+        # The proxy's CPU per MB against the brokers' in the same (proxy-path) phases.
+        "produce_cpu_proxy_over_broker": _ratio(sp["produce_proxy_cpu_s_per_mb"],
+                                                sp["produce_broker_cpu_s_per_mb"]),
+        "consume_cpu_proxy_over_broker": _ratio(sp["consume_proxy_cpu_s_per_mb"],
+                                                sp["consume_broker_cpu_s_per_mb"]),
+    }
+    layout = layouts.get("r0", {})
     report: dict[str, Any] = {
         "machine": machine(),
         "kafka_version": state.get("kafka_version"),
@@ -466,52 +639,111 @@ def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
             "acks": "all", "linger_ms": settings.linger_ms, "compression": "none",
             "latency_records": settings.latency_records,
             "latency_rate": settings.latency_rate, "warmup_records": settings.warmup_records,
+            "rounds": settings.rounds,
         },
         "topics": {
-            "direct": {"name": main_topics[0], "cluster": direct_cluster,
-                       "bootstrap": direct_bs},
-            "proxy": {"name": main_topics[1], "clusters": len(state["clusters"]),
-                      "bootstrap": proxy_bs},
+            "direct": {"clusters": {c: {"bootstrap": bootstraps[c], "partitions": k}
+                                    for c, k in sorted(layout.items())}},
+            "proxy": {"clusters": len(layout), "bootstrap": proxy_bs,
+                      "proxy_processes": len(proxy_pids),
+                      "workers": state.get("proxy_workers", 1)},
         },
-        "results": results,
+        "results": rounds[-1],
+        "rounds": rounds,
         "summary": summary,
-        "ratio": {k: _ratio(summary["proxy"][k], summary["direct"][k]) for k, _, _ in METRICS},
+        "ratio": ratio,
+        "ratio_per_round": per_round_ratio,
+        "targets": targets_met,
+        "load_average": _loadavg(),
         "java": None,
     }
     if java:
-        report["java"] = run_java(state, settings, topics, progress)
+        report["java"] = run_java(state, settings, topics, progress,
+                                  {"broker": broker_pids, "proxy": proxy_pids})
     return report
 
 
+def _delta(a: float, b: float) -> float | None:
+    if a != a or b != b:
+        return None
+    return round(a - b, 3)
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
 def run_java(state: dict[str, Any], settings: Settings,
-             topics: Callable[[str], tuple[str, str]],
-             progress: Callable[[str], None]) -> dict[str, Any]:
+             topics: Callable[[str], tuple[list[Target], list[Target]]],
+             progress: Callable[[str], None], groups: dict[str, list[int]]) -> dict[str, Any]:
+    """Kafka's ProducerPerformance then ConsumerPerformance on both paths (acks=all,
+    idempotent, ``--record-size`` records); several direct clusters run side by side and
+    their throughputs add up (their latencies: the slowest's)."""
     from federation.kafka_dist import install_kafka
 
     dist, _ = install_kafka(state.get("kafka_version") or "4.1.1")
     direct, logical = topics("java")
-    paths = {"direct": (state["clusters"][0]["bootstrap"], direct),
-             "proxy": (state["bootstrap"], logical)}
+    paths = {"direct": direct, "proxy": logical}
     out: dict[str, Any] = {"direct": {}, "proxy": {}}
-    for name, (bs, topic) in paths.items():
+    size = settings.record_size
+    for name, targets in paths.items():
         progress(f"{name}: Java ProducerPerformance, {settings.records:,} records")
-        out[name]["produce"] = java_produce(dist, bs, topic, settings.records,
-                                            settings.record_size)
-    for name, (bs, topic) in paths.items():
+        res: dict[str, Any] = {}
+        meter = {**groups, "proxy": groups["proxy"] if name == "proxy" else []}
+        t0 = time.perf_counter()
+        with _cpu_meter(meter, res):
+            parts = _parallel([functools.partial(java_produce, dist, t.bootstrap, t.topic, k,
+                                                 size)
+                               for t, k in zip(targets, _split(settings.records, targets),
+                                               strict=True)])
+            res["seconds"] = time.perf_counter() - t0
+        res.update(_merge_java(parts))
+        _per_mb(res, size)
+        out[name]["produce"] = res
+    for name, targets in paths.items():
         progress(f"{name}: Java ConsumerPerformance")
-        out[name]["consume"] = java_consume(dist, bs, topic, out[name]["produce"]["records"])
+        res = {}
+        meter = {**groups, "proxy": groups["proxy"] if name == "proxy" else []}
+        t0 = time.perf_counter()
+        counts = _split(out[name]["produce"]["records"], targets)
+        with _cpu_meter(meter, res):
+            parts = _parallel([functools.partial(java_consume, dist, t.bootstrap, t.topic, k)
+                               for t, k in zip(targets, counts, strict=True)])
+            res["seconds"] = time.perf_counter() - t0
+        res.update(_merge_java(parts))
+        _per_mb(res, size)
+        out[name]["consume"] = res
     summary = {}
     for name in ("direct", "proxy"):
         p, c = out[name]["produce"], out[name]["consume"]
         summary[name] = {
             "produce_records_per_s": p["records_per_s"], "produce_mb_per_s": p["mb_per_s"],
-            "produce_avg_ms": p["avg_ms"], "produce_p50_ms": p["p50_ms"],
-            "produce_p99_ms": p["p99_ms"], "consume_records_per_s": c["records_per_s"],
+            "produce_avg_ms": p.get("avg_ms", float("nan")),
+            "produce_p50_ms": p.get("p50_ms", float("nan")),
+            "produce_p99_ms": p.get("p99_ms", float("nan")),
+            "consume_records_per_s": c["records_per_s"],
             "consume_mb_per_s": c["mb_per_s"],
         }
     out["summary"] = summary
     out["ratio"] = {k: _ratio(summary["proxy"][k], summary["direct"][k])
                     for k, _, _ in JAVA_METRICS}
+    return out
+
+
+def _merge_java(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    if len(parts) == 1:
+        return parts[0]
+    out: dict[str, Any] = {
+        "records": sum(p["records"] for p in parts),
+        "records_per_s": sum(p["records_per_s"] for p in parts),
+        "mb_per_s": sum(p["mb_per_s"] for p in parts),
+    }
+    for key in ("avg_ms", "p50_ms", "p99_ms", "max_ms"):
+        if all(key in p for p in parts):
+            out[key] = max(p[key] for p in parts)
     return out
 
 
@@ -542,8 +774,10 @@ def _no_nan(value: Any) -> Any:
 def render(report: dict[str, Any], console: Console) -> None:
     s = report["settings"]
     m = report["machine"]
+    rounds = s.get("rounds", 1)
     table = Table(title=f"fedkafka bench: {s['records']:,} records x {s['record_size']} B, "
-                        f"{s['partitions']} partitions, acks=all")
+                        f"{s['partitions']} partitions, acks=all"
+                        + (f", median of {rounds} rounds" if rounds > 1 else ""))
     table.add_column("metric")
     table.add_column("direct", justify="right")
     table.add_column("proxy", justify="right")
@@ -566,19 +800,55 @@ def render(report: dict[str, Any], console: Console) -> None:
         vals = [r[path][ph].get(key) for ph in ("produce", "consume")]
         return "-" if None in vals else f"{vals[0]:.2f} / {vals[1]:.2f}"
 
+    def per_mb(path: str, group: str) -> str:
+        vals = [report["summary"][path].get(f"{ph}_{group}_cpu_s_per_mb")
+                for ph in ("produce", "consume")]
+        return "-" if any(v is None or v != v for v in vals) else \
+            f"{vals[0] * 1000:.2f} / {vals[1] * 1000:.2f}"
+
     table.add_row("machine CPU, prod/cons", cores("direct", "machine_cpu_util"),
                   cores("proxy", "machine_cpu_util"), "")
-    table.add_row("proxy CPU, prod/cons", "", cores("proxy", "proxy_cpu_util"), "")
+    table.add_row("brokers CPU ms/MB, prod/cons", per_mb("direct", "broker"),
+                  per_mb("proxy", "broker"), "")
+    table.add_row("proxy CPU ms/MB, prod/cons", "", per_mb("proxy", "proxy"), "")
     console.print(table)
+    t = report.get("targets") or {}
+
+    def verdict(value: float | None, ok: bool) -> str:
+        return "-" if value is None else f"{value:.2f} ({'met' if ok else 'MISSED'})"
+
+    def at_least(key: str, bound: float) -> str:
+        v = t.get(key)
+        return verdict(v, v is not None and v >= bound)
+
+    def at_most(key: str, bound: float) -> str:
+        v = t.get(key)
+        return verdict(v, v is not None and v <= bound)
+
+    console.print(
+        "targets: produce ratio " + at_least("produce_ratio", 0.95)
+        + "; consume ratio " + at_least("consume_ratio", 0.95)
+        + "; paced p99 overhead ms " + at_most("paced_p99_overhead_ms", 1.0)
+        + "; proxy/broker CPU per MB, produce " + at_most("produce_cpu_proxy_over_broker", 0.5)
+        + ", consume " + at_most("consume_cpu_proxy_over_broker", 0.5))
+    if rounds > 1:
+        console.print("per round, produce/consume ratio: " + ", ".join(
+            f"{_fmt(x['produce_records_per_s'])}/{_fmt(x['consume_records_per_s'])}"
+            for x in report["ratio_per_round"]))
     console.print(f"paced = {s['latency_records']:,} records at {s['latency_rate']:,}/s; "
-                  "CPU in cores busy; MB = 2^20 bytes")
+                  "CPU in cores busy or CPU ms per MB of record values; MB = 2^20 bytes")
+    load = report.get("load_average")
     console.print(f"machine: {m['cores']} cores ({m['cpu']}), {m['system']}, "
-                  f"Python {m['python']}")
+                  f"Python {m['python']}"
+                  + (f"; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
+                     if load else ""))
+    direct = ", ".join(f"{c} ({d['bootstrap']}, {d['partitions']} partitions)"
+                       for c, d in report["topics"]["direct"]["clusters"].items())
+    proxy = report["topics"]["proxy"]
     console.print(f"Kafka {report['kafka_version']}; client {report['client']}; "
-                  f"direct = {report['topics']['direct']['cluster']} "
-                  f"({report['topics']['direct']['bootstrap']}), proxy = "
-                  f"{report['topics']['proxy']['bootstrap']} over "
-                  f"{report['topics']['proxy']['clusters']} clusters")
+                  f"direct = {direct}; proxy = {proxy['bootstrap']} over "
+                  f"{proxy['clusters']} cluster(s), {proxy['proxy_processes']} proxy "
+                  "process(es)")
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -586,7 +856,8 @@ def render(report: dict[str, Any], console: Console) -> None:
 
 @contextmanager
 def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
-                   progress: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+                   progress: Callable[[str], None], clusters: int = 1,
+                   workers: int = 1) -> Iterator[dict[str, Any]]:
     """An existing running federation (``workdir``), or a new one stopped at the end."""
     from federation.local import LocalFederation
 
@@ -602,10 +873,20 @@ def federation_for(workdir: Path | None, base_port: int, kafka_version: str,
         return
     from federation.local import temporary_federation
 
-    with temporary_federation("fedkafka-bench-", progress, clusters=2, proxies=1,
+    with temporary_federation("fedkafka-bench-", progress, clusters=clusters, proxies=1,
                               base_port=base_port, kafka_version=kafka_version,
-                              heap="512m") as state:
+                              heap="512m", exporter=False, proxy_workers=workers) as state:
         yield state
+
+
+def require_client() -> None:
+    """The benchmark's client library, or exactly what to install."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        raise ConfigError("fedkafka bench needs confluent-kafka (librdkafka): install it with "
+                          "`pip install 'confluent-kafka>=2.5'` (a dependency of fedkafka "
+                          "since it has the benchmark)") from None
 
 
 def _logs_to_stderr() -> None:
@@ -641,6 +922,13 @@ def register(app: typer.Typer) -> None:
                  "starting one.")] = None,
         base_port: Annotated[int, typer.Option(
             help="Base port of the federation started for the run.")] = 25092,
+        rounds: Annotated[int, typer.Option(
+            help="Rounds (direct and proxy alternating); the summary is their median.")] = 3,
+        clusters: Annotated[int, typer.Option(
+            help="Physical clusters of the federation started for the run (the logical "
+                 "topic spans them; the direct path uses the same ones).")] = 1,
+        workers: Annotated[int, typer.Option(
+            help="Worker processes of the proxy started for the run.")] = 1,
         kafka_version: Annotated[str, typer.Option(
             help="Kafka release of the federation started for the run.")]
         = DEFAULT_KAFKA_VERSION,
@@ -649,12 +937,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Throughput and latency, direct to Kafka versus through the proxy (one run)."""
         if records < 1 or record_size < 1 or partitions < 1 or latency_records < 0 or (
-                latency_rate < 1):
+                latency_rate < 1) or rounds < 1 or clusters < 1 or workers < 1:
             raise typer.BadParameter("counts and sizes must be positive")
         settings = Settings(records=records, record_size=record_size, partitions=partitions,
                             latency_records=latency_records, latency_rate=latency_rate,
                             warmup_records=min(records, 20_000) if warmup is None else warmup,
-                            linger_ms=linger_ms)
+                            linger_ms=linger_ms, rounds=rounds)
 
         def progress(msg: str) -> None:
             err.print(f"[dim]{msg}[/]")
@@ -662,7 +950,9 @@ def register(app: typer.Typer) -> None:
         _logs_to_stderr()
 
         try:
-            with federation_for(workdir, base_port, kafka_version, progress) as state:
+            require_client()
+            with federation_for(workdir, base_port, kafka_version, progress, clusters,
+                                workers) as state:
                 report = run_bench(state, settings, java=java, progress=progress)
         except FedKafkaError as e:
             err.print(f"[red]error:[/] {e}")

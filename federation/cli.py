@@ -259,15 +259,28 @@ def local_demo(
 def proxy_cmd(
     config: Annotated[Path, typer.Option("--config", help="Proxy config (JSON).")],
     log_level: Annotated[str, typer.Option(help="Log level.")] = "INFO",
+    workers: Annotated[int | None, typer.Option(
+        help="Worker processes sharing the listener (overrides the config's workers).")]
+    = None,
+    worker: Annotated[int | None, typer.Option(
+        hidden=True, help="Run this worker of the proxy (started by its supervisor).")]
+    = None,
 ) -> None:
     """Run a proxy (pproxy, cproxy or both, as its config says) until SIGTERM."""
+    import dataclasses
 
     from federation.proxy.config import ProxyConfig
-    from federation.proxy.server import serve
+    from federation.proxy.workers import run_proxy
 
     cfg = ProxyConfig.load(config)
+    if workers is not None:
+        if not 1 <= workers <= 64:
+            raise FedKafkaError(f"--workers {workers} must be from 1 to 64")
+        cfg = dataclasses.replace(cfg, workers=workers)
     logs.configure(log_level)
-    _run_loop(serve(cfg))
+    code = run_proxy(cfg, config, log_level, worker)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command("nameservice")

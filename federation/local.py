@@ -236,6 +236,7 @@ class LocalFederation:
         exporter: bool = True,
         monitoring: bool = False,
         exporter_options: dict[str, Any] | None = None,
+        proxy_workers: int = 1,
         secure: bool = False,
     ) -> dict[str, Any]:
         """Start the federation and return its description (also in federation.json).
@@ -246,6 +247,7 @@ class LocalFederation:
         :param monitoring: also start a Prometheus (Debian's ``prometheus`` package) on
             ``base + 80`` scraping every component, with fedkafka's rules loaded.
         :param exporter_options: exporter config fields, e.g. ``{"max_groups": 10}``.
+        :param proxy_workers: worker processes per proxy (its config's ``workers``).
         :param secure: TLS and SASL/SCRAM everywhere (:mod:`federation.local_secure`).
         """
         from federation import local_monitoring
@@ -305,6 +307,7 @@ class LocalFederation:
             "proxies": [{"node_id": 1000 + i, "host": HOST, "port": p}
                         for i, p in enumerate(proxy_ports)],
             "zookeeper": f"{HOST}:{zk_port}" if zk_port else None,
+            "proxy_workers": proxy_workers,
             "processes": [],
             "secure": secure,
         }
@@ -417,6 +420,8 @@ class LocalFederation:
                 "roles": ["producer", "consumer"], "pool": "default",
                 "metrics": f"{HOST}:{metrics_port}",
                 **(self._secure.proxy_settings() if self._secure is not None else {}),
+                **({"workers": state["proxy_workers"]}
+                   if state.get("proxy_workers", 1) > 1 else {}),
             }, indent=2))
             progress(f"starting {name} on {HOST}:{p['port']}")
             rec, _ = procs.spawn(

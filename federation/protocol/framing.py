@@ -109,20 +109,21 @@ class FrameReader:
         pos = 0
         end = len(buf)
         unpack = _LENGTH.unpack_from
-        while end - pos >= LENGTH_PREFIX_SIZE:
-            (size,) = unpack(buf, pos)
-            if size <= 0:
-                self._error = BadFrameLength(size)
-                raise self._error
-            if size > self._max_frame_size:
-                self._error = FrameTooLarge(size, self._max_frame_size)
-                raise self._error
-            body_start = pos + LENGTH_PREFIX_SIZE
-            body_end = body_start + size
-            if body_end > end:
-                break
-            frames.append(bytes(buf[body_start:body_end]))
-            pos = body_end
+        with memoryview(buf) as view:  # one copy per frame (a bytearray slice is another)
+            while end - pos >= LENGTH_PREFIX_SIZE:
+                (size,) = unpack(buf, pos)
+                if size <= 0:
+                    self._error = BadFrameLength(size)
+                    raise self._error
+                if size > self._max_frame_size:
+                    self._error = FrameTooLarge(size, self._max_frame_size)
+                    raise self._error
+                body_start = pos + LENGTH_PREFIX_SIZE
+                body_end = body_start + size
+                if body_end > end:
+                    break
+                frames.append(view[body_start:body_end].tobytes())
+                pos = body_end
         if pos == end:
             buf.clear()
         elif pos:

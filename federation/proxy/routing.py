@@ -103,12 +103,12 @@ def fetch_target(fmap: FederationMap, name: str, partition: int, offset: int) ->
     return Target(topic, partition, seg)
 
 
-def translate_records(data: bytes | None, seg: Segment) -> bytes | bytearray | None:
+def translate_records(data: records.Buffer | None, seg: Segment) -> records.Buffer | None:
     """Rewrite fetched batches' base offsets from physical to logical; drop past a seal."""
     if not data:
         return data
     delta = seg.logical_start - seg.physical_start
-    out: bytes | bytearray = data
+    out: records.Buffer = data
     if seg.sealed_end is not None:
         keep_end = 0
         for start, end in records.iter_batches(data):

@@ -27,7 +27,7 @@ def test_bench_json_smoke() -> None:
         [sys.executable, "-m", "federation.bench", "--records", str(RECORDS),
          "--record-size", "512", "--latency-records", str(LATENCY_RECORDS),
          "--latency-rate", "2000", "--warmup", "200", "--base-port", str(BASE_PORT),
-         "--json"],
+         "--clusters", "2", "--rounds", "2", "--json"],
         capture_output=True, text=True, timeout=480, check=False,
         cwd=Path(__file__).resolve().parents[2],
     )
@@ -41,10 +41,16 @@ def test_bench_json_smoke() -> None:
     assert report["settings"]["record_size"] == 512
     assert report["settings"]["acks"] == "all"
     assert report["java"] is None
+    assert report["settings"]["rounds"] == 2 and len(report["rounds"]) == 2
+    # Equal footing: the direct path uses the clusters holding the logical topic, with
+    # the same partition counts (one client per cluster).
     assert report["topics"]["proxy"]["clusters"] == 2
+    direct = report["topics"]["direct"]["clusters"]
+    assert sorted(direct) == ["c1", "c2"]
+    assert sum(c["partitions"] for c in direct.values()) == report["settings"]["partitions"]
+    assert report["topics"]["proxy"]["proxy_processes"] == 1
 
-    for path in ("direct", "proxy"):
-        res = report["results"][path]
+    for path, res in ((p, r[p]) for r in report["rounds"] for p in ("direct", "proxy")):
         assert res["produce"]["records"] == RECORDS
         assert res["produce"]["failed"] == 0
         assert res["latency"]["records"] == LATENCY_RECORDS
@@ -52,10 +58,23 @@ def test_bench_json_smoke() -> None:
         produced = sum(res[ph]["records"] + res[ph]["primed"] for ph in ("produce", "latency"))
         assert res["consume"]["expected"] == produced
         assert res["consume"]["records"] == produced, f"{path}: consumed != produced"
-        for key in report["summary"][path]:
-            assert isinstance(report["summary"][path][key], (int, float)), (path, key)
-    assert set(report["ratio"]) == set(report["summary"]["direct"])
+        for phase in ("produce", "consume"):
+            assert res[phase]["broker_cpu_s_per_mb"] >= 0
+            if path == "proxy":
+                assert res[phase]["proxy_cpu_s_per_mb"] >= 0
+            else:
+                assert "proxy_cpu_s" not in res[phase]
+    for path in ("direct", "proxy"):
+        for key, value in report["summary"][path].items():
+            if path == "direct" and "proxy_cpu" in key:
+                assert value is None  # no proxy on the direct path
+                continue
+            assert isinstance(value, (int, float)), (path, key)
+    assert set(report["ratio"]) <= set(report["summary"]["direct"])
     assert all(v is None or v > 0 for v in report["ratio"].values())
+    assert set(report["targets"]) >= {"produce_ratio", "consume_ratio", "paced_p99_overhead_ms",
+                                      "produce_cpu_proxy_over_broker",
+                                      "consume_cpu_proxy_over_broker"}
 
     # Everything it started is gone: nothing listens on the federation's ports any more.
     import socket
