@@ -60,7 +60,7 @@ class ProxyConfig:
     http: tuple[str, int] | None = None  # the name service's HTTP API
     limits: Limits = field(default_factory=Limits)
     #: processes serving the listener together (SO_REUSEPORT), each a full proxy
-    #: (docs/adr/0015-proxy-worker-processes.md); ``worker``: this process's index
+    #: (docs/adr/0018-proxy-worker-processes-and-raw-fetch.md); ``worker``: its index
     workers: int = 1
     worker: int = 0
     tls: ListenerTls | None = None  # TLS on the client listener (docs/security.md)

@@ -5,7 +5,7 @@ One Python process serves its connections on one core. With ``workers`` > 1 the
 (``fedkafka proxy --config FILE --worker I``), each a full proxy (its own event loop,
 upstream connections, map copy and member record in the store) bound to the same
 listen address with ``SO_REUSEPORT``, so the kernel spreads new client connections
-over them. See docs/adr/0015-proxy-worker-processes.md.
+over them. See docs/adr/0018-proxy-worker-processes-and-raw-fetch.md.
 
 - Worker ``I`` serves Prometheus metrics on the configured metrics port + ``I``, and
   registers in the store as ``HOST:PORT/wI`` (each worker acknowledges writes on its
