@@ -68,6 +68,7 @@ from federation.mapstore import (
 from federation.model import FederationMap
 from federation.plugin import hookimpl
 from federation.tls import kazoo_kwargs
+from plugins import zookeeper_acl
 
 __all__ = ["StoreUnavailableError", "ZooKeeperBackend", "ZooKeeperElection"]
 
@@ -204,7 +205,8 @@ class ZooKeeperBackend:
 
     def __init__(self, hosts: str = "127.0.0.1:2181", root: str = "/fedkafka", *,
                  session_timeout: float = 10.0, connect_timeout: float = 15.0,
-                 tls: dict[str, Any] | None = None) -> None:
+                 tls: dict[str, Any] | None = None, auth: str | None = None,
+                 auth_file: str | None = None, acl: Any = None) -> None:
         if not root.startswith("/") or (root.endswith("/") and root != "/"):
             raise ConfigError(f"zookeeper root {root!r} must be an absolute znode path "
                                 "like '/fedkafka'")
@@ -214,6 +216,12 @@ class ZooKeeperBackend:
         self.docs_path = f"{self.root}/mapdocs"
         #: ACL of the map's znodes (None: the client's default); see _create_op
         self.map_acl: list[Any] | None = None
+        # Digest auth and ACLs (plugins/zookeeper_acl.py, ADR 0016); never logged.
+        credentials = zookeeper_acl.resolve_auth(auth, auth_file)
+        self.acl_policy = zookeeper_acl.AclPolicy.resolve(acl)
+        if self.acl_policy is not None:
+            self.map_acl = self.acl_policy.map_acl()
+        self._own_acl = (zookeeper_acl.own_acl(self.acl_policy) if credentials else None)
         self._map_state: MapState | None = None  #: the map this backend last read or wrote
         self._state_lock = threading.Lock()
         self.members_path = f"{self.root}/members"
@@ -232,6 +240,7 @@ class ZooKeeperBackend:
             hosts=hosts, timeout=session_timeout,
             connection_retry={"max_tries": -1, "delay": 0.1, "max_delay": 1.0},
             **kazoo_kwargs(tls),  # ZooKeeper over TLS: the store spec's ?ssl=true&ca=…
+            auth_data=[("digest", credentials)] if credentials else None,
         )
         self.client.add_listener(self._on_state)
         try:
@@ -244,8 +253,7 @@ class ZooKeeperBackend:
                 "or fix the hosts (e.g. --store zookeeper:127.0.0.1:2181/fedkafka)"
             ) from None
         self._state = KazooState.CONNECTED
-        for path in (self.members_path, self.election_path, self.docs_path):
-            self.client.ensure_path(path)
+        zookeeper_acl.ensure_paths(self)
 
     # -- connection state ------------------------------------------------------------------
 
@@ -297,6 +305,11 @@ class ZooKeeperBackend:
             raise self._unavailable(what, e) from e
 
     def _unavailable(self, what: str, e: Exception) -> StoreUnavailableError:
+        if type(e).__name__ == "NoAuthError":  # the store's ACLs (plugins/zookeeper_acl.py)
+            return StoreUnavailableError(
+                f"ZooKeeper at {self.hosts} refused to {what}: this client's identity is not "
+                "allowed to (the store's ACLs: only the controller and the admin write the "
+                "map; check the backend's auth_file / $FEDKAFKA_ZK_AUTH_FILE)")
         return StoreUnavailableError(
             f"ZooKeeper at {self.hosts} is unavailable ({type(e).__name__}) while trying to "
             f"{what}; check that it runs and retry"
@@ -478,8 +491,8 @@ class ZooKeeperBackend:
         session = self.client.client_id[0] if self.client.client_id else None
         for _ in range(3):
             try:
-                self._op(what, self.client.create_async, path, data, ephemeral=True,
-                         makepath=True)
+                self._op(what, self.client.create_async, path, data, acl=self._own_acl,
+                         ephemeral=True, makepath=True)
                 return
             except NodeExistsError:
                 pass
@@ -612,7 +625,8 @@ class ZooKeeperElection:
         data = json.dumps({"member_id": self._member_id, "host": socket.gethostname(),
                            "pid": os.getpid()}).encode()
         path = client.create(f"{self._backend.election_path}/{_ELECTION_PREFIX}", data,
-                             ephemeral=True, sequence=True, makepath=True)
+                             acl=self._backend._own_acl, ephemeral=True, sequence=True,
+                             makepath=True)
         with self._cond:
             self._node = path.rsplit("/", 1)[1]
         if self._watch is None:
