@@ -58,13 +58,13 @@ class Controllers:
         self.root = root
         self.records: dict[str, procs.ProcessRecord] = {}
 
-    def start(self, member_id: str) -> procs.ProcessRecord:
+    def start(self, member_id: str, **extra: Any) -> procs.ProcessRecord:
         cfg = self.workdir / f"{member_id}.json"
         cfg.write_text(json.dumps({
             "metadata": {"backend": "zookeeper", "hosts": self.hosts, "root": self.root,
                          "session_timeout": SESSION_TIMEOUT},
             "metrics_port": 0, "health_interval": 0.3, "down_after": 1,
-            "request_timeout": 1.0, "member_id": member_id}))
+            "request_timeout": 1.0, "member_id": member_id, **extra}))
         rec, _ = procs.spawn(name=member_id, kind="controller",
                              cmd=[sys.executable, "-m", "federation.controller",
                                   "--config", str(cfg)],
@@ -167,3 +167,77 @@ async def test_standby_takes_over_and_zookeeper_restart_loses_nothing(
     # A graceful stop withdraws the member and resigns at once.
     controllers.stop_all()
     assert backend.members("controller") == {}
+
+
+# -- intents through a failover (ADR 0015) ----------------------------------------------------
+
+INTENT_PORT = int(os.environ.get("FEDKAFKA_TEST_INTENT_FAILOVER_PORT", "30480"))
+TOKENS = {"admin": "failover-admin-token-0123456789", "proxy": "failover-proxy-token-0123456789"}
+
+
+def _post(address: str, body: dict[str, Any]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"{address}/v1/intents", data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {TOKENS['admin']}",
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+async def test_intents_through_a_failover_are_applied_once(
+        env: tuple[ZooKeeperBackend, Controllers], tmp_path: Path) -> None:
+    """An intent whose answer was lost (its controller killed right after applying it) and
+    an intent submitted while the leader is being killed: each is applied exactly once,
+    and its submitter, retrying the same id, gets a success from the new leader."""
+    import asyncio
+
+    from federation import intents
+    from federation.model import PhysicalCluster
+
+    backend, controllers = env
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps(TOKENS))
+    await admin.init_map(backend, [PhysicalCluster("d0", f"127.0.0.1:{_dead_port()}")],
+                         coordination_cluster="d0", probe_first=False)
+    await admin.set_route(backend, "to-remove-*", "default")
+    procs_by_id = {member: controllers.start(
+        member, intent_tokens_file=str(tokens), intent_listen=f"127.0.0.1:{INTENT_PORT + i}")
+        for i, member in enumerate(("ctl-a", "ctl-b"))}
+    leader_id, leader = next(iter(_until(
+        lambda: {m: d for m, d in _leaders(backend).items() if d.get("intents")}, 30,
+        "a leader with an intent endpoint").items()))
+    standby_id = "ctl-b" if leader_id == "ctl-a" else "ctl-a"
+    assert leader["pid"] == procs_by_id[leader_id].pid
+
+    # 1. Applied, then the controller dies before its answer reaches anyone.
+    lost = {"id": "lost-answer-0001", "kind": "set_route",
+            "args": {"pattern": "lost-*", "pool": "default"}}
+    assert _post(leader["intents"], lost)["status"] == "applied"
+    applied = backend.load()
+    assert applied is not None and "lost-answer-0001" in applied.intents
+    os.kill(leader["pid"], signal.SIGKILL)
+
+    # 2. Submitted during the failover (no leader for a while): the submitter retries.
+    during = asyncio.create_task(intents.submit(
+        backend, "remove_route", {"pattern": "to-remove-*"}, token=TOKENS["admin"],
+        timeout=120, intent_id="during-failover-02"))
+    retried = await intents.submit(backend, "set_route", lost["args"], token=TOKENS["admin"],
+                                   timeout=120, intent_id="lost-answer-0001")
+    assert retried["status"] == "duplicate"
+    answer = await during
+    assert answer["status"] in ("applied", "duplicate")
+    # remove_route applied twice would have been refused ("no route"): once, exactly.
+    again = await intents.submit(backend, "remove_route", {"pattern": "to-remove-*"},
+                                 token=TOKENS["admin"], timeout=60,
+                                 intent_id="during-failover-02")
+    assert again["status"] == "duplicate"
+    final = backend.load()
+    assert final is not None
+    assert [r.pattern for r in final.routing] == ["lost-*"]
+    assert {"lost-answer-0001", "during-failover-02"} <= set(final.intents)
+    assert set(_leaders(backend)) == {standby_id}
+    # A new id for the same change is a new intent: refused clearly, not silently.
+    with pytest.raises(admin.InvalidRequestError, match="no route with pattern"):
+        await intents.submit(backend, "remove_route", {"pattern": "to-remove-*"},
+                             token=TOKENS["admin"], timeout=60)
