@@ -470,28 +470,33 @@ class MapState:
             return MapState.build(index, docs)
         old = self.fmap
         base_changed = index.base != self.index.base
-        base = decode_base(index.base, docs[index.base]) if base_changed else old
-        topics = dict(old.topics)
         shard_topics = dict(self.shard_topics)
-        changed: set[str] = set()
+        updates: dict[str, LogicalTopic | None] = {}
         for i, (name, mine) in enumerate(zip(index.docs, self.index.docs, strict=True)):
             if name == mine:
                 continue
             before = shard_topics.pop(i, frozenset())
-            for topic_name in before:
-                del topics[topic_name]
             part = {} if name is None else decode_shard(name, docs[name], i, index.shards)
             for topic_name, topic in part.items():
                 previous = old.topics.get(topic_name)
-                if previous is not None and previous == topic:
-                    topic = previous  # keep sharing unchanged topics
-                else:
-                    changed.add(topic_name)
-                topics[topic_name] = topic
-            changed |= before - part.keys()
+                if previous is None or previous != topic:  # else: keep sharing it
+                    updates[topic_name] = topic
+            for topic_name in before - part.keys():
+                updates[topic_name] = None
             if part:
                 shard_topics[i] = frozenset(part)
-        fmap = dataclasses.replace(base, version=index.version, topics=topics)
+        changed = set(updates)
+        if base_changed:
+            base = decode_base(index.base, docs[index.base])
+            topics = dict(old.topics)
+            for topic_name, update in updates.items():
+                if update is None:
+                    topics.pop(topic_name, None)
+                else:
+                    topics[topic_name] = update
+            fmap = dataclasses.replace(base, version=index.version, topics=topics)
+        else:
+            fmap = old.with_topics(updates).with_version(index.version)
         owners = self._owners_after(fmap, changed)
         try:
             if base_changed:

@@ -66,6 +66,11 @@ class ClusterState(StrEnum):
         return self in (ClusterState.ACTIVE, ClusterState.READ_ONLY, ClusterState.DRAINING)
 
 
+def _copy(value: Mapping[Any, Any]) -> dict[Any, Any]:
+    """A dict copy of a mapping; of a dict or its read-only view, without rehashing keys."""
+    return value.copy() if isinstance(value, (dict, MappingProxyType)) else dict(value)
+
+
 def _frozen_mapping(value: Mapping[Any, Any]) -> Mapping[Any, Any]:
     return value if isinstance(value, MappingProxyType) else MappingProxyType(dict(value))
 
@@ -394,14 +399,15 @@ class FederationMap:
     #: newest ones only, federation.intents.KEEP_APPLIED), so a retried intent is not
     #: applied twice
     intents: Mapping[str, int] = field(default_factory=dict, hash=False, repr=False)
-    _by_id: Mapping[uuid.UUID, LogicalTopic] = field(init=False, repr=False, compare=False,
-                                                     hash=False)
+    #: topic id → topic (Fetch/Produce v13+ name topics by id): built on first use, or
+    #: derived from the map this one was derived from (with_topic, with_version, ...)
+    _by_id: Mapping[uuid.UUID, LogicalTopic] | None = field(
+        init=False, default=None, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clusters", _frozen_mapping(self.clusters))
         object.__setattr__(self, "topics", _frozen_mapping(self.topics))
-        by_id = {t.topic_id: t for t in self.topics.values()}  # Fetch/Produce v13+ use ids
-        object.__setattr__(self, "_by_id", MappingProxyType(by_id))
+        object.__setattr__(self, "_by_id", None)
         pools = {name: tuple(endpoints) for name, endpoints in self.pools.items()}
         object.__setattr__(self, "pools", MappingProxyType(pools))
         object.__setattr__(self, "routing", tuple(self.routing))
@@ -413,7 +419,11 @@ class FederationMap:
     # -- queries ---------------------------------------------------------------------------
 
     def topic_by_id(self, topic_id: uuid.UUID) -> LogicalTopic | None:
-        return self._by_id.get(topic_id)
+        by_id = self._by_id
+        if by_id is None:  # (two threads may both build it: the same result)
+            by_id = MappingProxyType({t.topic_id: t for t in self.topics.values()})
+            object.__setattr__(self, "_by_id", by_id)
+        return by_id.get(topic_id)
 
     def physical_topic_name(self, logical_name: str) -> str:
         """The physical data topic that new segments of ``logical_name`` are placed on."""
@@ -448,13 +458,40 @@ class FederationMap:
     # -- derived maps ----------------------------------------------------------------------
 
     def with_version(self, version: int) -> FederationMap:
-        return dataclasses.replace(self, version=version)
+        new = dataclasses.replace(self, version=version)
+        object.__setattr__(new, "_by_id", self._by_id)  # the same topics
+        return new
 
     def with_topic(self, topic: LogicalTopic) -> FederationMap:
-        return dataclasses.replace(self, topics={**self.topics, topic.name: topic})
+        return self.with_topics({topic.name: topic})
 
     def without_topic(self, name: str) -> FederationMap:
-        return dataclasses.replace(self, topics={k: v for k, v in self.topics.items() if k != name})
+        return self.with_topics({name: None})
+
+    def with_topics(self, changes: Mapping[str, LogicalTopic | None]) -> FederationMap:
+        """This map with topics replaced or added (name → topic) and removed (name → None).
+
+        Costs a copy of the topic table, not a rebuild of its id index: unchanged topics
+        are shared with this map.
+        """
+        topics = _copy(self.topics)
+        for name, topic in changes.items():
+            if topic is None:
+                topics.pop(name, None)
+            else:
+                topics[name] = topic
+        new = dataclasses.replace(self, topics=topics)
+        if self._by_id is not None:
+            by_id: dict[uuid.UUID, LogicalTopic] = _copy(self._by_id)
+            for name in changes:
+                was = self.topics.get(name)
+                if was is not None and by_id.get(was.topic_id) is was:
+                    del by_id[was.topic_id]
+            for added in changes.values():
+                if added is not None:
+                    by_id[added.topic_id] = added
+            object.__setattr__(new, "_by_id", MappingProxyType(by_id))
+        return new
 
     def with_cluster(self, cluster: PhysicalCluster) -> FederationMap:
         return dataclasses.replace(self, clusters={**self.clusters, cluster.id: cluster})
@@ -704,7 +741,8 @@ def _segment_to_dict(s: Segment) -> dict[str, Any]:
 
 
 def _segment_from_dict(d: Mapping[str, Any]) -> Segment:
-    _check_keys("segment", d, _SEGMENT_KEYS)
+    if not d.keys() <= _SEGMENT_KEYS:
+        _check_keys("segment", d, _SEGMENT_KEYS)
     end = d.get("sealed_end")
     return Segment(d["cluster"], d["topic"], int(d["partition"]), int(d["logical_start"]),
                    int(d["physical_start"]), None if end is None else int(end))
