@@ -158,6 +158,21 @@ def _cluster_json(c: PhysicalCluster, fmap: FederationMap) -> dict[str, Any]:
             "physical_topics": fmap.physical_topics_on(c.id)}
 
 
+def _security_settings(cluster_id: str, items: list[str]) -> dict[str, str]:
+    """``--security KEY=VALUE`` options → a cluster's ``security`` (validated)."""
+    from federation.tls import cluster_security
+
+    settings: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--security {item!r} is not KEY=VALUE; write e.g. "
+                              "--security security.protocol=SASL_SSL")
+        settings[key.strip()] = value.strip()
+    cluster_security(settings, cluster_id)
+    return settings
+
+
 @cluster_app.command("add")
 def cluster_add(
     cluster_id: Annotated[str, typer.Argument(help="Cluster id, e.g. c3.")],
@@ -166,12 +181,17 @@ def cluster_add(
     state: Annotated[str, typer.Option(help="Initial state.")] = "active",
     coordination: Annotated[bool, typer.Option(
         help="Make it the consumer-group coordination cluster.")] = False,
+    security: Annotated[list[str] | None, typer.Option(
+        "--security", help="KEY=VALUE, repeatable: how every federation component connects "
+        "to it (security.protocol, ssl.ca.location, sasl.mechanism, sasl.username, "
+        "sasl.password=file:/path or env:VAR; docs/security.md).")] = None,
     store: StoreOpt = None, workdir: WorkdirOpt = None, as_json: JsonOpt = False,
 ) -> None:
     """Add a physical cluster (it must answer Kafka Metadata first)."""
+    settings = _security_settings(cluster_id, security or [])
     with _backend(store, workdir) as backend:
         cluster = _run(intents.add_cluster(backend, cluster_id, bootstrap, weight, state=state,
-                                           coordination=coordination,
+                                           coordination=coordination, security=settings,
                                            via=via(store, workdir)))
         fmap = _load(backend)
     if as_json:

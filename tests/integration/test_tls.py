@@ -469,3 +469,34 @@ def test_zookeeper_store_over_tls(secure: dict[str, Any],
         assert again.clusters["c1"].security == fmap.clusters["c1"].security
     finally:
         backend.close()
+
+
+# -- the admin CLI with secure clusters ------------------------------------------------------
+
+
+def _cli(workdir: str, *args: str) -> subprocess.CompletedProcess[str]:
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "federation.cli", *args, "--workdir", workdir],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_cli_reaches_sasl_ssl_clusters_and_refuses_insecure_settings(
+        secure: dict[str, Any]) -> None:
+    """`fedkafka status` probes every cluster with its security; `cluster add` without
+    security cannot reach a SASL_SSL broker, and a password in clear is refused first."""
+    status = _cli(secure["workdir"], "status", "--json")
+    assert status.returncode == 0, status.stderr
+    clusters = {c["id"]: c for c in json.loads(status.stdout)["clusters"]}
+    assert set(clusters) == {"c1", "c2"}
+    assert all(c["reachable"] for c in clusters.values()), clusters
+    bootstrap = secure["clusters"][1]["bootstrap"]
+    plain = _cli(secure["workdir"], "cluster", "add", "c9", bootstrap)
+    assert plain.returncode != 0 and "no bootstrap server answers" in plain.stderr
+    clear = _cli(secure["workdir"], "cluster", "add", "c9", bootstrap,
+                 "--security", "security.protocol=SASL_SSL",
+                 "--security", "sasl.mechanism=SCRAM-SHA-512",
+                 "--security", "sasl.username=fedkafka", "--security", "sasl.password=x")
+    assert clear.returncode != 0 and "must be a secret reference" in clear.stderr
+    fmap = backend_of(secure).load()
+    assert fmap is not None and "c9" not in fmap.clusters
