@@ -456,7 +456,6 @@ class MapState:
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
         state = cls(fmap, index, shard_topics, docs[index.base])
-        _remember(fmap, -1, frozenset(topics), True)
         return state
 
     def apply(self, index: Index, docs: Mapping[str, bytes]) -> MapState:
@@ -619,7 +618,6 @@ def fetch_and_apply(state: MapState | None, read_root: Callable[[], bytes | None
         if isinstance(root, FederationMap):
             if state is not None and root.version <= state.version:
                 return state
-            _remember(root, -1, frozenset(root.topics), True)
             return MapState.from_legacy(root)
         if state is not None and root.version <= state.version and state.index is not None:
             return state

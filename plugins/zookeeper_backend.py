@@ -317,9 +317,11 @@ class ZooKeeperBackend:
 
     # -- maps ------------------------------------------------------------------------------
 
-    def _create_op(self, txn: Any, path: str, data: bytes) -> None:
-        """Add the creation of a map znode to the transaction ``txn`` (with ``map_acl``)."""
-        txn.create(path, data, acl=self.map_acl)
+    def _create_op(self, txn: Any, path: str, data: bytes,
+                   acl: list[Any] | None = None) -> None:
+        """Add the creation of a map znode to the transaction ``txn``, with ``acl``
+        (default ``map_acl``; None there: the client's default ACL)."""
+        txn.create(path, data, acl=acl if acl is not None else self.map_acl)
 
     def _read_root(self) -> tuple[bytes | None, int | None]:
         """The index's bytes and znode version ((None, None) when there is no index)."""
