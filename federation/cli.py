@@ -248,7 +248,9 @@ def local_demo(
     if not state or not LocalFederation(workdir).running():
         raise FedKafkaError("no local federation is running; start one with `fedkafka local up`")
     text = message or f"hello from fedkafka at {time.strftime('%H:%M:%S')}"
-    partition, offset, got = asyncio.run(produce_and_consume(state["bootstrap"], topic, text))
+    admin = (state.get("security") or {}).get("users", {}).get("admin")  # `up --secure`
+    partition, offset, got = asyncio.run(produce_and_consume(state["bootstrap"], topic, text,
+                                                             security=admin))
     out.print(f"produced to {topic}[{partition}] at offset {offset} via {state['bootstrap']}")
     out.print(f"consumed: {got!r}")
     if got != text:

@@ -48,6 +48,7 @@ pytestmark = pytest.mark.integration
 BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_TLS_PORT", "23500"))
 MTLS_PORT = BASE_PORT + 30  # free in the local layout (proxies +0.., name service +10)
 MTLS_NODE = 1930
+MTLS_METRICS_PORT = BASE_PORT + 31  # its Prometheus endpoint, HTTPS with client certificates
 ZK_TLS_PORT = BASE_PORT + 40  # a TLS-only ZooKeeper
 TOPIC = "app-tls"  # the example user `app` may use topics and groups starting with app-
 MTLS_TOPIC = "mtls-orders"
@@ -295,7 +296,8 @@ def mtls(secure: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
                                                    server=False)
     try:
         with InProcessProxy(secure["store"], MTLS_PORT, pool="mtls", node_id=MTLS_NODE,
-                            tls=tls):
+                            tls=tls, metrics=f"127.0.0.1:{MTLS_METRICS_PORT}",
+                            metrics_tls=tls):
             base = {"bootstrap.servers": f"127.0.0.1:{MTLS_PORT}",
                     "security.protocol": "SSL", "ssl.ca.location": sec["ca"]}
             yield f"127.0.0.1:{MTLS_PORT}", {
@@ -341,6 +343,19 @@ def test_mtls_client_without_a_certificate_fails_the_handshake(
         s.sendall(_api_versions())  # TLS 1.3: the refusal arrives with the first read
         if not s.recv(4):
             raise ConnectionError("closed")
+
+
+def test_metrics_endpoint_with_tls_requires_a_client_certificate(
+        mtls: tuple[str, dict[str, Any]]) -> None:
+    _, clients = mtls
+    url = f"https://127.0.0.1:{MTLS_METRICS_PORT}/metrics"
+    ctx = ssl.create_default_context(cafile=clients["app"]["ssl.ca.location"])
+    with pytest.raises(OSError):  # no client certificate: the handshake fails
+        urllib.request.urlopen(url, context=ctx, timeout=10)
+    ctx.load_cert_chain(clients["app"]["ssl.certificate.location"],
+                        clients["app"]["ssl.key.location"])
+    with urllib.request.urlopen(url, context=ctx, timeout=10) as r:
+        assert b"fedkafka_proxy_connections" in r.read()
 
 
 # -- plaintext to a TLS listener ---------------------------------------------------------------
@@ -479,6 +494,13 @@ def _cli(workdir: str, *args: str) -> subprocess.CompletedProcess[str]:
 
     return subprocess.run([sys.executable, "-m", "federation.cli", *args, "--workdir", workdir],
                           capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_local_demo_uses_the_admin_settings(secure: dict[str, Any]) -> None:
+    demo = _cli(secure["workdir"], "local", "demo", "--topic", "demo-tls",
+                "--message", "over tls")
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "consumed: 'over tls'" in demo.stdout
 
 
 def test_cli_reaches_sasl_ssl_clusters_and_refuses_insecure_settings(
