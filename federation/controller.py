@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from federation import admin, intents, mapstore, rolls
 from federation.election import LeaderElection, elect_leader
 from federation.errors import ConfigError, FedKafkaError
 from federation.mapstore import MetadataBackend
-from federation.model import ClusterState, FederationMap, PhysicalCluster
+from federation.model import ClusterState, FederationMap, Move, PhysicalCluster
 from federation.offsets import list_offsets
 from federation.plugin import PluginError, Plugins, get_plugins
 from federation.proxy.upstream import ClusterClient, UpstreamError
@@ -59,6 +59,7 @@ __all__ = [
     "decide_states",
     "load_config",
     "main",
+    "plan_loss_rolls",
     "plan_repairs",
 ]
 
@@ -314,6 +315,33 @@ def plan_repairs(fmap: FederationMap, observations: Sequence[ClusterObservation]
     return repairs
 
 
+def plan_loss_rolls(fmap: FederationMap, lost: Iterable[rolls.PhysKey]) -> list[Move]:
+    """Rolls for active segments whose physical partition lost its records (deleted and
+    recreated behind the controller's back): sealed at the end the controller saw, their
+    logical offsets are never handed out twice; the next segment goes to the writable
+    cluster (other than the lost one) holding the fewest active segments."""
+    keys = set(lost)
+    load: dict[str, int] = {c.id: 0 for c in fmap.writable_clusters()}
+    for topic in fmap.topics.values():
+        for lp in topic.partitions:
+            if lp.active.cluster in load:
+                load[lp.active.cluster] += 1
+    queued = {(m.topic, m.partition) for m in fmap.moves}
+    moves = []
+    for topic in fmap.topics.values():
+        for lp in topic.partitions:
+            if (rolls.phys_key(lp.active) not in keys or lp.fence is not None
+                    or (topic.name, lp.index) in queued):
+                continue
+            targets = sorted((n, c) for c, n in load.items() if c != lp.active.cluster)
+            if not targets:
+                continue  # nowhere to roll to: reported only
+            target = targets[0][1]
+            load[target] += 1
+            moves.append(Move(topic.name, lp.index, target, "lost"))
+    return moves
+
+
 # -- the process -----------------------------------------------------------------------------
 
 
@@ -338,6 +366,9 @@ class _Metrics:
         self.roll_seconds = Histogram("fedkafka_controller_roll_seconds",
                                       "Time from fence to seal of one batch of rolls.",
                                       registry=self.registry)
+        self.rounds = Counter("fedkafka_controller_rounds_total",
+                              "Health, convergence and roll rounds completed while leading.",
+                              registry=self.registry)
         self.repairs = Counter("fedkafka_controller_repairs_total",
                                "Physical or shadow topics created or grown to match the map.",
                                ["kind"], registry=self.registry)
@@ -510,10 +541,12 @@ class Controller:
         await self._observe_ends(published or fmap, reachable)
         if len(self._lost) != lost:
             await self._register()  # the report in the member record
+        published = await self._roll_lost(published or fmap) or published
         rolled = await self.roll(published or fmap)
         published = rolled or published
         if self.config.repair:
             await self._repair(published or fmap, observations)
+        self.metrics.rounds.inc()
         return published
 
     # -- rolls -----------------------------------------------------------------------------
@@ -785,6 +818,29 @@ class Controller:
         self.metrics.lost.set(len(self._lost))
         self._update_convergence()
 
+    async def _roll_lost(self, fmap: FederationMap) -> FederationMap | None:
+        """Ask for rolls of the active segments that lost their records (plan_loss_rolls)."""
+        keys = {rolls.parse_phys_key(k) for k in self._lost}
+        if not plan_loss_rolls(fmap, keys):
+            return None
+        asked: list[Move] = []
+
+        def change(current: FederationMap | None) -> FederationMap | None:
+            if current is None or not self._still_leading():
+                return None
+            asked[:] = plan_loss_rolls(current, keys)
+            if not asked:
+                return None
+            return dataclasses.replace(current, moves=(*current.moves, *asked))
+
+        new = await asyncio.to_thread(mapstore.update, self.backend, change)
+        if new is not None:
+            log.warning("rolling partitions that lost their records, so that their logical "
+                        "offsets are not handed out again",
+                        moves=[f"{m.topic}[{m.partition}]->{m.target}" for m in asked])
+            self.plugins.notify_map_published(fmap, new)
+        return new
+
     def _update_convergence(self) -> None:
         self.convergence = {"repaired": self._repaired[-20:],
                             "lost": sorted(self._lost.values(),
@@ -799,6 +855,11 @@ class Controller:
         repairs = plan_repairs(fmap, observations)
         if not repairs:
             return
+        for r in repairs:
+            if r.existing == 0 and not r.shadow:  # gone: whatever it held is lost
+                for key, end in list(self.memory.last_end.items()):
+                    if key[0] == r.cluster and key[1] == r.topic and end > 0:
+                        self._report_loss(key, end, 0)  # last_end kept: the seal point
         for r in repairs:
             cluster = fmap.clusters[r.cluster]
             topic = fmap.topics.get(r.topic)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from federation.controller import (
     apply_state_changes,
     decide_states,
     load_config,
+    plan_loss_rolls,
     plan_repairs,
 )
 from federation.election import FileLockElection, elect_leader
@@ -114,6 +116,31 @@ def test_plan_repairs_creates_missing_and_grows_short_topics() -> None:
     complete = [_obs("a", True, {"t.fk": 2, "t": 4}), _obs("b", True, {"t.fk": 2, "x": 9})]
     assert plan_repairs(fmap, complete) == []
     assert plan_repairs(fmap, [_obs("a", False), _obs("b", False)]) == []
+
+
+def test_plan_loss_rolls_moves_active_segments_that_lost_their_records() -> None:
+    fmap = _map(a=A, b=A, c=RO)
+    fmap = fmap.with_topic(admin.plan_create_topic(fmap, "t", 4))  # t[0,1] on a, t[2,3] on b
+    lost = {("b", "t.fk", 0), ("b", "t.fk", 1), ("b", "gone.fk", 0)}
+    moves = plan_loss_rolls(fmap, lost)
+    assert [(m.topic, m.partition, m.target, m.reason) for m in moves] == [
+        ("t", 2, "a", "lost"), ("t", 3, "a", "lost")]  # c is read-only: not a target
+    queued = dataclasses.replace(fmap, moves=tuple(moves))
+    assert plan_loss_rolls(queued, lost) == []  # asked once
+    alone = _map(b=A)
+    alone = alone.with_topic(admin.plan_create_topic(alone, "t", 2))
+    assert plan_loss_rolls(alone, {("b", "t.fk", 0)}) == []  # nowhere to go: reported only
+
+
+def test_intent_endpoint_config(tmp_path: Path) -> None:
+    cfg = load_config(_config(tmp_path, {
+        "metadata": {"backend": "file", "path": "m"}, "intent_listen": "127.0.0.1:30455",
+        "intent_tokens_file": "/etc/fedkafka/intent-tokens.json"}))
+    assert (cfg.intent_listen, cfg.intent_tokens_file) == (
+        "127.0.0.1:30455", "/etc/fedkafka/intent-tokens.json")
+    with pytest.raises(ConfigError, match="'intent_listen' must be host:port"):
+        load_config(_config(tmp_path, {"metadata": {"backend": "file", "path": "m"},
+                                       "intent_listen": "nowhere"}))
 
 
 # -- load_config -------------------------------------------------------------------------------
