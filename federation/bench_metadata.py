@@ -470,9 +470,11 @@ def run_refresh(backend: str, *, changes: int, proxies: int, poll_s: float, base
             store.close()
     result["store"] = state["store"]
     if backend == "file":
-        result["watch"] = "poll every 0.1 s (FileBackend poll_interval)"
+        result["watch"] = ("poll of the index every 0.02 s (FileBackend poll_interval), "
+                           "then the changed documents")
     else:
-        result["watch"] = "kazoo DataWatch (notification, then a read of the znode)"
+        result["watch"] = ("kazoo DataWatch on the index (notification, then a read), "
+                           "then the changed documents")
     return result
 
 
