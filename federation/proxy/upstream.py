@@ -20,6 +20,7 @@ import enum
 import itertools
 import logging
 import ssl
+import struct
 import time
 import uuid
 from collections import OrderedDict
@@ -34,12 +35,14 @@ from federation.errors import ConfigError
 from federation.model import PhysicalCluster
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode
-from federation.protocol.framing import FrameError, FrameReader
 from federation.tls import ClusterSecurity
 
 log = logging.getLogger("fedkafka.upstream")
 
 MAX_RESPONSE = 256 << 20
+SCRATCH_SIZE = 256 << 10  #: receive buffer of a broker connection (small answers)
+BIG_FRAME = 64 << 10  #: answers larger than this are received into a buffer of their own
+_LENGTH = struct.Struct(">i")
 METADATA_VERSION = 12
 API_VERSIONS_VERSION = 3
 FIND_COORDINATOR_VERSION = 4
@@ -71,8 +74,15 @@ class _Pending:
     raw: bool = False  #: answer with the frame body itself, undecoded
 
 
-class BrokerConnection(asyncio.Protocol):
-    """One pipelined connection to a physical broker."""
+class BrokerConnection(asyncio.BufferedProtocol):
+    """One pipelined connection to a physical broker.
+
+    Bytes are received straight into our buffers (``BufferedProtocol``): small answers
+    into a scratch buffer they are copied out of, and a large one (a Fetch answer) into a
+    ``bytearray`` of its own, allocated once its length prefix is in, that becomes the frame
+    itself: the records it carries are never copied by the proxy (see
+    :mod:`federation.protocol.fetch_wire`).
+    """
 
     def __init__(self, host: str, port: int, client_id: str, label: str) -> None:
         self.on_latency: Callable[[float], None] | None = None
@@ -81,7 +91,10 @@ class BrokerConnection(asyncio.Protocol):
         self.client_id = client_id
         self.label = label
         self._transport: asyncio.Transport | None = None
-        self._reader = FrameReader(MAX_RESPONSE)
+        self._scratch = bytearray(SCRATCH_SIZE)
+        self._filled = 0  # bytes of the scratch buffer holding received data
+        self._big: bytearray | None = None  # a large frame's body being received
+        self._big_got = 0
         self._pending: dict[int, _Pending] = {}
         self._correlation = itertools.count(1)
         self._closed: CloseReason | None = None
@@ -222,35 +235,78 @@ class BrokerConnection(asyncio.Protocol):
         assert fut is not None
         return await self.wait(fut, timeout)
 
-    def data_received(self, data: bytes) -> None:
+    # -- receiving ------------------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self._big is not None:
+            return memoryview(self._big)[self._big_got:]
+        return memoryview(self._scratch)[self._filled:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._big is not None:
+            self._big_got += nbytes
+            if self._big_got == len(self._big):
+                whole, self._big = self._big, None
+                self._on_frame(whole)
+            return
+        self._filled += nbytes
+        buf = self._scratch
+        filled = self._filled
+        pos = 0
+        frames: list[bytes | bytearray] = []
+        with memoryview(buf) as view:
+            while filled - pos >= 4:
+                size: int = _LENGTH.unpack_from(buf, pos)[0]
+                if size <= 0 or size > MAX_RESPONSE:
+                    log.error("%s: bad frame from broker: length %d", self.label, size)
+                    self.close(CloseReason.PROTOCOL)
+                    return
+                start = pos + 4
+                end = start + size
+                if end <= filled:
+                    frames.append(view[start:end].tobytes())
+                    pos = end
+                elif size > BIG_FRAME:  # receive the rest straight into the frame
+                    big = bytearray(size)
+                    have = filled - start
+                    big[:have] = view[start:filled]
+                    self._big, self._big_got = big, have
+                    pos = filled
+                    break
+                else:
+                    break
+        if pos:
+            left = filled - pos
+            if left:
+                buf[:left] = buf[pos:filled]
+            self._filled = left
+        for frame in frames:
+            if self._closed is not None:
+                return
+            self._on_frame(frame)
+
+    def _on_frame(self, frame: bytes | bytearray) -> None:
         try:
-            frames = self._reader.feed(data)
-        except FrameError as e:
-            log.error("%s: bad frame from broker: %s", self.label, e.reason)
+            cid = codec.peek_correlation_id(frame)
+        except codec.CodecError as e:
+            log.error("%s: undecodable response: %s", self.label, e.reason)
             self.close(CloseReason.PROTOCOL)
             return
-        for frame in frames:
-            try:
-                cid = codec.peek_correlation_id(frame)
-            except codec.CodecError as e:
-                log.error("%s: undecodable response: %s", self.label, e.reason)
-                self.close(CloseReason.PROTOCOL)
-                return
-            pending = self._pending.pop(cid, None)
-            if pending is None or pending.future.done():
-                continue  # the waiter gave up (timeout/cancel); drop the late answer
-            if self.on_latency is not None:
-                self.on_latency(time.monotonic() - pending.sent_at)
-            if pending.raw:
-                pending.future.set_result(frame)
-                continue
-            try:
-                _, entity = codec.decode_response(pending.api_key, pending.api_version, frame)
-            except codec.CodecError as e:
-                pending.future.set_exception(UpstreamError(
-                    f"{self.label}: undecodable response: {e.reason}"))
-                continue
-            pending.future.set_result(entity)
+        pending = self._pending.pop(cid, None)
+        if pending is None or pending.future.done():
+            return  # the waiter gave up (timeout/cancel); drop the late answer
+        if self.on_latency is not None:
+            self.on_latency(time.monotonic() - pending.sent_at)
+        if pending.raw:
+            pending.future.set_result(frame)
+            return
+        try:
+            _, entity = codec.decode_response(pending.api_key, pending.api_version, frame)
+        except codec.CodecError as e:
+            pending.future.set_exception(UpstreamError(
+                f"{self.label}: undecodable response: {e.reason}"))
+            return
+        pending.future.set_result(entity)
 
 
 @dataclass(slots=True)
