@@ -11,8 +11,10 @@
 #
 # Usage: .ci/molecule.sh [--prepare-only] [--no-lint] [--keep] [scenario ...]
 #   --no-lint: skip ansible-lint and the offline role checks (tests/ansible).
-#   default scenario: federation (site.yml, idempotence, produce/consume through the
-#   federation, add_cluster.yml under load); kafka_clusters (site.yml without the
+#   default scenario: federation (TLS and SASL on: a test CA made with openssl in prepare,
+#   SSL brokers, TLS + SASL/SCRAM proxy and name service; site.yml, idempotence,
+#   produce/consume through the federation, add_cluster.yml and migrate_cluster.yml under
+#   load, the hardening checked); kafka_clusters (site.yml without the
 #   federation + rolling_restart.yml) on request.  --keep: run `molecule converge` + verify
 #   and leave the instances up for debugging (clean up later with
 #   `molecule destroy -s SCENARIO` or this script's trap by re-running).
@@ -96,6 +98,8 @@ install_host_packages() {
   command -v java >/dev/null || need+=(openjdk-17-jdk-headless)
   python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
   command -v unzip >/dev/null || need+=(unzip)
+  # The federation scenario's prepare makes its test CA and certificates with openssl.
+  command -v openssl >/dev/null || need+=(openssl)
   if [[ ${#need[@]} -gt 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

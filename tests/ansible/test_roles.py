@@ -190,7 +190,15 @@ def test_example_inventory_passes_preflight_and_renders(
     store = "zookeeper:10.0.1.11:2181,10.0.1.12:2181,10.0.1.13:2181/fedkafka"
     assert pproxy["store"] == cproxy["store"] == store
     nameservice = json.loads((out / "ns2.example.net.nameservice.json").read_text())
-    assert nameservice["node_id"] == 902 and nameservice["http"] == "0.0.0.0:8080"
+    assert nameservice["node_id"] == 902 and nameservice["http"] == "10.0.4.22:8080"
+    # Every listener binds to the host's address, none to every interface.
+    assert nameservice["listen"] == "10.0.4.22:9092" and nameservice["metrics"] == "10.0.4.22:9102"
+    assert pproxy["listen"] == "10.0.5.11:9192" and pproxy["metrics"] == "10.0.5.11:9101"
+    assert pproxy["sasl_required"] is False and "tls" not in pproxy
+    assert "listeners=PLAINTEXT://10.0.2.12:9092,CONTROLLER://10.0.2.12:9093" in props
+    assert "clientPortAddress=10.0.1.12" in zoo and "quorumListenOnAllIPs=false" in zoo
+    assert controller["metrics_host"] == "10.0.4.11"
+    assert federation["clusters"][0]["security"] == {}
     unit = (out / "ns1.example.net.fedkafka-nameservice.service").read_text()
     assert "fedkafka nameservice --config /etc/fedkafka/nameservice.json" in unit
     _assert_the_processes_accept(out)
@@ -231,7 +239,7 @@ def test_local_inventory_passes_preflight_and_renders(
     assert len(ports) == 3, ports
     proxy = json.loads((out / "proxy-local.proxy.json").read_text())
     assert proxy["store"] == "zookeeper:127.0.0.1:2181/fedkafka"
-    assert proxy["listen"] == "0.0.0.0:9192" and proxy["node_id"] == 1001
+    assert proxy["listen"] == "127.0.0.1:9192" and proxy["node_id"] == 1001
     _assert_the_processes_accept(out)
 
 
@@ -276,6 +284,17 @@ GOOD_B = {
     "hosts": {"b1": {}},
     "kafka_cluster_name": "b",
     "kafka_cluster_id": "L-3yolEQQsCPsbkRH_RTzA",
+}
+
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIGHtest\n-----END PRIVATE KEY-----\n"
+PEMS = {
+    role: {
+        f"{role}_tls_certificate": CERT,
+        f"{role}_tls_private_key": KEY,
+        f"{role}_tls_ca_certificate": CERT,
+    }
+    for role in ("kafka", "fedkafka")
 }
 
 PREFLIGHT_FAILURES = {
@@ -354,6 +373,42 @@ PREFLIGHT_FAILURES = {
         _federation(),
         {"fedkafka_wheel_dir": "/nonexistent/wheels"},
         "holds no fedkafka-*.whl",
+    ),
+    "proxy on every interface": (
+        _federation(
+            proxy_vars={"fedkafka_proxy_node_id": 1001, "fedkafka_proxy_listen_address": "0.0.0.0"}
+        ),
+        {},
+        "must each name one interface's address, not every interface",
+    ),
+    "kafka on every interface": (
+        _inventory({"kafka_cluster_a": {**GOOD_A, "kafka_listen_address": "0.0.0.0"}}),
+        {},
+        "kafka_listen_address ('0.0.0.0') and kafka_controller_listen_address",
+    ),
+    "kafka TLS without a certificate": (
+        _inventory({"kafka_cluster_a": {**GOOD_A, "kafka_security_protocol": "SSL"}}),
+        {},
+        "kafka_tls_certificate, kafka_tls_ca_certificate (PEM certificates) or kafka_tls_private_key",
+    ),
+    "kafka SASL without users": (
+        _inventory(
+            {"kafka_cluster_a": {**GOOD_A, "kafka_security_protocol": "SASL_SSL", **PEMS["kafka"]}}
+        ),
+        {},
+        "kafka_sasl_users must list users [{name, password}]",
+    ),
+    "SASL proxy without users": (
+        _federation(
+            proxy_vars={"fedkafka_proxy_node_id": 1001, "fedkafka_proxy_sasl_required": True}
+        ),
+        {},
+        "fedkafka_proxy_sasl_required is true on host p1 but fedkafka_sasl_users is empty",
+    ),
+    "TLS proxy without a certificate": (
+        _federation(proxy_vars={"fedkafka_proxy_node_id": 1001, "fedkafka_proxy_tls": True}),
+        {},
+        "but fedkafka_tls_certificate or fedkafka_tls_private_key (PEM contents) is missing",
     ),
     "two zookeeper servers": (
         _inventory({"kafka_cluster_a": dict(GOOD_A)}, zookeeper=2),
@@ -515,3 +570,77 @@ def test_playbooks_refuse_a_bad_request_before_contacting_a_host(
     assert result.returncode != 0, output[-3000:]
     assert message in output, output[-3000:]
     assert "Check the inventory before anything changes" not in output, output[-3000:]
+
+
+def test_a_secure_inventory_renders_tls_and_sasl_without_a_secret_in_the_map(
+    ansible_playbook: Path, artifacts: dict[str, str], tmp_path: Path
+) -> None:
+    """TLS and SASL everywhere: SASL_SSL brokers, TLS + SASL proxy and name service."""
+    secure_cluster = {
+        "kafka_security_protocol": "SASL_SSL",
+        "kafka_sasl_users": [
+            {"name": "broker", "password": "broker-pw"},
+            {"name": "fedkafka", "password": "fed-pw"},
+        ],
+        "kafka_federation_sasl_user": "fedkafka",
+        **PEMS["kafka"],
+    }
+    inventory = _federation()
+    kafka = inventory["all"]["children"]["kafka"]["children"]  # type: ignore[index]
+    kafka["kafka_cluster_a"]["vars"].update(secure_cluster)
+    extra = {
+        **artifacts,
+        "kafka_install_source": "artifact_dir",
+        **PEMS["fedkafka"],
+        "fedkafka_proxy_tls": True,
+        "fedkafka_proxy_sasl_required": True,
+        "fedkafka_nameservice_tls": True,
+        "fedkafka_nameservice_http_tls": True,
+        "fedkafka_tls_client_auth": "required",
+        "fedkafka_sasl_users": [{"name": "app", "password": "app-pw"}],
+    }
+    path = tmp_path / "hosts.yml"
+    path.write_text(json.dumps(inventory))
+    out = tmp_path / "out"
+    result = run_checks(ansible_playbook, path, out, extra)
+    assert result.returncode == 0, _output(result)[-4000:]
+
+    props = (out / "a1.server.properties").read_text()
+    assert "listener.security.protocol.map=CONTROLLER:SSL,SASL_SSL:SASL_SSL" in props
+    assert "advertised.listeners=SASL_SSL://a1:9092" in props
+    assert "ssl.keystore.type=PEM" in props and "ssl.truststore.certificates=" in props
+    assert 'user_fedkafka="fed-pw"' in props and "sasl.enabled.mechanisms=PLAIN" in props
+    plain_b = (out / "b1.server.properties").read_text()
+    assert "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" in plain_b
+
+    proxy = json.loads((out / "p1.proxy.json").read_text())
+    assert proxy["sasl_required"] is True
+    assert proxy["tls"] == {
+        "cert": "/etc/fedkafka/tls/cert.pem",
+        "key": "/etc/fedkafka/tls/key.pem",
+        "ca": "/etc/fedkafka/tls/ca.pem",
+        "client_auth": "required",
+        "min_version": "TLSv1.2",
+        "principal_mapping_rules": "DEFAULT",
+    }
+    nameservice = json.loads((out / "ns1.nameservice.json").read_text())
+    assert nameservice["tls"]["client_auth"] == "required"
+    assert nameservice["http_tls"]["client_auth"] == "none"
+
+    federation = (out / "federation.json").read_text()
+    clusters = {c["id"]: c for c in json.loads(federation)["clusters"]}
+    assert clusters["a"]["security"] == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": "/etc/fedkafka/tls/cluster-a-ca.pem",
+        "sasl.mechanism": "PLAIN",
+        "sasl.username": "fedkafka",
+        "sasl.password": "file:/etc/fedkafka/secrets/cluster-a.password",
+    }
+    assert clusters["b"]["security"] == {}
+    assert "fed-pw" not in federation and "broker-pw" not in federation
+
+    for unit in ("a1.kafka.service", "p1.fedkafka-proxy.service"):
+        text = (out / unit).read_text()
+        for setting in ("NoNewPrivileges=true", "ProtectSystem=strict", "PrivateTmp=true",
+                        "PrivateDevices=true", "CapabilityBoundingSet=\n", "ProtectHome=true"):
+            assert setting in text, (unit, setting)

@@ -11,6 +11,10 @@
             result) or --timeout seconds later; writes the values read (and errors) to --out
   end-offsets --bootstrap B --topic T                          of a physical topic
 Each prints one JSON object.
+
+Security (every mode): --cafile CA turns TLS on (the server's certificate must chain to CA
+and name the host); --sasl-user U --sasl-mechanism M --password-file F authenticate with
+SASL (SCRAM-SHA-256/512 or PLAIN): SASL_SSL with --cafile, else SASL_PLAINTEXT.
 """
 
 from __future__ import annotations
@@ -19,15 +23,33 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import time
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 
+SECURITY: dict[str, Any] = {}  # aiokafka security arguments, from the command line
+
+
+def _security(a: argparse.Namespace) -> dict[str, Any]:
+    kw: dict[str, Any] = {}
+    if a.cafile:
+        kw["ssl_context"] = ssl.create_default_context(cafile=a.cafile)
+    if a.sasl_user:
+        with open(a.password_file) as f:
+            password = f.read().rstrip("\n")
+        kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_user,
+                  sasl_plain_password=password)
+    kw["security_protocol"] = ("SASL_" if a.sasl_user else "") + ("SSL" if a.cafile else "PLAINTEXT")
+    return kw
+
+
 def _producer(bootstrap: str) -> AIOKafkaProducer:
     return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", client_id="fk-molecule",
-                            metadata_max_age_ms=2000, request_timeout_ms=30000)
+                            metadata_max_age_ms=2000, request_timeout_ms=30000, **SECURITY)
 
 
 async def produce(a: argparse.Namespace) -> dict:
@@ -85,7 +107,7 @@ async def produce_until_stopped(a: argparse.Namespace) -> dict:
 async def consume(a: argparse.Namespace) -> dict:
     consumer = AIOKafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                client_id="fk-molecule", metadata_max_age_ms=2000)
+                                client_id="fk-molecule", metadata_max_age_ms=2000, **SECURITY)
     await consumer.start()
     values: list[str] = []
     deadline = time.monotonic() + a.timeout
@@ -108,7 +130,8 @@ async def consume(a: argparse.Namespace) -> dict:
 async def consume_group_until_stopped(a: argparse.Namespace) -> dict:
     consumer = AIOKafkaConsumer(a.topic, bootstrap_servers=a.bootstrap, group_id=a.group,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
-                                client_id="fk-molecule-group", metadata_max_age_ms=2000)
+                                client_id="fk-molecule-group", metadata_max_age_ms=2000,
+                                **SECURITY)
     await consumer.start()
     values: list[str] = []
     errors: list[str] = []
@@ -145,7 +168,7 @@ async def consume_group_until_stopped(a: argparse.Namespace) -> dict:
 
 
 async def end_offsets(a: argparse.Namespace) -> dict:
-    consumer = AIOKafkaConsumer(bootstrap_servers=a.bootstrap, group_id=None)
+    consumer = AIOKafkaConsumer(bootstrap_servers=a.bootstrap, group_id=None, **SECURITY)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(a.topic)
@@ -175,7 +198,12 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=100.0)
     p.add_argument("--expect", type=int, default=1000)
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--cafile")
+    p.add_argument("--sasl-user")
+    p.add_argument("--sasl-mechanism", default="SCRAM-SHA-512")
+    p.add_argument("--password-file")
     a = p.parse_args()
+    SECURITY.update(_security(a))
     fn = {"produce": produce, "produce-until-stopped": produce_until_stopped,
           "consume": consume, "consume-group-until-stopped": consume_group_until_stopped,
           "end-offsets": end_offsets}[a.mode]
