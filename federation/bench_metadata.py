@@ -554,6 +554,25 @@ def _scale_proxy(store: str, node_id: int, conn: Any) -> None:
 
     logs.configure("WARNING")
 
+    import plugins.file_backend as file_backend
+    import plugins.zookeeper_backend as zookeeper_backend
+    from federation import maplayout
+
+    apply_cpu = [0.0]
+    measuring_flag = threading.Event()
+
+    def timed_fetch(*args: Any, **kwargs: Any) -> Any:
+        """The backends' watch threads read and parse each change here: its CPU time."""
+        cpu = time.thread_time()
+        try:
+            return maplayout.fetch_and_apply(*args, **kwargs)
+        finally:
+            if measuring_flag.is_set():
+                apply_cpu[0] = max(apply_cpu[0], time.thread_time() - cpu)
+
+    file_backend.fetch_and_apply = timed_fetch  # type: ignore[assignment,attr-defined]
+    zookeeper_backend.fetch_and_apply = timed_fetch  # type: ignore[assignment,attr-defined]
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         t0, cpu0 = time.monotonic(), time.process_time()
@@ -596,6 +615,7 @@ def _scale_proxy(store: str, node_id: int, conn: Any) -> None:
             while True:
                 cmd = conn.recv()
                 if cmd == "measure":
+                    measuring_flag.set()
                     loop.call_soon_threadsafe(measuring.set)
                 elif cmd == "stop":
                     loop.call_soon_threadsafe(done.set)
@@ -606,7 +626,7 @@ def _scale_proxy(store: str, node_id: int, conn: Any) -> None:
         await done.wait()
         await task
         follower.stop()
-        conn.send(("stopped", stall["max"], stall["samples"], apply_max[0]))
+        conn.send(("stopped", stall["max"], stall["samples"], apply_max[0], apply_cpu[0]))
 
     asyncio.run(main())
 
@@ -637,7 +657,7 @@ def _idle_probe(conn: Any) -> None:
             if measuring.is_set():
                 worst[0] = max(worst[0], loop.time() - before - 0.001)
                 worst[1] += 1
-        conn.send(("stopped", worst[0], worst[1], 0.0))
+        conn.send(("stopped", worst[0], worst[1], 0.0, 0.0))
 
     asyncio.run(main())
 
@@ -650,7 +670,7 @@ class _Fleet:
     ready: dict[int, float] = field(default_factory=dict)
     ready_cpu: dict[int, float] = field(default_factory=dict)
     applied: dict[int, dict[int, float]] = field(default_factory=dict)  # proxy → version → t
-    stopped: dict[int, tuple[float, int, float]] = field(default_factory=dict)
+    stopped: dict[int, tuple[float, int, float, float]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
     def listen(self, i: int, conn: Any) -> None:
@@ -669,7 +689,7 @@ class _Fleet:
                 elif msg[0] == "applied":
                     self.applied.setdefault(i, {})[msg[1]] = msg[2]
                 elif msg[0] == "stopped":
-                    self.stopped[i] = (msg[1], msg[2], msg[3])
+                    self.stopped[i] = (msg[1], msg[2], msg[3], msg[4])
                 self.cond.notify_all()
 
     def wait(self, what: Callable[[], bool], timeout: float) -> bool:
@@ -786,6 +806,8 @@ def measure_backend_at_scale(make: Callable[[], MetadataBackend], fmap: Federati
                 "loop_stall_ms": [s * 1000 for s in stalls],
                 "loop_stall_samples": [fleet.stopped[i][1] for i in range(proxies)],
                 "set_map_max_ms": max(fleet.stopped[i][2] for i in range(proxies)) * 1000,
+                "watch_apply_cpu_max_ms": max(fleet.stopped[i][3]
+                                              for i in range(proxies)) * 1000,
                 "idle_process_stall_max_ms": fleet.stopped[proxies][0] * 1000,
                 "largest_node_bytes": largest_node, "load_s": load_s,
                 "version": version, "proxies": proxies}
@@ -1064,6 +1086,8 @@ def _render_targets(sc: dict[str, Any], console: Console) -> None:
             t["loop_stall_ms"], "ms")
         table.add_row("  of which set_map on the loop (max)", backend,
                       f"{r['set_map_max_ms']:.1f} ms", "", "")
+        table.add_row("  a change's read+parse in the watch thread, CPU (max)", backend,
+                      f"{r['watch_apply_cpu_max_ms']:.1f} ms", "", "(GIL 1 ms at a time)")
         table.add_row("  an idle process's stall meanwhile", backend,
                       f"{r['idle_process_stall_max_ms']:.1f} ms", "", "(machine)")
         row("largest store node", backend, r["largest_node_bytes"] / 1024,
