@@ -62,7 +62,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 
 
 def parse_store(spec: str) -> tuple[str, dict[str, Any]]:
-    """``file:/p`` → ("file", {"path": "/p"}); ``zookeeper:h:p/root`` → ("zookeeper", {...}).
+    """``file:/p`` → ("file", {"path": "/p"}); ``zookeeper:h:p/root[?ssl=true&…]`` →
+    ("zookeeper", {...}).
 
     :raises ConfigError: naming ``--store`` and the format, or listing valid backends.
     """
@@ -72,12 +73,16 @@ def parse_store(spec: str) -> tuple[str, dict[str, Any]]:
     if name == "file":
         return "file", {"path": rest}
     if name == "zookeeper":
+        from federation.tls import zookeeper_tls
+
+        rest, _, query = rest.partition("?")  # TLS options (docs/security.md)
         m = re.fullmatch(r"([^/]+?)(/.*)?", rest)
         hosts = m.group(1) if m else ""
         if not hosts or not all(re.fullmatch(r"[\w.\-\[\]:]+:\d+", h) for h in hosts.split(",")):
             raise ConfigError(f"bad --store {spec!r}: {_STORE_FORMAT}")
         root = (m.group(2) if m else None) or "/fedkafka"
-        return "zookeeper", {"hosts": hosts, "root": root.rstrip("/") or "/"}
+        return "zookeeper", {"hosts": hosts, "root": root.rstrip("/") or "/",
+                             **zookeeper_tls(query, "--store")}
     backends = sorted(get_plugins().backends)
     raise ConfigError(f"bad --store {spec!r}: unknown metadata backend {name!r}; valid: "
                       f"{', '.join(backends)}. {_STORE_FORMAT}")

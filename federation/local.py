@@ -302,7 +302,9 @@ class LocalFederation:
                 for p in plans
             ],
             "metadata": {"backend": metadata},
-            "store": (f"zookeeper:{HOST}:{zk_port}/fedkafka" if zk_port is not None
+            "store": (f"zookeeper:{HOST}:{zk_port}/fedkafka"
+                      + (self._secure.store_query() if self._secure is not None else "")
+                      if zk_port is not None
                       else f"file:{self.workdir / 'store' / 'map.json'}"),
             "proxies": [{"node_id": 1000 + i, "host": HOST, "port": p}
                         for i, p in enumerate(proxy_ports)],
@@ -313,6 +315,7 @@ class LocalFederation:
         }
         if self._secure is not None:
             state["probe_security"] = {"kafka-broker": self._secure.cluster_security(),
+                                       "zookeeper": self._secure.zookeeper_client(),
                                        "proxy": self._secure.proxy_probe_security(),
                                        "nameservice": self._secure.proxy_probe_security()}
         self._save(state)
@@ -325,7 +328,8 @@ class LocalFederation:
             self._wait_clusters(plans, started, timeout, progress,
                                 _probe_security(state, "kafka-broker"))
             if zk_port is not None:
-                self._wait_zookeeper(zk_port, started, timeout)
+                self._wait_zookeeper(zk_port, started, timeout,
+                                     _probe_security(state, "zookeeper"))
             if proxy_ports:
                 self._init_map(plans, state)
                 self._write_intent_tokens(state)
@@ -587,8 +591,9 @@ class LocalFederation:
         cfg = zdir / "zoo.cfg"
         cfg.write_text(
             f"tickTime=2000\ninitLimit=10\nsyncLimit=5\ndataDir={zdir / 'data'}\n"
-            f"clientPort={port}\nclientPortAddress={HOST}\nmaxClientCnxns=200\n"
-            "admin.enableServer=false\n"
+            + (self._secure.zookeeper_config(port) if self._secure is not None
+               else f"clientPort={port}\nclientPortAddress={HOST}\n")
+            + "maxClientCnxns=200\nadmin.enableServer=false\n"
         )
         rec, _ = procs.spawn(name="zookeeper", kind="zookeeper",
                              cmd=dist.java_command(cfg), log=self.workdir / "logs" /
@@ -640,10 +645,10 @@ class LocalFederation:
         return True
 
     def _wait_zookeeper(self, port: int, started: list[procs.ProcessRecord],
-                        timeout: float) -> None:
+                        timeout: float, tls: dict[str, str] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if zookeeper_ok(HOST, port):
+            if zookeeper_ok(HOST, port, tls):
                 return
             time.sleep(0.2)
         raise FedKafkaError(f"ZooKeeper did not answer on {HOST}:{port} within {timeout:.0f}s; "
@@ -698,7 +703,9 @@ class LocalFederation:
                     except (OSError, probe.ProbeError):
                         health = "not answering"
                 elif rec.kind == "zookeeper":
-                    health = "healthy" if zookeeper_ok(HOST, rec.ports[0]) else "not answering"
+                    health = ("healthy" if zookeeper_ok(HOST, rec.ports[0],
+                                                        _probe_security(state, rec.kind))
+                              else "not answering")
                 else:
                     health = "running"
             rows.append({
@@ -745,7 +752,7 @@ class LocalFederation:
             if not procs.is_ours(new):
                 raise FedKafkaError(f"{name} exited during start-up; see {new.log}")
             if rec.kind == "zookeeper":
-                if zookeeper_ok(HOST, new.ports[0]):
+                if zookeeper_ok(HOST, new.ports[0], _probe_security(state, rec.kind)):
                     return new
             elif rec.kind in ("controller", "exporter", "prometheus"):
                 if not probe.port_in_use(HOST, new.ports[0]):
@@ -780,11 +787,18 @@ def _probe_security(state: dict[str, Any], kind: str) -> dict[str, str] | None:
     return found
 
 
-def zookeeper_ok(host: str, port: int) -> bool:
+def zookeeper_ok(host: str, port: int, tls: dict[str, str] | None = None) -> bool:
+    """ZooKeeper answers ``ruok`` (over TLS with ``tls``: ``ca``, ``cert``, ``key``)."""
     import socket
+    import ssl
 
     try:
-        with socket.create_connection((host, port), timeout=1.0) as s:
+        with socket.create_connection((host, port), timeout=1.0) as raw:
+            s = raw
+            if tls:
+                ctx = ssl.create_default_context(cafile=tls["ca"])
+                ctx.load_cert_chain(tls["cert"], tls["key"])
+                s = ctx.wrap_socket(raw, server_hostname=host)
             s.sendall(b"ruok")
             return s.recv(4) == b"imok"
     except OSError:

@@ -105,6 +105,29 @@ class SecureSetup:
 
     # -- the federation's users and what they may do ------------------------------
 
+    # -- ZooKeeper (with --metadata zookeeper) -----------------------------------
+
+    def zookeeper_config(self, port: int) -> str:
+        """zoo.cfg lines: TLS only (Netty, PEM stores), client certificates required."""
+        tls_dir = self.workdir / "tls"
+        return (f"secureClientPort={port}\nsecureClientPortAddress={HOST}\n"
+                "serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory\n"
+                f"ssl.keyStore.location={tls_dir / 'zookeeper.keystore.pem'}\n"
+                "ssl.keyStore.type=PEM\n"
+                f"ssl.trustStore.location={self.ca}\nssl.trustStore.type=PEM\n"
+                "ssl.clientAuth=need\n")
+
+    def zookeeper_client(self) -> dict[str, str]:
+        """The client certificate every component presents to ZooKeeper."""
+        tls_dir = self.workdir / "tls"
+        return {"ca": str(self.ca), "cert": str(tls_dir / "zk-client.pem"),
+                "key": str(tls_dir / "zk-client.key")}
+
+    def store_query(self) -> str:
+        """The store spec's query: ZooKeeper over TLS with the client certificate."""
+        c = self.zookeeper_client()
+        return f"?ssl=true&ca={c['ca']}&cert={c['cert']}&key={c['key']}"
+
     def users(self) -> dict[str, str]:
         return {"admin": self.password("admin"), "app": self.password("app")}
 
@@ -166,6 +189,8 @@ def prepare(workdir: Path) -> SecureSetup:
     broker = ca.issue("broker", "kafka-broker", units=["fedkafka-local"], hosts=hosts)
     proxy = ca.issue("proxy", "fedkafka-proxy", units=["fedkafka-local"], hosts=hosts)
     ca.issue("app-client", "app", units=["fedkafka-local"], server=False)
+    ca.issue("zookeeper", "zookeeper", units=["fedkafka-local"], hosts=hosts)
+    ca.issue("zk-client", "fedkafka", units=["fedkafka-local"], server=False)
     folder = workdir / "passwords"
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)

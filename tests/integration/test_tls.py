@@ -58,12 +58,13 @@ APP_PRINCIPAL = "User:CN=app,OU=fedkafka-local"
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory: pytest.TempPathFactory, kafka_dist: KafkaDist
            ) -> Iterator[dict[str, Any]]:
-    """A secure local federation: 2 SASL_SSL clusters, a TLS proxy and name service."""
+    """A secure local federation: 2 SASL_SSL clusters, a TLS proxy and name service, the
+    map in a ZooKeeper that serves only TLS with client certificates."""
     workdir = tmp_path_factory.mktemp("tls-federation")
     fed = LocalFederation(workdir)
     state = fed.up(clusters=2, kafka_version=kafka_dist.version, base_port=BASE_PORT,
                    heap="256m", proxies=1, controllers=1, exporter=False, secure=True,
-                   timeout=240)
+                   metadata="zookeeper", timeout=300)
     backend = backend_of(state)
     try:
         for name, partitions in ((TOPIC, 4), (MTLS_TOPIC, 2), ("app-java", 2),
@@ -146,6 +147,15 @@ def test_physical_brokers_speak_only_sasl_ssl(secure: dict[str, Any]) -> None:
             probe.metadata(host, int(port), timeout=5.0)
         answer = probe.metadata(host, int(port), timeout=10.0, security=cluster.security)
         assert len(answer.brokers) == 1
+
+
+def test_the_store_is_zookeeper_over_tls(secure: dict[str, Any]) -> None:
+    """Every component reads the map from ZooKeeper over TLS with a client certificate
+    (the store spec's query); a plaintext ZooKeeper client gets nowhere."""
+    assert secure["store"].startswith("zookeeper:") and "?ssl=true&ca=" in secure["store"]
+    assert not _kazoo_connects(secure["zookeeper"])
+    fmap = backend_of(secure).load()  # the test's own backend: TLS + client certificate
+    assert fmap is not None and set(fmap.clusters) == {"c1", "c2"}
 
 
 def test_federation_json_has_client_settings(secure: dict[str, Any]) -> None:

@@ -354,3 +354,12 @@ def test_bad_zookeeper_tls_options_are_refused(query: str, message: str) -> None
 
     with pytest.raises(ConfigError, match=message):
         parse_store(f"zookeeper:zk1:2281/fk?{query}")
+
+
+def test_cli_store_option_takes_tls_options() -> None:
+    from federation.cli_admin import parse_store
+
+    name, options = parse_store("zookeeper:zk1:2281/fk?ssl=true&ca=/ca.pem")
+    assert (name, options["root"], options["tls"]["ca"]) == ("zookeeper", "/fk", "/ca.pem")
+    with pytest.raises(ConfigError, match="--store: ZooKeeper TLS options need ssl=true"):
+        parse_store("zookeeper:zk1:2281/fk?ca=/ca.pem")
