@@ -456,6 +456,7 @@ class MapState:
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
         state = cls(fmap, index, shard_topics, docs[index.base])
+        state.owners()  # now, off any event loop, rather than at the first change
         return state
 
     def apply(self, index: Index, docs: Mapping[str, bytes]) -> MapState:
