@@ -36,6 +36,7 @@ import logging
 import os
 import random
 import struct
+import sys
 import threading
 import time
 import urllib.request
@@ -62,7 +63,7 @@ from kio.serial._introspect import (
 
 from federation.errors import FedKafkaError
 from federation.protocol import codec
-from federation.protocol.versions import ApiKey
+from federation.protocol.versions import API_NAMES, ApiKey
 
 log = logging.getLogger("fedkafka.fuzz")
 
@@ -71,10 +72,13 @@ __all__ = ["FramePool", "FuzzOptions", "FuzzReport", "mutate", "proxy_memory", "
 PROBE_BASE = 0x7E000000  #: probe correlation ids: PROBE_BASE + connection number
 MUTATIONS = ("bitflip", "bytes", "truncate", "trailing", "bigcount", "version", "key",
              "splice", "short_length", "long_length")
-#: requests that change or delete things: their names are random (never a target topic)
-DESTRUCTIVE = frozenset({ApiKey.DELETE_TOPICS, ApiKey.DELETE_RECORDS, ApiKey.DELETE_GROUPS,
-                         ApiKey.OFFSET_DELETE, ApiKey.CREATE_PARTITIONS, ApiKey.ALTER_CONFIGS,
-                         ApiKey.INCREMENTAL_ALTER_CONFIGS, ApiKey.CREATE_TOPICS})
+#: requests whose names are always random: those that change or delete things (never a
+#: target topic), and JoinGroup (a join into a group with members waits for them to rejoin
+#: or time out: a legitimate wait, not a hang)
+RANDOM_NAMES = frozenset({ApiKey.DELETE_TOPICS, ApiKey.DELETE_RECORDS, ApiKey.DELETE_GROUPS,
+                          ApiKey.OFFSET_DELETE, ApiKey.CREATE_PARTITIONS, ApiKey.ALTER_CONFIGS,
+                          ApiKey.INCREMENTAL_ALTER_CONFIGS, ApiKey.CREATE_TOPICS,
+                          ApiKey.JOIN_GROUP})
 _INT_RANGES = {"int8": 7, "int16": 15, "int32": 31, "int64": 63}
 _HEAD = struct.Struct(">i")
 
@@ -115,7 +119,7 @@ class _Context:
 
 
 def _name(ctx: _Context) -> str:
-    if ctx.names and ctx.api_key not in DESTRUCTIVE and ctx.rng.random() < 0.6:
+    if ctx.names and ctx.api_key not in RANDOM_NAMES and ctx.rng.random() < 0.6:
         return ctx.rng.choice(ctx.names)
     return f"fuzz-{ctx.rng.getrandbits(32):08x}"
 
@@ -150,6 +154,8 @@ def _primitive(ctx: _Context, kafka_type: str, name: str, optional: bool) -> Any
     if kafka_type == "bool":
         if name == "validate_only":
             return True
+        if name == "allow_auto_topic_creation":
+            return False  # (Kafka's default is on: random names would become topics)
         return rng.random() < 0.5
     if kafka_type == "string":
         if name in ("mechanism",):
@@ -167,7 +173,7 @@ def _primitive(ctx: _Context, kafka_type: str, name: str, optional: bool) -> Any
         return uuid.UUID(int=0) if rng.random() < 0.3 else uuid.UUID(int=rng.getrandbits(128))
     if kafka_type == "timedelta_i32":
         if name == "session_timeout":
-            return datetime.timedelta(milliseconds=rng.choice([6000, 10000, 45000]))
+            return datetime.timedelta(milliseconds=rng.choice([6000, 10000]))
         return datetime.timedelta(milliseconds=rng.choice([0, 10, 100, 500]))
     if kafka_type == "timedelta_i64":
         return datetime.timedelta(milliseconds=rng.choice([-1, 0, 60000]))
@@ -324,10 +330,13 @@ class FuzzOptions:
     canary_client_id: str = "fuzz-canary"
     proxy_pid: int | None = None
     metrics_url: str | None = None
-    hang_timeout: float = 60.0
+    #: longer than the proxy's longest legitimate wait upstream (group requests wait for a
+    #: rebalance up to its request timeout + 300 s, Fetch up to max_wait...)
+    hang_timeout: float = 360.0
     save_dir: Path | None = None  #: where frames of hung connections are written
     share_random: float = 0.2
     share_valid: float = 0.3  #: the rest is mutated
+    share_clean: float = 0.25  #: of connections that send valid requests only
 
 
 @dataclass
@@ -452,8 +461,10 @@ class Fuzzer:
         kinds: list[str] = []
         open_ended = False
         keys = list(self.served)
+        clean = rng.random() < self.o.share_clean
         for _ in range(n):
-            roll = rng.random()
+            roll = self.o.share_random + rng.random() * self.o.share_valid if clean \
+                else rng.random()
             if roll < self.o.share_random:
                 data, open_ended = random_frame(rng, keys)
                 kind = "random"
@@ -525,11 +536,13 @@ class Fuzzer:
             probe_id = PROBE_BASE + (number & 0xFFFFF)
             answered = asyncio.Event()
             closed = asyncio.Event()
+            seen: set[bytes] = set()  # correlation ids answered
 
             async def read() -> None:
                 try:
                     while True:
                         body = await _read_frame(reader)
+                        seen.add(body[:4])
                         report.responses += 1
                         if body[:4] == struct.pack(">i", probe_id):
                             answered.set()
@@ -538,9 +551,13 @@ class Fuzzer:
                     closed.set()
 
             reading = asyncio.create_task(read())
+            written = 0
             try:
                 for data, kind in zip(frames, kinds, strict=True):
+                    if closed.is_set() or writer.is_closing():
+                        break
                     writer.write(data)
+                    written += 1
                     report.frames_sent += 1
                     report.kinds[kind.partition(":")[0]] += 1
                     if ":" in kind:
@@ -552,6 +569,7 @@ class Fuzzer:
                 await writer.drain()
             except OSError:
                 pass  # closed while we wrote: the reader sees it
+            self._left += len(frames) - written  # cut off: sent on another connection
             waits = [asyncio.ensure_future(answered.wait()),
                      asyncio.ensure_future(closed.wait())]
             await asyncio.wait([*waits, reading], timeout=self.o.hang_timeout,
@@ -564,13 +582,24 @@ class Fuzzer:
                 report.closed_by_proxy += 1
             else:
                 report.hangs += 1
-                self._save_hang(number, frames, kinds)
+                self._save_hang(number, frames, kinds, seen)
             reading.cancel()
         finally:
             writer.close()
 
-    def _save_hang(self, number: int, frames: list[bytes], kinds: list[str]) -> None:
-        note = f"connection {number}: neither answered nor closed ({', '.join(kinds)})"
+    def _save_hang(self, number: int, frames: list[bytes], kinds: list[str],
+                   seen: set[bytes]) -> None:
+        waiting = []
+        for data in frames:
+            try:
+                header, _ = codec.parse_request_header(data[4:])
+            except codec.CodecError:
+                continue
+            if data[8:12] not in seen:
+                name = API_NAMES.get(header.api_key, str(header.api_key))
+                waiting.append(f"{name} v{header.api_version}")
+        note = (f"connection {number}: neither answered nor closed ({', '.join(kinds)}); "
+                f"unanswered (acks=0 Produce needs none): {', '.join(waiting)}")
         self.report.notes.append(note)
         log.error("hang: %s", note)
         if self.o.save_dir is not None:
@@ -586,8 +615,15 @@ class Fuzzer:
 
     async def _watch(self) -> None:
         """Liveness (ApiVersions) and memory of the proxy every few seconds."""
+        last_progress = time.monotonic()
         while not self._stop.is_set():
             self._sample_memory()
+            if time.monotonic() - last_progress >= 60:
+                last_progress = time.monotonic()
+                r = self.report
+                print(f"progress: {r.frames_sent} frames, {r.connections} connections, "
+                      f"{r.closed_by_proxy} closed by the proxy, {r.hangs} hangs, "
+                      f"RSS {r.rss_peak_sampled}", file=sys.stderr, flush=True)
             try:
                 await api_versions(self.host, self.port, timeout=30)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, FedKafkaError) as e:
@@ -626,7 +662,8 @@ class Fuzzer:
             canary.start()
         watcher = asyncio.create_task(self._watch())
         try:
-            await asyncio.gather(*(self._worker() for _ in range(o.connections)))
+            while self._left > 0:  # (frames a closed connection did not take are re-sent)
+                await asyncio.gather(*(self._worker() for _ in range(o.connections)))
         finally:
             self._stop.set()
             await watcher
@@ -761,6 +798,8 @@ class _Canary:
 
 
 def run_fuzz(options: FuzzOptions) -> FuzzReport:
+    # Writes to a connection the proxy just closed are expected here, not news.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     return asyncio.run(Fuzzer(options).run())
 
 
@@ -792,7 +831,8 @@ def register(app: typer.Typer) -> None:
             help="The proxy's Prometheus URL (http://HOST:PORT/metrics): internal errors "
                  "are counted.")] = None,
         hang_timeout: Annotated[float, typer.Option(
-            help="Seconds a connection may stay neither answered nor closed.")] = 60.0,
+            help="Seconds a connection may stay neither answered nor closed (above the "
+                 "proxy's longest upstream wait: 330 s for group requests).")] = 360.0,
         save_dir: Annotated[Path | None, typer.Option(
             help="Directory for the frames of hung connections.")] = None,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")

@@ -16,9 +16,12 @@
    array's element count *before* reading the elements, so a 40-byte request
    announcing 2**31 elements makes Rust's allocator abort the whole process
    (not an exception).  :func:`prescan_entity` walks a message's structure in
-   Python first and rejects any array count larger than the bytes left; it also
-   spots unknown tagged fields so those messages go straight to the tolerant
-   reader. Given a ``max_array``, it also refuses any array of more elements
+   Python first and rejects any array count larger than the bytes left, and a
+   null (or negative length) in a field the schema does not declare nullable
+   (Kafka's "non-nullable field was serialized as null": kio would hand the
+   handlers a None where they expect a tuple or a string); it also spots
+   unknown tagged fields (and walks on past them) so those messages go to the
+   tolerant reader. Given a ``max_array``, it also refuses any array of more elements
    (:class:`ArrayTooLarge`) as soon as it reads the count: a request announcing
    millions of small elements costs one count read, not a walk and a decode.
 """
@@ -266,6 +269,8 @@ class ArrayTooLarge(PrescanError):
 
 class _Limit(threading.local):
     max_array: int = 1 << 62  # per thread: the proxy's loop and upstream decoders differ
+    unknown_tag: bool = False  # the pre-scan saw a tagged field kio does not know
+    reject_nulls: bool = False  # nulls in non-nullable fields are errors (requests)
 
 
 _LIMIT: Final = _Limit()
@@ -321,12 +326,32 @@ def _skip_compact_bytes(buf: bytes, offset: int) -> int:
 
 def _skip_legacy_string(buf: bytes, offset: int) -> int:
     length = int.from_bytes(buf[offset : offset + 2], "big", signed=True)
+    if length < -1:
+        raise PrescanError(f"string of negative length {length}")
     return offset + 2 + max(length, 0)
 
 
 def _skip_legacy_bytes(buf: bytes, offset: int) -> int:
     length = int.from_bytes(buf[offset : offset + 4], "big", signed=True)
+    if length < -1:
+        raise PrescanError(f"bytes of negative length {length}")
     return offset + 4 + max(length, 0)
+
+
+def _not_null(skip: Skipper, name: str, flexible: bool, width: int) -> Skipper:
+    """``skip`` for a string/bytes field that must not be null (length -1; compact: 0)."""
+
+    def check(buf: bytes, offset: int) -> int:
+        if flexible:
+            null = buf[offset] == 0
+        else:
+            null = buf[offset] == 0xFF and buf[offset + width - 1] == 0xFF and (
+                int.from_bytes(buf[offset : offset + width], "big", signed=True) == -1)
+        if null and _LIMIT.reject_nulls:
+            raise PrescanError(f"non-nullable field {name} was serialized as null")
+        return skip(buf, offset)
+
+    return check
 
 
 def _primitive_skipper(kafka_type: str, flexible: bool) -> int | Skipper:
@@ -340,7 +365,8 @@ def _primitive_skipper(kafka_type: str, flexible: bool) -> int | Skipper:
     raise TypeError(f"no pre-scan rule for kafka type {kafka_type!r}")
 
 
-def _array_skipper(element: int | Skipper, min_size: int, flexible: bool) -> Skipper:
+def _array_skipper(element: int | Skipper, min_size: int, flexible: bool,
+                   name: str = "", nullable: bool = True) -> Skipper:
     def skip(buf: bytes, offset: int) -> int:
         if flexible:
             count, offset = _uvarint(buf, offset)
@@ -348,6 +374,9 @@ def _array_skipper(element: int | Skipper, min_size: int, flexible: bool) -> Ski
         else:
             count = int.from_bytes(buf[offset : offset + 4], "big", signed=True)
             offset += 4
+        if count < 0 and (count < -1 or not (nullable or not _LIMIT.reject_nulls)):
+            raise PrescanError(f"non-nullable field {name} was serialized as null"
+                               if count == -1 else f"array of negative length {count}")
         if count <= 0:
             return offset
         if count > _LIMIT.max_array:
@@ -409,14 +438,18 @@ def _build_entity_skipper(entity_type: type[Any]) -> tuple[Skipper, int]:
         tag = get_field_tag(field)
         op: int | Skipper
         size: int
+        nullable = is_optional(field) or tag is not None
         match field_class:
             case PrimitiveField():
-                op = _primitive_skipper(get_schema_field_type(field), flexible)
+                kafka_type = get_schema_field_type(field)
+                op = _primitive_skipper(kafka_type, flexible)
                 size = op if isinstance(op, int) else 1
+                if not isinstance(op, int) and not nullable:
+                    op = _not_null(op, field.name, flexible, 2 if kafka_type == "string" else 4)
             case PrimitiveTupleField():
                 element = _primitive_skipper(get_schema_field_type(field), flexible)
                 elem_size = element if isinstance(element, int) else 1
-                op = _array_skipper(element, max(elem_size, 1), flexible)
+                op = _array_skipper(element, max(elem_size, 1), flexible, field.name, nullable)
                 size = 1 if flexible else 4
             case EntityField(nested):
                 op, size = _entity_skipper(nested)
@@ -425,7 +458,7 @@ def _build_entity_skipper(entity_type: type[Any]) -> tuple[Skipper, int]:
                     size = 1
             case EntityTupleField(nested):
                 inner, inner_size = _entity_skipper(nested)
-                op = _array_skipper(inner, max(inner_size, 1), flexible)
+                op = _array_skipper(inner, max(inner_size, 1), flexible, field.name, nullable)
                 size = 1 if flexible else 4
             case _:
                 raise TypeError(f"unsupported field {field.name} of {entity_type.__name__}")
@@ -447,8 +480,8 @@ def _build_entity_skipper(entity_type: type[Any]) -> tuple[Skipper, int]:
                 size, offset = _uvarint(buf, offset)
                 known = tagged.get(tag)
                 if known is None:
-                    raise NeedsTolerantReader(f"unknown tagged field {tag}")
-                if known(buf, offset) != offset + size:
+                    _LIMIT.unknown_tag = True  # walk on: the rest is checked all the same
+                elif known(buf, offset) != offset + size:
                     raise PrescanError(f"tagged field {tag} does not match its size {size}")
                 offset += size
         return offset
@@ -457,15 +490,21 @@ def _build_entity_skipper(entity_type: type[Any]) -> tuple[Skipper, int]:
 
 
 def prescan_entity(entity_type: type[Any], buf: bytes, offset: int,
-                   max_array: int | None = None) -> int:
+                   max_array: int | None = None, reject_nulls: bool = False) -> int:
     """Walk one encoded ``entity_type`` at ``offset``; return the offset after it.
 
+    ``reject_nulls``: a null in a field the schema does not declare nullable is an error
+    (as Kafka parses requests; responses from brokers are read as they come).
+
     :raises ArrayTooLarge: an array announces more than ``max_array`` elements.
-    :raises PrescanError: truncated, or an array count exceeds the bytes left.
+    :raises PrescanError: truncated, an array count exceeds the bytes left, or a null
+        where none is allowed (with ``reject_nulls``).
     :raises NeedsTolerantReader: an unknown tagged field is present.
     """
     skip, _min_size = _entity_skipper(entity_type)
     _LIMIT.max_array = (1 << 62) if max_array is None else max_array
+    _LIMIT.unknown_tag = False
+    _LIMIT.reject_nulls = reject_nulls
     try:
         end = skip(buf, offset)
     except IndexError:
@@ -474,4 +513,6 @@ def prescan_entity(entity_type: type[Any], buf: bytes, offset: int,
         raise PrescanError(
             f"message truncated: needs {end - offset} bytes, has {len(buf) - offset}"
         )
+    if _LIMIT.unknown_tag:
+        raise NeedsTolerantReader("unknown tagged field")
     return end

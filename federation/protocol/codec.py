@@ -166,7 +166,7 @@ def _request_schema(api_key: int, api_version: int) -> type[Any] | None:
         try:
             schema = load_request_schema(api_key, api_version)
         except KioIndexError:
-            schema = _NO_SCHEMA
+            return None  # not cached: keys and versions come from clients, any int16 pair
         _REQUEST_SCHEMAS[key] = schema
     return None if schema is _NO_SCHEMA else cast(type[Any], schema)
 
@@ -194,15 +194,16 @@ def _native_reader(schema: type[Any]) -> Any:
 
 
 def _read_entity(schema: type[Any], buf: bytes | memoryview, offset: int,
-                 max_array: int | None = None) -> tuple[Any, int]:
+                 max_array: int | None = None, request: bool = False) -> tuple[Any, int]:
     """Decode one entity at ``offset``; return it and the number of bytes it took.
 
     The structure is pre-scanned first (kio's native reader would abort the
     process on a huge array count; ``max_array`` bounds every array), then read
-    natively, falling back to the tolerant reader on kio's snags.
+    natively, falling back to the tolerant reader on kio's snags. A ``request`` with a
+    null where its schema allows none is malformed (as Kafka parses requests).
     """
     try:
-        _kio_compat.prescan_entity(schema, cast(bytes, buf), offset, max_array)
+        _kio_compat.prescan_entity(schema, cast(bytes, buf), offset, max_array, request)
     except _kio_compat.ArrayTooLarge as exc:
         raise LimitExceeded(f"{schema.__name__}: {exc}", exc.count, exc.limit) from None
     except _kio_compat.NeedsTolerantReader:
@@ -349,7 +350,7 @@ def decode_request(frame: BytesLike, max_array: int | None = None) -> Request:
         )
     try:
         # Bytes after the entity are ignored, as Kafka does.
-        entity, _size = _read_entity(schema, buf, offset, max_array)
+        entity, _size = _read_entity(schema, buf, offset, max_array, request=True)
     except LimitExceeded as exc:
         raise LimitExceeded(exc.reason, exc.count, exc.limit, header) from None
     except DecodeError as exc:

@@ -26,6 +26,8 @@ from typing import Final
 
 from .framing import BytesLike
 
+_ZERO_ID: Final = uuid.UUID(int=0)
+
 __all__ = (
     "Encoded",
     "FetchAnswer",
@@ -254,9 +256,8 @@ def encode_fetch_response(version: int, correlation_id: int, answer: FetchAnswer
     size = 0
     for topic in answer.topics:
         if version >= 13:
-            if topic.topic_id is None:
-                raise WireError("Fetch v13+ names topics by id: topic_id missing")
-            head += topic.topic_id.bytes
+            # (None: the request named the all-zero id, which kio reads as None)
+            head += (topic.topic_id or _ZERO_ID).bytes
         else:
             raw = (topic.name or "").encode()
             head += _uvarint(len(raw) + 1) if flexible else _I16.pack(len(raw))

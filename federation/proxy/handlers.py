@@ -367,10 +367,14 @@ class Session:
                                     partitions=()))
                 continue
             if topic is None:
-                # As Kafka: a name it could never hold is INVALID_TOPIC_EXCEPTION.
+                # As Kafka: a name it could never hold is INVALID_TOPIC_EXCEPTION; an id it
+                # does not know UNKNOWN_TOPIC_ID (the name is nullable from v12 only).
                 invalid = name is not None and admin_handlers.topic_name_error(name)
                 code = (ErrorCode.INVALID_TOPIC_EXCEPTION if invalid
-                        else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
+                        else ErrorCode.UNKNOWN_TOPIC_OR_PARTITION if name is not None
+                        else ErrorCode.UNKNOWN_TOPIC_ID)
+                if name is None and v < 12:
+                    name = ""
                 if name and not invalid and self.state.auto_creator.wanted(self, body, name):
                     code = ErrorCode.LEADER_NOT_AVAILABLE  # being created: Kafka's answer
                 topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(code),
@@ -913,7 +917,7 @@ class Session:
             candidates = list(segs)
         for seg in candidates:
             try:
-                off, found_ts, code = await self._physical_offset(body, seg, ts)
+                off, found_ts, code = await self._physical_offset(body, seg, ts, p)
             except UpstreamError as e:
                 return answer(e.error_code)
             if code:
@@ -926,11 +930,11 @@ class Session:
             return answer(0, logical, found_ts)
         return answer(0, -1, -1)
 
-    async def _physical_offset(self, body: Any, seg: Any, ts: int) -> tuple[int, int, int]:
+    async def _physical_offset(self, body: Any, seg: Any, ts: int, p: Any
+                               ) -> tuple[int, int, int]:
         cluster = self.state.cluster(seg.cluster)
         info = await cluster.leader(seg.topic, seg.partition)
-        t = body.topics[0]
-        p = t.partitions[0]
+        t = body.topics[0]  # a template (its partitions may be empty: p is the one asked)
         sub = replace(body, replica_id=-1, topics=(replace(t, name=seg.topic, partitions=(
             replace(p, partition_index=seg.partition, timestamp=ts, current_leader_epoch=-1),
         )),))
@@ -1002,7 +1006,7 @@ class Session:
 
     async def offset_fetch(self, req: codec.Request) -> Reply:
         body: Any = req.entity
-        if routing.has_field(body, "groups") and body.groups:
+        if routing.has_field(body, "groups"):  # v8+: a batch (an empty one too)
             if len(body.groups) != 1:
                 return _done(error_response(req, ErrorCode.INVALID_REQUEST))
             group_id = body.groups[0].group_id

@@ -711,6 +711,19 @@ class ClientConnection(asyncio.Protocol):
             header, fut, started = self._replies[0]
             try:
                 entity = await fut
+                # An answer that cannot be encoded is a bug: it must close the connection
+                # (logged), never end this loop silently and leave the client waiting.
+                parts = ([entity.data] if isinstance(entity, _RawBytes)
+                         else entity.parts if isinstance(entity, fetch_wire.Encoded)
+                         else codec.encode_response(header, entity))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not fut.cancelled() or (task is not None and task.cancelling()):
+                    raise  # this loop is being stopped (the connection is gone)
+                log.error("the answer to %s from %s was cancelled",
+                          API_NAMES.get(header.api_key), self.peer)
+                self.abort("internal_error", "internal error while answering")
+                return
             except Exception:
                 log.exception("internal error answering %s from %s",
                               API_NAMES.get(header.api_key), self.peer)
@@ -720,12 +733,7 @@ class ClientConnection(asyncio.Protocol):
             self._queued_bytes -= self._reply_sizes.popleft()
             if self.transport is None or self._closing:
                 return
-            if isinstance(entity, _RawBytes):
-                self.transport.write(entity.data)
-            elif isinstance(entity, fetch_wire.Encoded):  # Fetch: records by reference
-                self.transport.writelines(entity.parts)
-            else:
-                self.transport.writelines(codec.encode_response(header, entity))
+            self.transport.writelines(parts)
             self.state.metrics.request(header.api_key, time.monotonic() - started,
                                        header.api_version)
             self._maybe_resume()

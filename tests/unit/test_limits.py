@@ -122,3 +122,21 @@ def test_the_tolerant_reader_is_bounded_too() -> None:
     with pytest.raises(_kio_compat.ArrayTooLarge):
         _kio_compat.tolerant_entity_reader(schema)(frame, offset)
     _kio_compat._LIMIT.max_array = 1 << 62
+
+
+def test_a_null_where_the_schema_allows_none_is_malformed() -> None:
+    # CreatePartitions v3: topics is not nullable (a null crashed the handler).
+    head = struct.pack(">hhih", ApiKey.CREATE_PARTITIONS, 3, 5, 1) + b"c" + b"\x00"
+    frame = head + b"\x00" + struct.pack(">i", 1000) + b"\x00" + b"\x00"
+    with pytest.raises(codec.DecodeError, match="non-nullable field topics"):
+        codec.decode_request(frame)
+    # Metadata v1: topics is nullable (all topics): fine.
+    meta = struct.pack(">hhih", ApiKey.METADATA, 1, 6, 1) + b"c" + struct.pack(">i", -1)
+    assert codec.decode_request(meta).entity.topics is None  # type: ignore[union-attr]
+    # A non-nullable string sent as null (ListOffsets v1 topic name) is malformed too.
+    lo = (struct.pack(">hhih", ApiKey.LIST_OFFSETS, 1, 7, 1) + b"c" + struct.pack(">i", -1)
+          + struct.pack(">i", 1) + struct.pack(">h", -1) + struct.pack(">i", 0))
+    with pytest.raises(codec.DecodeError, match="non-nullable field name"):
+        codec.decode_request(lo)
+    # Responses from brokers are read as they come.
+    assert _kio_compat._LIMIT.reject_nulls is True
