@@ -256,10 +256,23 @@ def _strategy(plugins: Plugins, name: str) -> Any:
 
 def plan_create_topic(fmap: FederationMap, name: str, partitions: int, strategy: str = "contiguous",
                       config: Mapping[str, str] | None = None, *,
-                      plugins: Plugins | None = None) -> LogicalTopic:
-    """The new topic laid out over ``fmap``'s writable clusters (no I/O)."""
+                      plugins: Plugins | None = None,
+                      layout: Sequence[tuple[str, int]] | None = None) -> LogicalTopic:
+    """The new topic laid out over ``fmap``'s writable clusters (no I/O).
+
+    :param layout: (cluster, physical partition) per logical partition, as the
+        submitter's strategy laid it out; used only when ``strategy`` is not installed
+        here (a plugin on the admin's machine, not the controller's), and checked: one
+        fresh segment per partition, on writable clusters, physical partitions 0..n-1
+        of each cluster.
+    """
     plugins = plugins or get_plugins()
-    impl = _strategy(plugins, strategy)
+    try:
+        impl = _strategy(plugins, strategy)
+    except InvalidRequestError:
+        if layout is None:
+            raise
+        impl = _SubmittedLayout(layout)
     if name in fmap.topics:
         raise TopicExistsError(f"topic {name!r} already exists")
     if partitions < 1:
@@ -279,12 +292,40 @@ def plan_create_topic(fmap: FederationMap, name: str, partitions: int, strategy:
         raise InvalidRequestError("no cluster is active (writable); add one with "
                                   "`fedkafka cluster add` or set one active")
     try:
-        layout = impl.layout(name, partitions, clusters, physical)
-        topic = LogicalTopic(name, new_topic_id(name), layout, strategy, dict(config or {}))
+        laid_out = impl.layout(name, partitions, clusters, physical)
+        topic = LogicalTopic(name, new_topic_id(name), laid_out, strategy, dict(config or {}))
         fmap.with_topic(topic).validate()
     except ValueError as e:
         raise InvalidRequestError(f"topic {name!r}: {e}") from None
     return topic
+
+
+class _SubmittedLayout:
+    """A strategy-shaped wrapper around a layout the submitter planned (plan_create_topic)."""
+
+    def __init__(self, layout: Sequence[tuple[str, int]]) -> None:
+        self.wanted = [(str(c), int(p)) for c, p in layout]
+
+    def layout(self, name: str, partitions: int, clusters: Sequence[PhysicalCluster],
+               physical: str) -> tuple[Any, ...]:
+        from federation.model import LogicalPartition, Segment
+
+        if len(self.wanted) != partitions:
+            raise ValueError(f"the submitted layout has {len(self.wanted)} partition(s), "
+                             f"not {partitions}")
+        writable = {c.id for c in clusters}
+        per: dict[str, list[int]] = {}
+        for cluster, ppart in self.wanted:
+            if cluster not in writable:
+                raise ValueError(f"the submitted layout uses cluster {cluster!r}, which is "
+                                 "not writable")
+            per.setdefault(cluster, []).append(ppart)
+        for cluster, used in per.items():
+            if sorted(used) != list(range(len(used))):
+                raise ValueError(f"the submitted layout's physical partitions on {cluster!r} "
+                                 f"must be 0..{len(used) - 1}, got {sorted(used)}")
+        return tuple(LogicalPartition(i, (Segment(c, physical, p, 0, 0),))
+                     for i, (c, p) in enumerate(self.wanted))
 
 
 def plan_add_partitions(fmap: FederationMap, name: str, new_count: int, *,
@@ -475,6 +516,8 @@ class TopicSpec:
     strategy: str = "contiguous"
     config: Mapping[str, str] | None = None
     replication: int | None = None
+    #: the submitter's layout, for a strategy not installed here (plan_create_topic)
+    layout: Sequence[tuple[str, int]] | None = None
 
 
 #: Opens a :class:`ClusterAdmin` on a cluster (an async context manager factory).
@@ -790,7 +833,7 @@ async def create_topics(backend: MetadataBackend, specs: Sequence[TopicSpec], *,
     for i, spec in enumerate(specs):
         try:
             topic = plan_create_topic(layout, spec.name, spec.partitions, spec.strategy,
-                                      spec.config, plugins=plugins)
+                                      spec.config, plugins=plugins, layout=spec.layout)
         except AdminError as e:
             out[i] = e
             continue

@@ -251,7 +251,7 @@ def _error_from_json(data: Mapping[str, Any]) -> admin.AdminError:
         return admin.BrokerRefusedError(message, code, data.get("broker_message"))
     from federation import users
 
-    cls = getattr(admin, kind, None) or getattr(users, kind, None)
+    cls = getattr(admin, kind, None) or getattr(users, kind, None) or globals().get(kind)
     if not (isinstance(cls, type) and issubclass(cls, admin.AdminError)) or kind in (
             "IntentAppliedError",):
         error = admin.AdminError(message)
@@ -275,10 +275,17 @@ async def _apply_create_topics(backend: MetadataBackend, args: Mapping[str, Any]
         if not isinstance(t, dict):
             raise admin.InvalidRequestError("intent field 'topics' must list objects")
         replication = t.get("replication")
+        layout = t.get("layout")
+        if layout is not None and not (isinstance(layout, list) and all(
+                isinstance(x, list) and len(x) == 2 and isinstance(x[0], str)
+                and isinstance(x[1], int) for x in layout)):
+            raise admin.InvalidRequestError("intent field 'layout' must list "
+                                            "[cluster, physical partition] pairs")
         specs.append(admin.TopicSpec(_str(t, "name"), _int(t, "partitions"),
                                      str(t.get("strategy") or "contiguous"),
                                      _strmap(t, "config"),
-                                     None if replication is None else int(replication)))
+                                     None if replication is None else int(replication),
+                                     None if layout is None else [tuple(x) for x in layout]))
     outcomes = await admin.create_topics(backend, specs, plugins=plugins)
     return {"topics": [{"name": s.name} if not isinstance(o, admin.AdminError)
                        else {"name": s.name, "error": _error_json(o)}
@@ -762,10 +769,21 @@ async def create_topics(backend: MetadataBackend, specs: Sequence[admin.TopicSpe
     """:func:`federation.admin.create_topics` through the controller."""
     if await _direct(backend, via):
         return await admin.create_topics(backend, specs, plugins=plugins)
+    before = await _map(backend)
+
+    def layout(spec: admin.TopicSpec) -> list[list[Any]] | None:
+        """This process's layout (used if the controller lacks the strategy plugin)."""
+        try:
+            topic = admin.plan_create_topic(before, spec.name, spec.partitions, spec.strategy,
+                                            spec.config, plugins=plugins)
+        except admin.AdminError:
+            return None  # the controller gives the reason
+        return [[p.active.cluster, p.active.partition] for p in topic.partitions]
+
     answer = await submit(backend, "create_topics", {"topics": [
         {"name": s.name, "partitions": s.partitions, "strategy": s.strategy,
          "config": None if s.config is None else dict(s.config),
-         "replication": s.replication} for s in specs]},
+         "replication": s.replication, "layout": layout(s)} for s in specs]},
         token=via.token, timeout=via.timeout)
     fmap = await _map(backend)
     results = (answer.get("result") or {}).get("topics")

@@ -1,4 +1,4 @@
-"""ZooKeeper authentication and ACLs of the ``zookeeper`` backend (ADR 0016).
+"""ZooKeeper authentication and ACLs of the ``zookeeper`` backend (ADR 0019).
 
 Identities are ZooKeeper *digest* users (``user:password``). A backend authenticates with
 its own (``auth``/``auth_file`` options, else ``$FEDKAFKA_ZK_AUTH_FILE``, a file holding

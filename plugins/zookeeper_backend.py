@@ -216,7 +216,7 @@ class ZooKeeperBackend:
         self.docs_path = f"{self.root}/mapdocs"
         #: ACL of the map's znodes (None: the client's default); see _create_op
         self.map_acl: list[Any] | None = None
-        # Digest auth and ACLs (plugins/zookeeper_acl.py, ADR 0016); never logged.
+        # Digest auth and ACLs (plugins/zookeeper_acl.py, ADR 0019); never logged.
         credentials = zookeeper_acl.resolve_auth(auth, auth_file)
         self.acl_policy = zookeeper_acl.AclPolicy.resolve(acl)
         if self.acl_policy is not None:

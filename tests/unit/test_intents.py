@@ -188,3 +188,20 @@ def test_store_credentials_roundtrip(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert intents.store_token("file:/x/map.json", "admin") is None
 
 
+
+
+def test_submitted_layout_for_a_strategy_not_installed_here() -> None:
+    """The controller lacks the admin's strategy plugin: it takes the submitter's layout,
+    checked (writable clusters, physical partitions 0..n-1 per cluster)."""
+    fmap = FederationMap(version=1, clusters={c: PhysicalCluster(c, f"127.0.0.1:{i + 1}")
+                                              for i, c in enumerate(("c1", "c2"))},
+                         coordination_cluster="c1")
+    topic = admin.plan_create_topic(fmap, "rev", 3, "not-here", layout=[("c2", 0), ("c2", 1),
+                                                                        ("c1", 0)])
+    assert [(p.active.cluster, p.active.partition) for p in topic.partitions] == [
+        ("c2", 0), ("c2", 1), ("c1", 0)]
+    assert topic.strategy == "not-here"
+    with pytest.raises(admin.InvalidRequestError, match=r"must be 0\.\.1"):
+        admin.plan_create_topic(fmap, "rev", 2, "not-here", layout=[("c2", 0), ("c2", 5)])
+    with pytest.raises(admin.InvalidRequestError, match="unknown mapping strategy"):
+        admin.plan_create_topic(fmap, "rev", 2, "not-here")
