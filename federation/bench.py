@@ -329,11 +329,17 @@ def _cpu_meter(groups: dict[str, list[int]], into: dict[str, Any]) -> Iterator[N
     ``machine_cpu_util``; ``<group>_cpu_s_per_mb`` is added by :func:`_per_mb`.
     """
     before = {g: _cpu_seconds(p) for g, p in groups.items() if p}
+    proxies = groups.get("proxy") or []
+    each_before = {pid: _cpu_seconds([pid]) for pid in proxies} if len(proxies) > 1 else {}
     busy_before = _machine_busy_seconds()
     t0 = time.perf_counter()
     yield
     wall = time.perf_counter() - t0
     busy_after = _machine_busy_seconds()
+    if each_before:  # a proxy with worker processes: how the work was spread over them
+        into["proxy_cpu_s_by_process"] = {
+            str(pid): round(now - was, 3) for pid, was in each_before.items()
+            if was is not None and (now := _cpu_seconds([pid])) is not None}
     for group, was in before.items():
         now = _cpu_seconds(groups[group])
         if was is None or now is None:
