@@ -48,8 +48,10 @@ def submitter(state: ProxyState) -> intents.Submitter:
     identity (``$FEDKAFKA_INTENT_TOKEN[_FILE]``, else the token remembered for its store);
     a proxy never writes the map itself, so it needs only read access to the store."""
     token = intents.resolve_token() or intents.store_token(state.config.store, intents.PROXY)
+    # A create of many topics may take the controller a while; a Kafka client that gives
+    # up earlier retries, and its retry then waits for this one (intents run one by one).
     return intents.Submitter(token=token, allow_direct=False,
-                             timeout=max(5.0, state.request_timeout))
+                             timeout=max(120.0, state.request_timeout))
 
 
 async def _refresh(state: ProxyState) -> None:
