@@ -586,7 +586,8 @@ class MapState:
         retired = list(self.index.retired) if self.index is not None else []
         retired += [(name, version, now) for name in superseded]
         delete = [r[0] for r in retired if r[2] <= now - RETIRE_GRACE_S and r[1] < version]
-        keep = [r for r in retired if r[0] not in set(delete)]
+        deleted = set(delete)
+        keep = [r for r in retired if r[0] not in deleted]
         if len(keep) > MAX_RETIRED:
             delete += [r[0] for r in keep[:-MAX_RETIRED]]
             keep = keep[-MAX_RETIRED:]
