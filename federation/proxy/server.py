@@ -800,6 +800,7 @@ class MapFollower:
         # The map loaded at start (~1M objects at 10,000 topics) leaves the cyclic
         # collector's generations: a full collection scanning it would hold the GIL for
         # 100s of ms. It is acyclic data, freed by reference counting when replaced.
+        gc.collect(1)  # young garbage first (cheap), so that it is not frozen with it
         gc.freeze()
         self._handle = self.backend.watch(on_map)
         config = self.state.config
