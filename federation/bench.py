@@ -12,10 +12,16 @@ Python client is not the bottleneck):
 * **consume**: every produced record read back from the beginning (manual assignment),
   records/s and MB/s from ``assign()`` to the last record, and the count read.
 
-The direct path writes to a physical topic with the logical topic's partition count on
-cluster ``c1``; the proxy path writes to a logical topic laid out over every cluster.
-Each path is warmed up first on its own throw-away topic. ``--java`` adds Kafka's own
-``ProducerPerformance``/``ConsumerPerformance`` on fresh topics, both paths.
+Equal footing: the proxy path writes to a logical topic; the direct path to physical
+topics on the same physical clusters, with as many partitions on each as the logical
+topic has there (one client per cluster, in parallel, when it spans several; ``fedkafka
+bench`` starts a 1-cluster federation unless ``--clusters N``). ``--rounds`` rounds
+alternate direct and proxy phase by phase; the summary is each metric's median. During
+each phase the CPU of the proxy processes (a supervisor and its workers) and of the
+broker JVMs is read from ``/proc/PID/stat``: CPU seconds per MB moved, for both paths, and
+the proxy's over the brokers' in the same phases. Each path is warmed up first on its
+own throw-away topic. ``--java`` adds Kafka's own ``ProducerPerformance``/
+``ConsumerPerformance`` (acks=all, idempotent) on fresh topics, both paths.
 
 Nothing here asserts on timing: numbers are reported, not judged.
 """
@@ -837,13 +843,17 @@ def render(report: dict[str, Any], console: Console) -> None:
         + "; paced p99 overhead ms " + at_most("paced_p99_overhead_ms", 1.0)
         + "; proxy/broker CPU per MB, produce " + at_most("produce_cpu_proxy_over_broker", 0.5)
         + ", consume " + at_most("consume_cpu_proxy_over_broker", 0.5))
+    load = report.get("load_average")
+    if load and m.get("cores") and max(load[:2]) > m["cores"]:
+        console.print(f"[yellow]warning: the load average ({load[0]:.1f}, {load[1]:.1f}) exceeds "
+                      f"the {m['cores']} cores: other work competed for the CPU, so the "
+                      "throughput and latency ratios say little (CPU per MB holds up better)[/]")
     if rounds > 1:
         console.print("per round, produce/consume ratio: " + ", ".join(
             f"{_fmt(x['produce_records_per_s'])}/{_fmt(x['consume_records_per_s'])}"
             for x in report["ratio_per_round"]))
     console.print(f"paced = {s['latency_records']:,} records at {s['latency_rate']:,}/s; "
                   "CPU in cores busy or CPU ms per MB of record values; MB = 2^20 bytes")
-    load = report.get("load_average")
     console.print(f"machine: {m['cores']} cores ({m['cpu']}), {m['system']}, "
                   f"Python {m['python']}"
                   + (f"; load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}"
