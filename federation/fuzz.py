@@ -29,12 +29,14 @@ and the proxy's RSS. A run passes with no crash, hang, internal error or canary 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
 import os
 import random
+import signal
 import struct
 import sys
 import threading
@@ -361,6 +363,7 @@ class FuzzReport:
     rss_peak_sampled: int | None = None
     rss_high_water_mark: int | None = None
     seconds: float = 0.0
+    interrupted: bool = False  #: stopped by a signal before all frames were sent
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -448,6 +451,7 @@ class Fuzzer:
         self._next_conn = 0
         self._stop = asyncio.Event()
         self.pool: FramePool | None = None
+        self.canary: _Canary | None = None
         self.served: dict[int, tuple[int, int]] = {}
 
     def _take(self, n: int) -> int:
@@ -608,7 +612,7 @@ class Fuzzer:
             path.write_text(json.dumps({"kinds": kinds, "frames": [f.hex() for f in frames]}))
 
     async def _worker(self) -> None:
-        while self._left > 0 and not self._stop.is_set():
+        while self._left > 0 and not self._stop.is_set() and not self.report.interrupted:
             number = self._next_conn
             self._next_conn += 1
             await self._connection(number)
@@ -621,9 +625,12 @@ class Fuzzer:
             if time.monotonic() - last_progress >= 60:
                 last_progress = time.monotonic()
                 r = self.report
+                canary = f", canary {self.canary.rounds} rounds " \
+                    f"{self.canary.failures} failed" if self.canary else ""
                 print(f"progress: {r.frames_sent} frames, {r.connections} connections, "
                       f"{r.closed_by_proxy} closed by the proxy, {r.hangs} hangs, "
-                      f"RSS {r.rss_peak_sampled}", file=sys.stderr, flush=True)
+                      f"{r.unresponsive_checks} liveness failures, RSS {r.rss_peak_sampled}"
+                      f"{canary}", file=sys.stderr, flush=True)
             try:
                 await api_versions(self.host, self.port, timeout=30)
             except (OSError, TimeoutError, asyncio.IncompleteReadError, FedKafkaError) as e:
@@ -633,6 +640,11 @@ class Fuzzer:
                 self.report.notes.append(f"liveness check failed: {e!r}")
             with _suppress_timeout():
                 await asyncio.wait_for(self._stop.wait(), 2.0)
+
+    def _interrupt(self) -> None:
+        self.report.notes.append(f"interrupted with {self._left} frames left to send")
+        self.report.interrupted = True
+        self._left = 0
 
     def _sample_memory(self) -> None:
         if self.o.proxy_pid is None:
@@ -657,12 +669,18 @@ class Fuzzer:
                 raise FedKafkaError(f"no process {o.proxy_pid} (--proxy-pid)")
             report.rss_start = mem[0]
         errors_before = _internal_errors(o.metrics_url) if o.metrics_url else None
-        canary = _Canary(o) if o.canary_topic else None
+        canary = self.canary = _Canary(o) if o.canary_topic else None
         if canary is not None:
             canary.start()
         watcher = asyncio.create_task(self._watch())
+        # SIGTERM/SIGINT: stop sending, then report what was sent (a long run cut short).
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._interrupt)
         try:
-            while self._left > 0:  # (frames a closed connection did not take are re-sent)
+            while self._left > 0 and not report.interrupted:  # (re-sent: frames a closed
+                # connection did not take)
                 await asyncio.gather(*(self._worker() for _ in range(o.connections)))
         finally:
             self._stop.set()

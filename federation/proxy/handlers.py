@@ -106,6 +106,8 @@ class Session:
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
         self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.mechanism: str | None = None
+        self.closed = False  #: the client connection is gone (its lanes are closed)
+        self._lane_lock = asyncio.Lock()
         self._authenticator: SaslAuthenticator | None = None
         #: set when this connection must close once its last answer is written (a failed
         #: SASL exchange, as Kafka does): the reason, for the metric
@@ -184,6 +186,7 @@ class Session:
         return self.authorized(action.resource_type, action.name, action.operation)
 
     def close(self) -> None:
+        self.closed = True
         for conn in self._lanes.values():
             conn.close()
         self._lanes.clear()
@@ -193,8 +196,18 @@ class Session:
         key = (cluster.id, node)
         conn = self._lanes.get(key)
         if conn is None or not conn.alive:
-            conn = await cluster.open_to(node, f"{cluster.id}/{node}/{self.peer}")
-            self._lanes[key] = conn
+            # One opening at a time: two requests of one client (ListOffsets' partitions,
+            # gathered) opened two and the second replaced the first, which then stayed
+            # open for good (found by fuzzing, as the next case).
+            async with self._lane_lock:
+                conn = self._lanes.get(key)
+                if conn is None or not conn.alive:
+                    conn = await cluster.open_to(node, f"{cluster.id}/{node}/{self.peer}")
+                    self._lanes[key] = conn
+                    if self.closed:
+                        # Opened for a request of a client already gone (forwarded after
+                        # a slow coordinator lookup): the grace the others got, then closed.
+                        asyncio.get_running_loop().call_later(1.0, self.close)
         await conn.ready()
         return conn
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import struct
@@ -81,6 +82,16 @@ class ProxyProcess:
         mem = proxy_memory(self.pid)
         assert mem is not None, "the proxy process is gone"
         return mem
+
+    def sockets(self) -> int:
+        """Sockets the proxy process holds (clients, upstream, listeners)."""
+        count = 0
+        for fd in Path(f"/proc/{self.pid}/fd").iterdir():
+            try:
+                count += os.readlink(fd).startswith("socket:")
+            except OSError:
+                continue  # closed meanwhile
+        return count
 
     def metric(self, name: str, **labels: str) -> float:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics",
