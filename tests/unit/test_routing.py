@@ -117,3 +117,16 @@ def test_leaders_spread_over_the_pool() -> None:
     assert routing.leader_for(pool, "t", 4) == routing.leader_for(pool, "t", 4)
     with pytest.raises(routing.RouteError):
         routing.leader_for((), "t", 0)
+
+
+def test_records_as_views_of_a_received_frame_translate_alike() -> None:
+    # Fetch answers hand their records over as memoryviews of the frame (fetch_wire).
+    frame = bytearray(b"head" + batch(57, 3) + batch(60, 2) + b"tail")
+    view = memoryview(frame)[4:-4]
+    out = routing.translate_records(view, ACTIVE)
+    assert out is not None and bytes(out) == bytes(
+        routing.translate_records(bytes(view), ACTIVE) or b"")
+    assert frame[4:12] == batch(57, 3)[:8]  # the received frame itself is left as it was
+    sealed = routing.translate_records(memoryview(bytearray(batch(97, 3) + batch(100, 5))),
+                                       SEALED)
+    assert sealed is not None and bytes(sealed) == batch(97, 3)
