@@ -219,3 +219,26 @@ def test_no_upstream_connection_outlives_its_client(fuzzed: ProxyProcess) -> Non
             assert [int(p.error_code) for p in resp.topics[0].partitions] == [0, 0, 0]
     wait_until(lambda: fuzzed.sockets() <= sockets + 2, 60,
                f"the proxy's sockets to come back to {sockets} (+2)")
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_produce_v3_and_v4_are_answered(fuzzed: ProxyProcess, version: int) -> None:
+    """Their upstream answers carry no log_start_offset (v5+): answering crashed."""
+    import random
+
+    from kio.index import load_request_schema
+
+    from federation.fuzz import record_batch
+
+    schema: Any = load_request_schema(0, version)
+    mod = sys.modules[schema.__module__]
+    topic: Any = mod.TopicProduceData
+    part: Any = mod.PartitionProduceData
+    with _authenticated(fuzzed) as sock:
+        resp = request(sock, 0, version, transactional_id=None, acks=1,
+                       timeout=datetime.timedelta(seconds=30), topic_data=(topic(
+                           name=TARGET, partition_data=(part(
+                               index=0, records=record_batch(random.Random(1), 2)),)),))
+        (result,) = resp.responses[0].partition_responses
+        assert int(result.error_code) == 0 and int(result.base_offset) >= 0, result
+        _still_open(sock)
