@@ -544,7 +544,8 @@ class Controller:
         published = await self._roll_lost(published or fmap) or published
         rolled = await self.roll(published or fmap)
         published = rolled or published
-        if self.config.repair:
+        if self.config.repair and rolled is None:
+            # (after a roll the observations predate the targets it grew: next round)
             await self._repair(published or fmap, observations)
         self.metrics.rounds.inc()
         return published
