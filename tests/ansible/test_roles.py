@@ -389,7 +389,8 @@ PREFLIGHT_FAILURES = {
     "kafka TLS without a certificate": (
         _inventory({"kafka_cluster_a": {**GOOD_A, "kafka_security_protocol": "SSL"}}),
         {},
-        "kafka_tls_certificate, kafka_tls_ca_certificate (PEM certificates) or kafka_tls_private_key",
+        "kafka_tls_certificate, kafka_tls_ca_certificate (PEM certificates) "
+        "or kafka_tls_private_key",
     ),
     "kafka SASL without users": (
         _inventory(

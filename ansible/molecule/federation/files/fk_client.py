@@ -30,7 +30,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-
 SECURITY: dict[str, Any] = {}  # aiokafka security arguments, from the command line
 
 
@@ -43,7 +42,8 @@ def _security(a: argparse.Namespace) -> dict[str, Any]:
             password = f.read().rstrip("\n")
         kw.update(sasl_mechanism=a.sasl_mechanism, sasl_plain_username=a.sasl_user,
                   sasl_plain_password=password)
-    kw["security_protocol"] = ("SASL_" if a.sasl_user else "") + ("SSL" if a.cafile else "PLAINTEXT")
+    kw["security_protocol"] = (("SASL_" if a.sasl_user else "")
+                               + ("SSL" if a.cafile else "PLAINTEXT"))
     return kw
 
 
