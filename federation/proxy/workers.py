@@ -87,7 +87,9 @@ class Supervisor:
                     code = proc.poll()
                     if code is None:
                         continue
-                    if time.monotonic() - self.started[index] < FAST_FAILURE:
+                    # A worker that exits on its own right after its start cannot serve (bad
+                    # config, port taken): stop. One killed by a signal is started again.
+                    if code > 0 and time.monotonic() - self.started[index] < FAST_FAILURE:
                         log.error("proxy %d: worker %d exited with status %d right after its "
                                   "start; stopping the proxy (see its log above)",
                                   self.config.node_id, index + 1, code)
