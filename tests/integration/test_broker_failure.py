@@ -63,7 +63,17 @@ def test_producers_keep_going_when_a_broker_dies(fed: dict[str, Any], kafka_dist
     assert fmap is not None
     c1 = next(c for c in fed["clusters"] if c["name"] == "c1")
     physical = fmap.physical_topic_name("replicated")
-    before = _leaders(c1["bootstrap"], physical)
+    # The broker we ask may not know the just-created topic's partitions yet: wait for them.
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            before = _leaders(c1["bootstrap"], physical)
+        except Exception:  # the topic not known there yet
+            before = {}
+        if before and all(leader >= 0 for leader in before.values()):
+            break
+        assert time.monotonic() < deadline, f"leaders of {physical} never known: {before}"
+        time.sleep(0.5)
     victim = max(set(before.values()), key=list(before.values()).count)
     local = LocalFederation(Path(fed["workdir"]))
 
