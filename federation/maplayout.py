@@ -64,6 +64,7 @@ __all__ = [
 LAYOUT_FORMAT = 2
 #: Shards of a new layout: ~20 topics (~25 KB) per shard at 10,000 topics.
 DEFAULT_SHARDS = 512
+_NO_TOPIC_ID = uuid.UUID(int=0)
 #: The largest node either backend writes (ZooKeeper's default jute.maxbuffer is 1 MiB - 1).
 MAX_NODE_BYTES = 1024 * 1024 - 1
 #: Seconds a replaced document stays readable (for readers holding an older index).
@@ -427,6 +428,7 @@ class MapState:
     @classmethod
     def from_legacy(cls, fmap: FederationMap) -> MapState:
         """A whole map read from the format-1 layout (already validated)."""
+        fmap.topic_by_id(_NO_TOPIC_ID)  # build its id index here, off any event loop
         return cls(fmap, None)
 
     def needed(self, index: Index) -> list[str]:
@@ -457,6 +459,7 @@ class MapState:
             raise LayoutError(f"map version {index.version}: {e}") from None
         state = cls(fmap, index, shard_topics, docs[index.base])
         state.owners()  # now, off any event loop, rather than at the first change
+        fmap.topic_by_id(_NO_TOPIC_ID)  # its id index too (the first change validates by id)
         return state
 
     def apply(self, index: Index, docs: Mapping[str, bytes]) -> MapState:
