@@ -67,7 +67,9 @@ def test_example_inventory_scrapes_every_component(tmp_path: Path) -> None:
     text = config.read_text()
     for job in JOBS.values():
         assert f"job_name: {job}" in text
+    assert "pproxy1.example.net:9102" not in text  # one worker: one target
     for target in ("pproxy1.example.net:9101", "cproxy2.example.net:9101",
+                   "cproxy2.example.net:9102",  # its second worker
                    "ns2.example.net:9102", "ctl1.example.net:9308", "ctl2.example.net:9309",
                    "prom1.example.net:9090"):
         assert target in text

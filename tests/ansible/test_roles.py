@@ -195,6 +195,7 @@ def test_example_inventory_passes_preflight_and_renders(
     assert nameservice["listen"] == "10.0.4.22:9092" and nameservice["metrics"] == "10.0.4.22:9102"
     assert pproxy["listen"] == "10.0.5.11:9192" and pproxy["metrics"] == "10.0.5.11:9101"
     assert pproxy["sasl_required"] is False and "tls" not in pproxy
+    assert pproxy["workers"] == 1 and cproxy["workers"] == 2  # group_vars/cproxy.yml
     assert "listeners=PLAINTEXT://10.0.2.12:9092,CONTROLLER://10.0.2.12:9093" in props
     assert "clientPortAddress=10.0.1.12" in zoo and "quorumListenOnAllIPs=false" in zoo
     assert controller["metrics_host"] == "10.0.4.11"
