@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import DEFAULT_KAFKA_VERSION, KafkaDist, install_kafka
-from federation.local import LocalFederation
+from federation.tooling.kafka_dist import DEFAULT_KAFKA_VERSION, KafkaDist, install_kafka
+from federation.tooling.local import LocalFederation
 
 KAFKA_VERSION = os.environ.get("FEDKAFKA_TEST_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
 BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_BASE_PORT", "29092"))

@@ -27,13 +27,13 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from federation.model import FederationMap, LogicalPartition, Operation, Segment
-from federation.offsets import EARLIEST, list_offsets
+from federation.clusters.offsets import EARLIEST, list_offsets
+from federation.clusters.upstream import UpstreamError
+from federation.core.model import FederationMap, LogicalPartition, Operation, Segment
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy.routing import build, replace, resp_module
-from federation.proxy.upstream import UpstreamError
 
 if TYPE_CHECKING:
     from federation.proxy.handlers import Session

@@ -1,4 +1,4 @@
-"""Kafka admin requests through the proxy act on *logical* topics (via federation.admin).
+"""Kafka admin requests through the proxy act on *logical* topics (via federation.clusters.admin).
 
 CreateTopics lays the topic out with its mapping strategy (config key
 ``fedkafka.strategy``, default ``contiguous``), creates the physical and shadow topics,
@@ -22,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from federation import admin, intents
-from federation.admin import topic_name_error as topic_name_error  # for Metadata too
+from federation.clusters import admin
+from federation.clusters.admin import topic_name_error as topic_name_error  # for Metadata too
+from federation.controller import intents
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
@@ -239,7 +240,7 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
     """CreateTopics answered the way a Kafka cluster answers it: v5+ results carry the
     partition count, replication factor and configs (empty, never null, on errors);
     physical refusals keep their Kafka error code and message. All the topics of one
-    request are created together (:func:`federation.admin.create_topics`: one request per
+    request are created together (:func:`federation.clusters.admin.create_topics`: one request per
     cluster and step, one map publish), each succeeding or failing on its own."""
     body: Any = req.entity
     mod = resp_module(ApiKey.CREATE_TOPICS, req.header.api_version)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from federation.model import CLUSTER_RESOURCE, FederationMap, Operation, ResourceType
+from federation.core.model import CLUSTER_RESOURCE, FederationMap, Operation, ResourceType
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey

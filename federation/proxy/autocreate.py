@@ -5,7 +5,7 @@ every proxy and the name service, changed without restarts (``fedkafka topic
 auto-create``). A Metadata request (v4+ with ``allow_auto_topic_creation``; v0-3 always,
 as Kafka) naming an unknown, valid, non-internal topic, from a client allowed to create
 it, starts the creation of a logical topic with the policy's partitions, strategy and
-replication factor through :func:`federation.admin.create_topic` (the path CreateTopics
+replication factor through :func:`federation.clusters.admin.create_topic` (the path CreateTopics
 takes) and is answered LEADER_NOT_AVAILABLE, as Kafka answers it: the client retries and
 sees the topic once the map that holds it is served. With the policy off the answer is
 UNKNOWN_TOPIC_OR_PARTITION and nothing is created.
@@ -17,8 +17,9 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from federation import admin, intents
-from federation.model import CLUSTER_RESOURCE, Operation, ResourceType
+from federation.clusters import admin
+from federation.controller import intents
+from federation.core.model import CLUSTER_RESOURCE, Operation, ResourceType
 
 if TYPE_CHECKING:
     from federation.proxy.handlers import Session

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federation.errors import ConfigError
+from federation.core.errors import ConfigError
+from federation.plugin import parse_store
 from federation.proxy.limits import Limits
-from federation.tls import ListenerTls, zookeeper_tls
+from federation.security.tls import ListenerTls
 
 ROLES = frozenset({"producer", "consumer"})
 
@@ -19,23 +20,6 @@ def parse_hostport(value: str, name: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{name} {value!r} is not HOST:PORT; write e.g. \"127.0.0.1:9092\"")
     return host, int(port)
-
-
-def parse_store(spec: str, name: str = "store") -> tuple[str, dict[str, Any]]:
-    """``file:/path/map.json`` or ``zookeeper:host:port[,host:port]/root[?ssl=true&ca=…]``
-    → (backend, options); the query: ZooKeeper over TLS (:func:`federation.tls.zookeeper_tls`)."""
-    kind, sep, rest = spec.partition(":")
-    if not sep or not rest:
-        raise ConfigError(f"{name} {spec!r} is not BACKEND:LOCATION; write "
-                          "\"file:/path/to/map.json\" or \"zookeeper:127.0.0.1:2181/fedkafka\"")
-    if kind == "file":
-        return "file", {"path": rest}
-    if kind == "zookeeper":
-        rest, _, query = rest.partition("?")
-        hosts, slash, root = rest.partition("/")
-        return "zookeeper", {"hosts": hosts, "root": "/" + root if slash and root else "/fedkafka",
-                             **zookeeper_tls(query, name)}
-    return kind, {"location": rest}
 
 
 def _tls(data: dict[str, Any], key: str) -> ListenerTls | None:
@@ -91,7 +75,7 @@ class ProxyConfig:
             raise ConfigError(f"roles {sorted(roles)} must be a non-empty subset of "
                               "[\"producer\", \"consumer\"]")
         metrics = parse_hostport(str(data["metrics"]), "metrics") if data.get("metrics") else None
-        parse_store(str(data["store"]))
+        parse_store(str(data["store"]), "store")
         workers = data.get("workers", 1)
         if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 64:
             raise ConfigError(f"workers {workers!r} must be an integer from 1 to 64 (worker "

@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 from kio.schema.describe_configs.v1 import request as describe_configs_v1
 from kio.static.primitive import i8
 
-from federation import admin
-from federation.model import FederationMap, LogicalTopic
+from federation.clusters import admin
+from federation.clusters.upstream import BrokerConnection, UpstreamError
+from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy.routing import build, replace, resp_module
-from federation.proxy.upstream import BrokerConnection, UpstreamError
 
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState
@@ -336,7 +336,7 @@ async def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
         # if one cluster failed: a retry converges, and new segments get it).
         config = await _dynamic_configs(state, topic, client_id)
         if config is not None:
-            from federation import intents
+            from federation.controller import intents
             from federation.proxy.admin_handlers import submitter
 
             await intents.set_topic_config(state.backend, topic.name, config,

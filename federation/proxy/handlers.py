@@ -18,8 +18,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from federation import rolls
-from federation.model import (
+from federation.clusters.offsets import list_offsets
+from federation.clusters.upstream import BrokerConnection, ClusterClient, UpstreamError
+from federation.controller import rolls
+from federation.controller.rolls import PhysKey, phys_key
+from federation.core.model import (
     NO_MECHANISM,
     ROLE_CONSUMER,
     ROLE_PRODUCER,
@@ -27,15 +30,12 @@ from federation.model import (
     Principal,
     ResourceType,
 )
-from federation.offsets import list_offsets
 from federation.protocol import codec, fetch_wire, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
 from federation.proxy import admin_apis, admin_handlers, authz, configs, routing
 from federation.proxy.routing import RouteError, build, replace, resp_module
-from federation.proxy.upstream import BrokerConnection, ClusterClient, UpstreamError
-from federation.rolls import PhysKey, phys_key
-from federation.sasl import SaslAuthenticator
+from federation.security.sasl import SaslAuthenticator
 
 if TYPE_CHECKING:
     from federation.proxy.server import ProxyState

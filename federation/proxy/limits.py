@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from federation.errors import ConfigError
+from federation.core.errors import ConfigError
 from federation.protocol.versions import API_NAMES, ApiKey
 
 __all__ = ["CLAMPED_TIMEOUTS", "Limits", "PartitionBudget", "clamp_timeouts", "idle_reason"]

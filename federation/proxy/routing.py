@@ -16,9 +16,7 @@ from typing import Any
 from kio.index import load_payload_module
 from kio.static.constants import EntityType
 
-from federation.model import (
-    ROLE_CONSUMER,
-    ROLE_PRODUCER,
+from federation.core.model import (
     FederationMap,
     LogicalPartition,
     LogicalTopic,
@@ -130,21 +128,6 @@ def logical_offset(seg: Segment, physical: int) -> int:
     if seg.sealed_end is not None:
         value = min(value, seg.sealed_end)
     return value
-
-
-def serving(pool: tuple[ProxyEndpoint, ...], role: str | None) -> tuple[ProxyEndpoint, ...]:
-    """The proxies of ``pool`` a client of ``role`` may be sent to.
-
-    A producer only to proxies with the producer role, a consumer only to proxies with the
-    consumer role; a client of unknown role to proxies with both roles. If the pool has
-    none that fit, all of it (a misconfigured pool still answers; the proxies' ApiVersions
-    then refuse what they do not serve).
-    """
-    if role is not None:
-        fit = tuple(p for p in pool if role in p.roles)
-    else:
-        fit = tuple(p for p in pool if ROLE_PRODUCER in p.roles and ROLE_CONSUMER in p.roles)
-    return fit or pool
 
 
 def leader_for(pool: tuple[ProxyEndpoint, ...], topic: str, partition: int) -> ProxyEndpoint:

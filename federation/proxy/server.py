@@ -19,22 +19,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
-from federation import tls
-from federation.mapstore import MetadataBackend, changed_topics
-from federation.model import FederationMap, ProxyEndpoint, Segment
-from federation.plugin import Plugins, get_plugins
+from federation.clusters.upstream import ClusterClient, UpstreamError
+from federation.controller.rolls import PhysKey, fenced_partitions, phys_key, phys_key_text
+from federation.core.model import FederationMap, ProxyEndpoint, Segment
+from federation.nameservice.service import serving
+from federation.plugin import Plugins, get_plugins, parse_store
 from federation.protocol import codec, fetch_wire
 from federation.protocol.errors import ErrorCode, error_response
 from federation.protocol.framing import FrameError, FrameReader, FrameTooLarge
 from federation.protocol.versions import API_NAMES, SUPPORTED, ApiKey, clamp
 from federation.proxy.autocreate import AutoCreator
-from federation.proxy.config import ProxyConfig, parse_store
+from federation.proxy.config import ProxyConfig
 from federation.proxy.handlers import Session
 from federation.proxy.limits import clamp_timeouts, idle_reason
 from federation.proxy.metrics import ProxyMetrics
-from federation.proxy.routing import serving
-from federation.proxy.upstream import ClusterClient, UpstreamError
-from federation.rolls import PhysKey, fenced_partitions, phys_key, phys_key_text
+from federation.security import tls
+from federation.store.maplayout import changed_topics
+from federation.store.mapstore import MetadataBackend
 
 log = logging.getLogger("fedkafka.proxy")
 
@@ -274,7 +275,7 @@ class ProxyState:
         return await asyncio.shield(fut)
 
     async def _load_sealed_producers(self, key: PhysKey) -> dict[int, tuple[int, int]]:
-        from federation.offsets import list_offsets, producer_states
+        from federation.clusters.offsets import list_offsets, producer_states
 
         entry = self.recent_rolls.get(key)
         if entry is None:
@@ -486,7 +487,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         self.address = str(peer[0]) if peer else "?"
-        try:  # mTLS: the client certificate's subject, mapped (federation.tls)
+        try:  # mTLS: the client certificate's subject, mapped (federation.security.tls)
             cert_principal = tls.peer_principal(transport, self.state.config.tls)
         except PermissionError as e:
             self._closing = self._aborted = True
@@ -863,7 +864,7 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
     fmap = await asyncio.to_thread(backend.load)  # parsed off the event loop
     if fmap is None:
         backend.close()
-        from federation.errors import FedKafkaError
+        from federation.core.errors import FedKafkaError
 
         raise FedKafkaError(f"the metadata store {config.store} holds no map yet; "
                             "initialise the federation first (e.g. `fedkafka local up`)")
@@ -897,7 +898,7 @@ async def serve(config: ProxyConfig, ready: asyncio.Event | None = None,
              if config.workers > 1 else "")
     http_server = None
     if config.http is not None and config.worker == 0:
-        from federation.nameservice import start_http
+        from federation.nameservice.service import start_http
 
         http_server = await start_http(state, *config.http,
                                        **tls.server_kwargs(config.http_tls, "http_tls"))

@@ -48,7 +48,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
 
 
 def worker_command(config_path: Path, workers: int, index: int, log_level: str) -> list[str]:
-    return [sys.executable, "-m", "federation.cli", "proxy", "--config", str(config_path),
+    return [sys.executable, "-m", "federation.cli.main", "proxy", "--config", str(config_path),
             "--workers", str(workers), "--worker", str(index), "--log-level", log_level]
 
 
@@ -126,18 +126,18 @@ def run_proxy(config: ProxyConfig, config_path: Path, log_level: str,
     1 (``worker``: run that worker of it). Returns the exit status."""
     import dataclasses
 
-    from federation.cli import _run_loop
+    from federation.core.runloop import run_loop
     from federation.proxy.server import serve
 
     if worker is not None:
         if not 0 <= worker < config.workers:
-            from federation.errors import ConfigError
+            from federation.core.errors import ConfigError
 
             raise ConfigError(f"--worker {worker} is outside 0..{config.workers - 1} "
                               f"(the config's workers: {config.workers})")
-        _run_loop(serve(dataclasses.replace(config, worker=worker)))
+        run_loop(serve(dataclasses.replace(config, worker=worker)))
         return 0
     if config.workers <= 1:
-        _run_loop(serve(config))
+        run_loop(serve(config))
         return 0
     return Supervisor(config, config_path, log_level).run()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from federation.monitoring import JOBS
+from federation.exporter.monitoring import JOBS
 
 pytestmark = pytest.mark.ansible
 

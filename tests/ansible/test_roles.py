@@ -208,7 +208,7 @@ def test_example_inventory_passes_preflight_and_renders(
 def _assert_the_processes_accept(out: Path) -> None:
     """The rendered files load with the processes' own configuration loaders, when importable."""
     try:
-        from federation.controller import load_config
+        from federation.controller.service import load_config
         from federation.proxy.config import ProxyConfig
     except ImportError:  # the Ansible venv has no fedkafka: the full test run covers this
         return

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from federation.kafka_dist import KafkaDist
+from federation.tooling.kafka_dist import KafkaDist
 
 
 @dataclass(frozen=True, slots=True)

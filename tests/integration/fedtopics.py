@@ -10,10 +10,9 @@ from typing import Any
 
 from kafka.errors import TopicAlreadyExistsError
 
-from federation.mapstore import update
-from federation.model import FederationMap, LogicalTopic, Segment, new_topic_id
-from federation.plugin import get_plugins
-from federation.proxy.config import parse_store
+from federation.core.model import FederationMap, LogicalTopic, Segment, new_topic_id
+from federation.plugin import get_plugins, parse_store
+from federation.store.mapstore import update
 
 from .kafka_admin import create_topic
 
@@ -36,7 +35,7 @@ def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
             clusters = [c for c in fmap.clusters.values() if c.state.writable]
             parts = get_plugins().strategy(strategy).layout(name, partitions, clusters, phys)
         else:
-            from federation.model import LogicalPartition
+            from federation.core.model import LogicalPartition
 
             parts = tuple(LogicalPartition(index=i, segments=tuple(segs))
                           for i, segs in enumerate(layout))
@@ -75,7 +74,7 @@ def route_to_proxy(state: dict[str, Any], pool: str, node_id: int, port: int,
     to it (for tests that run their own in-process proxy)."""
     import dataclasses
 
-    from federation.model import ProxyEndpoint, RoutingRule
+    from federation.core.model import ProxyEndpoint, RoutingRule
 
     backend = backend_of(state)
     try:

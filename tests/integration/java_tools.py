@@ -7,7 +7,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from federation.kafka_dist import KafkaDist
+from federation.tooling.kafka_dist import KafkaDist
 
 _QUIET_LOG4J2 = """status = error
 appender.err.type = Console

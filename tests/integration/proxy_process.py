@@ -22,10 +22,10 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from kio.index import load_request_schema
 
-from federation import users
-from federation.fuzz import proxy_memory
+from federation.controller import users
 from federation.protocol import decode_response, encode_request
-from federation.sasl import ScramClient
+from federation.security.sasl import ScramClient
+from federation.tooling.fuzz import proxy_memory
 
 from .elastic_tools import wait_until
 from .fedtopics import backend_of
@@ -61,7 +61,8 @@ class ProxyProcess:
     def start(self) -> ProxyProcess:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "federation.cli", "proxy", "--config", str(self.config)],
+                [sys.executable, "-m", "federation.cli.main", "proxy", "--config",
+                 str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self.answers, 60, f"the proxy on {self.port} to answer")
         return self

@@ -1,4 +1,5 @@
-"""federation.admin against the session's real physical clusters (file metadata backend)."""
+"""federation.clusters.admin against the session's real physical clusters (file metadata
+backend)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from typing import Any
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from fedkafka_builtin.file_backend import FileBackend
 
-from federation import admin
-from federation.model import ClusterState, PhysicalCluster
-from plugins.file_backend import FileBackend
+from federation.clusters import admin
+from federation.core.model import ClusterState, PhysicalCluster
 
 pytestmark = pytest.mark.integration
 

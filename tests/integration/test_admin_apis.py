@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from federation import admin
-from federation.kafka_dist import KafkaDist
-from federation.model import AutoCreatePolicy, Segment
+from federation.clusters import admin
+from federation.core.model import AutoCreatePolicy, Segment
+from federation.tooling.kafka_dist import KafkaDist
 
 from .fedtopics import backend_of, create_logical_topic
 from .java_tools import Tool, java_tool

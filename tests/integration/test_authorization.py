@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Producer
 
-from federation.model import AuthDecision, Principal
+from federation.core.model import AuthDecision, Principal
 from federation.plugin import get_plugins, hookimpl
-from federation.testing.clients import ConfluentClient
+from federation.tooling.testing.clients import ConfluentClient
 
 from .fedtopics import create_logical_topic, route_to_proxy
 from .inprocess import InProcessProxy

@@ -27,10 +27,10 @@ def _is_number(value: object) -> bool:
 
 
 def test_bench_metadata_json_smoke() -> None:
-    # `python -m federation.bench_metadata` is the `fedkafka bench-metadata` command on
+    # `python -m federation.tooling.bench_metadata` is the `fedkafka bench-metadata` command on
     # its own, so the test does not depend on how the CLI assembles its commands.
     proc = subprocess.run(
-        [sys.executable, "-m", "federation.bench_metadata", "--changes", str(CHANGES),
+        [sys.executable, "-m", "federation.tooling.bench_metadata", "--changes", str(CHANGES),
          "--clusters", str(CLUSTERS), "--topics", str(TOPICS), "--partitions", str(PARTITIONS),
          "--base-port", str(BASE_PORT), "--json"],
         capture_output=True, text=True, timeout=540, check=False,

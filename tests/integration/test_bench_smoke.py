@@ -21,10 +21,10 @@ LATENCY_RECORDS = 200
 
 
 def test_bench_json_smoke() -> None:
-    # `python -m federation.bench` is the `fedkafka bench` command on its own, so the test
+    # `python -m federation.tooling.bench` is the `fedkafka bench` command on its own, so the test
     # does not depend on how the CLI assembles its commands.
     proc = subprocess.run(
-        [sys.executable, "-m", "federation.bench", "--records", str(RECORDS),
+        [sys.executable, "-m", "federation.tooling.bench", "--records", str(RECORDS),
          "--record-size", "512", "--latency-records", str(LATENCY_RECORDS),
          "--latency-rate", "2000", "--warmup", "200", "--base-port", str(BASE_PORT),
          "--clusters", "2", "--rounds", "2", "--json"],

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from federation import admin
-from federation.kafka_dist import KafkaDist
-from federation.local import LocalFederation, temporary_federation
+from federation.clusters import admin
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.local import LocalFederation, temporary_federation
 
 from .elastic_tools import GroupConsumer, VerifiableProducer, finish
 from .fedtopics import backend_of

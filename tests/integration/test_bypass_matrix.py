@@ -34,8 +34,8 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from kafka.record.default_records import DefaultRecordBatchBuilder
 
-from federation import admin
-from federation.model import AclRule, FederationMap, Principal
+from federation.clusters import admin
+from federation.core.model import AclRule, FederationMap, Principal
 from federation.plugin import get_plugins, hookimpl
 from federation.protocol import decode_response, encode_request
 from tests.kafka_requests import make

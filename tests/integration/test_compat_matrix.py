@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import KafkaDist
-from federation.testing.clients import Rec, all_clients, java_murmur2_partition
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.testing.clients import Rec, all_clients, java_murmur2_partition
 
 from .fedtopics import create_logical_topic
 from .kafka_admin import end_offsets

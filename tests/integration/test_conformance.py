@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import KafkaDist, java_executable
-from federation.model import FederationMap
+from federation.core.model import FederationMap
 from federation.protocol import decode_response, encode_request
+from federation.tooling.kafka_dist import KafkaDist, java_executable
 
 from .fedtopics import backend_of, create_logical_topic
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from federation.testing.clients import ConfluentClient
+from federation.tooling.testing.clients import ConfluentClient
 
 from .fedtopics import create_logical_topic
 

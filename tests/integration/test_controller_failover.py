@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedkafka_builtin.zookeeper_backend import ZooKeeperBackend
 
-from federation import admin, procs
-from federation.model import ClusterState, FederationMap
-from plugins.zookeeper_backend import ZooKeeperBackend
+from federation.clusters import admin
+from federation.core.model import ClusterState, FederationMap
+from federation.tooling import procs
 from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]
@@ -66,7 +67,7 @@ class Controllers:
             "metrics_port": 0, "health_interval": 0.3, "down_after": 1,
             "request_timeout": 1.0, "member_id": member_id, **extra}))
         rec, _ = procs.spawn(name=member_id, kind="controller",
-                             cmd=[sys.executable, "-m", "federation.controller",
+                             cmd=[sys.executable, "-m", "federation.controller.service",
                                   "--config", str(cfg)],
                              log=self.workdir / f"{member_id}.log", ports=[], marker=str(cfg),
                              cwd=Path(__file__).resolve().parents[2])
@@ -192,8 +193,8 @@ async def test_intents_through_a_failover_are_applied_once(
     and its submitter, retrying the same id, gets a success from the new leader."""
     import asyncio
 
-    from federation import intents
-    from federation.model import PhysicalCluster
+    from federation.controller import intents
+    from federation.core.model import PhysicalCluster
 
     backend, controllers = env
     tokens = tmp_path / "tokens.json"

@@ -15,10 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from federation import intents
-from federation.cli_admin import parse_store
-from federation.mapstore import MetadataBackend
-from federation.plugin import get_plugins
+from federation.controller import intents
+from federation.plugin import get_plugins, parse_store
+from federation.store.mapstore import MetadataBackend
 
 pytestmark = pytest.mark.integration
 

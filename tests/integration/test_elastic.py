@@ -28,11 +28,11 @@ from typing import Any
 
 import pytest
 
-from federation import admin
-from federation.kafka_dist import KafkaDist
-from federation.local import LocalFederation, temporary_federation
-from federation.model import FederationMap
-from federation.testing.clients import java_murmur2_partition
+from federation.clusters import admin
+from federation.core.model import FederationMap
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.local import LocalFederation, temporary_federation
+from federation.tooling.testing.clients import java_murmur2_partition
 
 from .elastic_tools import GroupConsumer, finish, run_clients, wait_until
 from .fedtopics import backend_of
@@ -77,7 +77,7 @@ def _admin(state: dict[str, Any], op: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _cli(state: dict[str, Any], *args: str, timeout: float = 300
          ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "federation.cli", *args, "--store",
+    proc = subprocess.run([sys.executable, "-m", "federation.cli.main", *args, "--store",
                            state["store"]], capture_output=True, text=True, timeout=timeout,
                           check=False)
     assert proc.returncode == 0, f"fedkafka {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"

@@ -14,12 +14,11 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import KafkaDist
-from federation.local import LocalFederation
-from federation.model import ClusterState
-from federation.plugin import get_plugins
-from federation.proxy.config import parse_store
-from federation.testing.clients import ConfluentClient
+from federation.core.model import ClusterState
+from federation.plugin import get_plugins, parse_store
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.local import LocalFederation
+from federation.tooling.testing.clients import ConfluentClient
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper, pytest.mark.slow]
 
@@ -39,7 +38,7 @@ def zkfed(tmp_path_factory: pytest.TempPathFactory, kafka_dist: KafkaDist
 
 
 def cli(state: dict[str, Any], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "federation.cli", *args, "--store",
+    return subprocess.run([sys.executable, "-m", "federation.cli.main", *args, "--store",
                            state["store"]], capture_output=True, text=True, timeout=120,
                           check=False)
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from kio.index import load_request_schema
 
-from federation.model import Segment
+from federation.core.model import Segment
 from federation.protocol import decode_response, encode_request, records
-from federation.testing.clients import ConfluentClient, KcatClient
+from federation.tooling.testing.clients import ConfluentClient, KcatClient
 
 from .fedtopics import create_logical_topic
 from .kafka_admin import create_topic

@@ -26,7 +26,7 @@ from kio.schema.fetch.v13 import request as fetch13
 from kio.schema.list_offsets.v1 import request as list_offsets1
 from kio.schema.metadata.v11 import request as metadata11
 
-from federation import admin
+from federation.clusters import admin
 from federation.protocol.errors import ErrorCode
 
 from .elastic_tools import wait_until
@@ -87,7 +87,7 @@ def test_fuzz_run(fuzzed: ProxyProcess, tmp_path: Path) -> None:
     sockets = fuzzed.sockets()
     env = {**os.environ, "FEDKAFKA_FUZZ_PASSWORD": PASSWORD}
     out = subprocess.run(
-        [sys.executable, "-m", "federation.cli", "fuzz", fuzzed.bootstrap, "--frames",
+        [sys.executable, "-m", "federation.cli.main", "fuzz", fuzzed.bootstrap, "--frames",
          str(FRAMES), "--seed", "11", "--connections", "12", "--user", USER,
          "--topic", TARGET, "--canary-topic", CANARY, "--canary-client-id", "fuzz-canary-ci",
          "--proxy-pid", str(fuzzed.pid), "--metrics",
@@ -228,7 +228,7 @@ def test_produce_v3_and_v4_are_answered(fuzzed: ProxyProcess, version: int) -> N
 
     from kio.index import load_request_schema
 
-    from federation.fuzz import record_batch
+    from federation.tooling.fuzz import record_batch
 
     schema: Any = load_request_schema(0, version)
     mod = sys.modules[schema.__module__]

@@ -28,10 +28,10 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from federation import elastic
-from federation.kafka_dist import KafkaDist
-from federation.mapstore import update
-from federation.model import FederationMap, Move, Segment
+from federation.controller import elastic
+from federation.core.model import FederationMap, Move, Segment
+from federation.store.mapstore import update
+from federation.tooling.kafka_dist import KafkaDist
 
 from .fedtopics import backend_of, create_logical_topic
 
@@ -133,7 +133,7 @@ def group_view(url: str, group: str, topic: str) -> dict[str, dict[Any, float]]:
 
 def fedkafka(state: dict[str, Any], *args: str, check: bool = True
              ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "federation.cli", *args, "--store",
+    proc = subprocess.run([sys.executable, "-m", "federation.cli.main", *args, "--store",
                            state["store"]], capture_output=True, text=True, timeout=120,
                           check=False, cwd=ROOT)
     if check:

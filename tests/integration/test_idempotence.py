@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from federation.testing.clients import ConfluentClient, KafkaPythonClient
+from federation.tooling.testing.clients import ConfluentClient, KafkaPythonClient
 
 from .fedtopics import create_logical_topic, route_to_proxy
 from .inprocess import InProcessProxy

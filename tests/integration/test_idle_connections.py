@@ -76,7 +76,7 @@ def proxy_process(local_federation: dict[str, Any], tmp_path: Path) -> Any:
         "metrics": f"127.0.0.1:{METRICS_PORT}",
     }))
     log = (tmp_path / "proxy.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "federation.cli", "proxy", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "federation.cli.main", "proxy", "--config",
                              str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parents[2])
     try:

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer
 
-from federation.kafka_dist import KafkaDist
-from federation.testing.clients import ConfluentClient, JavaConsoleClient
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.testing.clients import ConfluentClient, JavaConsoleClient
 
 from .fedtopics import create_logical_topic
 

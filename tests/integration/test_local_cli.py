@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from federation import probe, procs
-from federation.testing.clients import KcatClient
+from federation.clusters import probe
+from federation.tooling import procs
+from federation.tooling.testing.clients import KcatClient
 
-FEDKAFKA = [sys.executable, "-m", "federation.cli"]
+FEDKAFKA = [sys.executable, "-m", "federation.cli.main"]
 BASE = int(os.environ.get("FEDKAFKA_TEST_CLI_BASE_PORT", "22092"))
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 
-from federation import admin, monitoring
-from federation.kafka_dist import KafkaDist
-from federation.local import temporary_federation
+from federation.clusters import admin
+from federation.exporter import monitoring
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.local import temporary_federation
 
 from .fedtopics import backend_of
 from .test_group_lag import produce, read_and_commit
@@ -132,7 +133,7 @@ def test_every_rule_and_dashboard_expression_returns_data(fed: dict[str, Any]) -
 
 def test_status_shows_proxies_segments_and_biggest_lags(fed: dict[str, Any]) -> None:
     """`fedkafka status` on the same federation (after the test above)."""
-    proc = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--json",
+    proc = subprocess.run([sys.executable, "-m", "federation.cli.main", "status", "--json",
                            "--store", fed["store"]], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -154,14 +155,14 @@ def test_status_shows_proxies_segments_and_biggest_lags(fed: dict[str, Any]) -> 
     deadline = time.monotonic() + 60
     while report["members_behind"] and time.monotonic() < deadline:
         time.sleep(1)
-        again = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--json",
+        again = subprocess.run([sys.executable, "-m", "federation.cli.main", "status", "--json",
                                 "--store", fed["store"]], capture_output=True, text=True,
                                timeout=120, check=False)
         report = json.loads(again.stdout)
     assert report["members_behind"] == {}
     assert set(report["map_versions_served"]) >= {f"proxy/{e}" for e in endpoints}
     assert set(report["map_versions_served"].values()) == {report["map_version"]}
-    text = subprocess.run([sys.executable, "-m", "federation.cli", "status", "--store",
+    text = subprocess.run([sys.executable, "-m", "federation.cli.main", "status", "--store",
                            fed["store"]], capture_output=True, text=True, timeout=120,
                           check=False)
     assert text.returncode == 0, text.stderr

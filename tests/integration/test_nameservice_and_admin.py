@@ -11,9 +11,9 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import NewPartitions, NewTopic
 from kafka.errors import InvalidPartitionsError, KafkaError, TopicAlreadyExistsError
 
-from federation.mapstore import update
-from federation.model import FederationMap, RoutingRule
-from federation.testing.clients import KafkaPythonClient
+from federation.core.model import FederationMap, RoutingRule
+from federation.store.mapstore import update
+from federation.tooling.testing.clients import KafkaPythonClient
 
 from .fedtopics import backend_of
 from .kafka_admin import end_offsets

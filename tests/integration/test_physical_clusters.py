@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import KafkaDist
-from federation.testing.clients import Client, Rec, all_clients, java_murmur2_partition
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.testing.clients import Client, Rec, all_clients, java_murmur2_partition
 
 from .kafka_admin import create_topic, end_offsets
 

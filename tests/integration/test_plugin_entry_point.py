@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from federation.testing.clients import KafkaPythonClient
+from federation.tooling.testing.clients import KafkaPythonClient
 
 from .kafka_admin import end_offsets
 
@@ -33,12 +33,12 @@ def test_third_party_strategy_via_entry_point(local_federation: dict[str, Any],
         [str(target), str(Path(__file__).resolve().parents[2])])}
 
     def fedkafka(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "federation.cli", *args, "--store",
+        return subprocess.run([sys.executable, "-m", "federation.cli.main", *args, "--store",
                                local_federation["store"]], capture_output=True, text=True,
                               timeout=120, env=env, check=False)
 
     # Without the plugin on the path the strategy is unknown, and the error lists the others.
-    plain = subprocess.run([sys.executable, "-m", "federation.cli", "topic", "create", "rev",
+    plain = subprocess.run([sys.executable, "-m", "federation.cli.main", "topic", "create", "rev",
                             "--partitions", "4", "--strategy", "reverse_contiguous",
                             "--store", local_federation["store"]],
                            capture_output=True, text=True, timeout=120, check=False)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaException, Producer
 
-from federation import probe
-from federation.model import Segment
-from federation.testing.clients import ConfluentClient, KafkaPythonClient
+from federation.clusters import probe
+from federation.core.model import Segment
+from federation.tooling.testing.clients import ConfluentClient, KafkaPythonClient
 
 from .fedtopics import create_logical_topic
 from .kafka_admin import create_topic

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from federation.kafka_dist import KafkaDist
-from federation.mapstore import update
-from federation.model import FederationMap, ProxyEndpoint, RoutingRule
+from federation.core.model import FederationMap, ProxyEndpoint, RoutingRule
+from federation.store.mapstore import update
+from federation.tooling.kafka_dist import KafkaDist
 
 from .fedtopics import backend_of, create_logical_topic
 from .inprocess import InProcessProxy

@@ -90,7 +90,7 @@ def proxy(local_federation: dict[str, Any], tmp_path: Path) -> Any:
     }))
     log_path = tmp_path / "proxy.log"
     log = log_path.open("wb")
-    proc = subprocess.Popen([sys.executable, "-m", "federation.cli", "proxy", "--config",
+    proc = subprocess.Popen([sys.executable, "-m", "federation.cli.main", "proxy", "--config",
                              str(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             cwd=Path(__file__).resolve().parents[2])
     workers: list[int] = []

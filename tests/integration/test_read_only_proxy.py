@@ -13,10 +13,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from fedkafka_builtin.file_backend import FileBackend
 
-from federation.cli_admin import parse_store
-from federation.plugin import get_plugins
-from plugins.file_backend import FileBackend
+from federation.plugin import get_plugins, parse_store
 from tests.integration.inprocess import InProcessProxy
 
 pytestmark = pytest.mark.integration

@@ -324,7 +324,7 @@ def test_negative_and_huge_client_timeouts_are_clamped(proxy: ProxyProcess,
     from kio.schema.fetch.v12 import request as fetch
     from kio.schema.produce.v9 import request as produce
 
-    from federation.fuzz import record_batch
+    from federation.tooling.fuzz import record_batch
 
     upstream_errors = proxy.metric("fedkafka_proxy_upstream_errors_total")
     clamped = proxy.metric("fedkafka_proxy_limit_hits_total", limit="max_client_timeout")

@@ -19,9 +19,10 @@ import pytest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from kio.index import load_request_schema
 
-from federation import admin, elastic
-from federation.model import Segment
-from federation.testing.clients import KafkaPythonClient
+from federation.clusters import admin
+from federation.controller import elastic
+from federation.core.model import Segment
+from federation.tooling.testing.clients import KafkaPythonClient
 
 from .fedtopics import backend_of, create_logical_topic
 from .test_fetch_watermarks import RawConnection
@@ -114,7 +115,7 @@ def test_a_retried_batch_the_sealed_segment_holds_is_not_written_twice(
 async def _move(backend: Any, name: str) -> dict[tuple[str, int], str]:
     import dataclasses
 
-    from federation.model import Move
+    from federation.core.model import Move
 
     fmap = await admin._load(backend)
     moves = (Move(name, 0, "c2", "test"),)

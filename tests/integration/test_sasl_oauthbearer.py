@@ -20,10 +20,10 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from kio.index import load_request_schema
 
-from federation.kafka_dist import KafkaDist
 from federation.protocol import decode_response, encode_request
 from federation.protocol.errors import ErrorCode
-from federation.testing.jwt import RsaKeyPair
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.testing.jwt import RsaKeyPair
 
 from .fedtopics import create_logical_topic, route_to_proxy
 from .inprocess import InProcessProxy

@@ -21,11 +21,11 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 from kio.index import load_request_schema
 
-from federation import users
-from federation.kafka_dist import KafkaDist
+from federation.controller import users
 from federation.protocol import decode_response, encode_request
 from federation.protocol.errors import ErrorCode
-from federation.sasl import ScramClient
+from federation.security.sasl import ScramClient
+from federation.tooling.kafka_dist import KafkaDist
 
 from .elastic_tools import wait_until
 from .fedtopics import backend_of, create_logical_topic, route_to_proxy

@@ -34,10 +34,11 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer
 
-from federation import admin, certs, probe, procs
-from federation.kafka_dist import KafkaDist
-from federation.local import LocalFederation
-from federation.model import AclRule
+from federation.clusters import admin, probe
+from federation.core.model import AclRule
+from federation.tooling import certs, procs
+from federation.tooling.kafka_dist import KafkaDist
+from federation.tooling.local import LocalFederation
 
 from .elastic_tools import wait_until
 from .fedtopics import backend_of, route_to_proxy
@@ -418,7 +419,7 @@ def tls_zookeeper(secure: dict[str, Any], tmp_path_factory: pytest.TempPathFacto
                   ) -> Iterator[tuple[str, certs.IssuedCert]]:
     """A ZooKeeper serving only TLS (Netty, PEM key and trust stores) and requiring client
     certificates; yields its host:port and a client certificate of the same CA."""
-    from federation.kafka_dist import install_zookeeper
+    from federation.tooling.kafka_dist import install_zookeeper
 
     folder = tmp_path_factory.mktemp("tls-zookeeper")
     ca = certs.load_ca(Path(secure["workdir"]) / "tls")
@@ -471,9 +472,8 @@ def test_zookeeper_store_over_tls(secure: dict[str, Any],
                                   tls_zookeeper: tuple[str, certs.IssuedCert]) -> None:
     """The store spec's ?ssl=true&ca=&cert=&key= makes the ZooKeeper backend speak TLS
     with a client certificate; plaintext and certificate-less clients are refused."""
-    from federation.mapstore import EMPTY_VERSION
-    from federation.plugin import get_plugins
-    from federation.proxy.config import parse_store
+    from federation.plugin import get_plugins, parse_store
+    from federation.store.mapstore import EMPTY_VERSION
 
     hosts, client = tls_zookeeper
     ca = secure["security"]["ca"]
@@ -502,7 +502,8 @@ def test_zookeeper_store_over_tls(secure: dict[str, Any],
 def _cli(workdir: str, *args: str) -> subprocess.CompletedProcess[str]:
     import sys
 
-    return subprocess.run([sys.executable, "-m", "federation.cli", *args, "--workdir", workdir],
+    return subprocess.run([sys.executable, "-m", "federation.cli.main", *args,
+                           "--workdir", workdir],
                           capture_output=True, text=True, timeout=120, check=False)
 
 

@@ -16,15 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedkafka_builtin.zookeeper_acl import digest_id
+from fedkafka_builtin.zookeeper_backend import StoreUnavailableError, ZooKeeperBackend
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoAuthError
 from kazoo.security import OPEN_ACL_UNSAFE as OPEN
 
-from federation import admin
-from federation.controller import Controller, ControllerConfig
-from federation.model import FederationMap, PhysicalCluster, ProxyEndpoint
-from plugins.zookeeper_acl import digest_id
-from plugins.zookeeper_backend import StoreUnavailableError, ZooKeeperBackend
+from federation.clusters import admin
+from federation.controller.service import Controller, ControllerConfig
+from federation.core.model import FederationMap, PhysicalCluster, ProxyEndpoint
 from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = pytest.mark.integration

@@ -8,12 +8,18 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from fedkafka_builtin.zookeeper_backend import StoreUnavailableError, ZooKeeperBackend
 
-from federation import mapstore
-from federation.election import LeaderElection, elect_leader
-from federation.model import FederationMap, LogicalPartition, LogicalTopic, PhysicalCluster, Segment
+from federation.core.model import (
+    FederationMap,
+    LogicalPartition,
+    LogicalTopic,
+    PhysicalCluster,
+    Segment,
+)
 from federation.plugin import get_plugins
-from plugins.zookeeper_backend import StoreUnavailableError, ZooKeeperBackend
+from federation.store import mapstore
+from federation.store.election import LeaderElection, elect_leader
 from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]

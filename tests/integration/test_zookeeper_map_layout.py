@@ -1,4 +1,4 @@
-"""The incremental map layout on a real ZooKeeper (federation.maplayout, ADR 0015): no znode
+"""The incremental map layout on a real ZooKeeper (federation.store.maplayout, ADR 0015): no znode
 above 1 MiB, a change writes one document and the index in one transaction, a watcher
 disconnected from ZooKeeper catches up, readers racing a writer never see half a change,
 two writers never both win, format-1 maps are converted, invalid maps are refused."""
@@ -16,11 +16,17 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from fedkafka_builtin.zookeeper_backend import ZooKeeperBackend
 
-from federation import maplayout, mapstore
-from federation.model import FederationMap, LogicalPartition, LogicalTopic, PhysicalCluster, Segment
+from federation.core.model import (
+    FederationMap,
+    LogicalPartition,
+    LogicalTopic,
+    PhysicalCluster,
+    Segment,
+)
 from federation.plugin import get_plugins
-from plugins.zookeeper_backend import ZooKeeperBackend
+from federation.store import maplayout, mapstore
 from tests.integration.zk_fixture import ZooKeeperServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.zookeeper]

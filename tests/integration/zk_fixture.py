@@ -18,10 +18,10 @@ import pytest
 from kazoo.client import KazooClient
 from kazoo.handlers.threading import KazooTimeoutError
 
-from federation import procs
-from federation.kafka_dist import install_zookeeper
-from federation.local import HOST, zookeeper_ok
-from federation.probe import port_in_use
+from federation.clusters.probe import port_in_use
+from federation.tooling import procs
+from federation.tooling.kafka_dist import install_zookeeper
+from federation.tooling.local import HOST, zookeeper_ok
 
 
 def _port() -> int:

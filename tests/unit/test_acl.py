@@ -1,5 +1,5 @@
-"""The built-in ACL plugin (plugins/acl.py): Kafka's matching rules over the map's ACLs,
-the rules in the map, and `fedkafka acl` (through federation.admin)."""
+"""The built-in ACL plugin (fedkafka_builtin.acl): Kafka's matching rules over the map's ACLs,
+the rules in the map, and `fedkafka acl` (through federation.clusters.admin)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
+from fedkafka_builtin.acl import decide
 from typer.testing import CliRunner
 
-from federation import admin
-from federation.cli import app
-from federation.mapstore import dumps, loads
-from federation.model import (
+from federation.cli.main import app
+from federation.clusters import admin
+from federation.core.model import (
     AclRule,
     FederationMap,
     PhysicalCluster,
     Principal,
 )
 from federation.plugin import Plugins, make_plugin_manager
-from plugins.acl import decide
+from federation.store.mapstore import dumps, loads
 
 ALICE, BOB, EVE = Principal("alice"), Principal("bob"), Principal("eve")
 
@@ -111,7 +111,7 @@ def test_the_plugin_answers_none_without_rules_so_the_default_decides() -> None:
 
 
 def test_the_plugin_can_be_blocked() -> None:
-    plugins = Plugins(make_plugin_manager(entry_points=False, blocked=["plugins.acl"]))
+    plugins = Plugins(make_plugin_manager(entry_points=False, blocked=["fedkafka_builtin.acl"]))
     assert plugins.authorize(EVE, "Delete", "Topic", "t",
                              fmap(rule("User:alice", "Delete", "Topic", "t"))) is True
 
@@ -232,7 +232,7 @@ def test_cli_acl_add_list_remove(store: str) -> None:
 ])
 def test_cli_names_the_bad_option_and_the_fix(store: str, args: list[str],
                                               message: str) -> None:
-    from federation.errors import ConfigError
+    from federation.core.errors import ConfigError
 
     res = CliRunner().invoke(app, ["acl", "add", *args, "--store", store])
     assert res.exit_code != 0

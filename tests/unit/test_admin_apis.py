@@ -8,9 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fedkafka_builtin.file_backend import FileBackend
 
-from federation import admin, mapstore
-from federation.model import (
+from federation.clusters import admin
+from federation.core.model import (
     AutoCreatePolicy,
     FederationMap,
     LogicalPartition,
@@ -21,7 +22,7 @@ from federation.model import (
 )
 from federation.proxy.admin_apis import Deletion, plan_delete_records
 from federation.proxy.configs import physical_topics
-from plugins.file_backend import FileBackend
+from federation.store import mapstore
 
 from .test_admin_plan import Fleet
 

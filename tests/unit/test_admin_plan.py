@@ -1,4 +1,4 @@
-"""federation.admin planning (pure) and its I/O orchestration against fake clusters."""
+"""federation.clusters.admin planning (pure) and its I/O orchestration against fake clusters."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 
 import pytest
 import typer
+from fedkafka_builtin.file_backend import FileBackend
 from typer.testing import CliRunner
 
-from federation import admin
-from federation.cli_admin import endpoint_from_text, parse_store, register, resolve_store
-from federation.errors import ConfigError
-from federation.model import (
+from federation.cli.admin import endpoint_from_text, register
+from federation.cli.common import resolve_store
+from federation.clusters import admin
+from federation.core.errors import ConfigError
+from federation.core.model import (
     ClusterState,
     FederationMap,
     LogicalPartition,
@@ -23,7 +25,7 @@ from federation.model import (
     Segment,
     new_topic_id,
 )
-from plugins.file_backend import FileBackend
+from federation.plugin import parse_store
 
 
 def _map(*ids: str, coordination: str | None = None) -> FederationMap:
@@ -334,13 +336,14 @@ def test_parse_store(spec: str, expected: tuple[str, dict[str, str]]) -> None:
 
 
 @pytest.mark.parametrize(("spec", "match"), [
-    ("map.json", "--store must look like file:"),
-    ("zookeeper:nohostport/x", "--store must look like"),
+    ("map.json", "--store .map.json. must look like BACKEND:LOCATION, e.g. file:"),
+    ("zookeeper:nohostport/x", "--store .zookeeper:nohostport/x. must look like zookeeper:HOST"),
     ("etcd:127.0.0.1:2379", "unknown metadata backend 'etcd'; valid: file, zookeeper"),
 ])
 def test_parse_store_errors(spec: str, match: str) -> None:
+    """The backend's plugin parses the location; the error names the option."""
     with pytest.raises(ConfigError, match=match):
-        parse_store(spec)
+        parse_store(spec, "--store")
 
 
 def test_resolve_store_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

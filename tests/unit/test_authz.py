@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from federation.model import (
+from federation.core.model import (
     FederationMap,
     LogicalPartition,
     LogicalTopic,

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import structlog
 import typer
+from fedkafka_builtin.file_backend import FileBackend
 from typer.testing import CliRunner, Result
 
-from federation.cli_admin import register
-from federation.credentials import PLAIN
-from federation.model import FederationMap, PhysicalCluster, Principal
+from federation.cli.user import user_app
+from federation.core.credentials import PLAIN
+from federation.core.model import FederationMap, PhysicalCluster, Principal
 from federation.plugin import Plugins, make_plugin_manager
-from federation.sasl import ScramClient
-from plugins.file_backend import FileBackend
+from federation.security.sasl import ScramClient
 
 
 def _cli() -> typer.Typer:
     app = typer.Typer()
-    register(app)
+    app.add_typer(user_app, name="user")
     return app
 
 

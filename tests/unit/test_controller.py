@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedkafka_builtin.file_backend import FileBackend, FileLockElection
 
-from federation import admin
-from federation.controller import (
+from federation.clusters import admin
+from federation.controller.service import (
     ClusterObservation,
     Controller,
     ControllerConfig,
@@ -26,11 +27,10 @@ from federation.controller import (
     plan_loss_rolls,
     plan_repairs,
 )
-from federation.election import FileLockElection, elect_leader
-from federation.errors import ConfigError
-from federation.model import ClusterState, FederationMap, PhysicalCluster
+from federation.core.errors import ConfigError
+from federation.core.model import ClusterState, FederationMap, PhysicalCluster
 from federation.plugin import get_plugins, hookimpl
-from plugins.file_backend import FileBackend
+from federation.store.election import elect_leader
 from tests.unit.test_admin_plan import Fleet
 
 A, D, RO = ClusterState.ACTIVE, ClusterState.DOWN, ClusterState.READ_ONLY
@@ -76,7 +76,7 @@ def test_the_state_before_down_survives_a_controller_failover() -> None:
     fmap = _map(a=RO)
     new, _ = apply_state_changes(fmap, [StateChange("a", RO, D)])
     assert new is not None and new.clusters["a"].previous_state is RO
-    from federation import mapstore
+    from federation.store import mapstore
 
     reloaded = mapstore.loads(mapstore.dumps(new))
     assert decide_states(reloaded, [_obs("a", True)], HealthMemory(), 1) == [

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedkafka_builtin.file_backend import MEMBERS_FILE, FileBackend, _atomic_write, _locked
 
-from federation import mapstore
-from federation.mapstore import EMPTY_VERSION, MetadataBackend, VersionConflict
-from federation.model import FederationMap, PhysicalCluster
+from federation.core.model import FederationMap, PhysicalCluster
 from federation.plugin import Plugins, make_plugin_manager
-from plugins.file_backend import MEMBERS_FILE, FileBackend, _atomic_write, _locked
+from federation.store import mapstore
+from federation.store.mapstore import EMPTY_VERSION, MetadataBackend, VersionConflict
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -212,11 +212,11 @@ def test_backend_options_are_checked(tmp_path: Path) -> None:
         FileBackend(tmp_path / "m.json", poll_interval=0)
 
 
-# -- the incremental layout (federation.maplayout, ADR 0015) ---------------------------------
+# -- the incremental layout (federation.store.maplayout, ADR 0015) ---------------------------------
 
 
 def topics_map(version: int = 0, gen: int = 0, n: int = 30) -> FederationMap:
-    from federation.model import LogicalPartition, LogicalTopic, Segment, new_topic_id
+    from federation.core.model import LogicalPartition, LogicalTopic, Segment, new_topic_id
 
     def topic(name: str) -> LogicalTopic:
         return LogicalTopic(name, new_topic_id(name, "x"),
@@ -258,7 +258,7 @@ def test_a_change_writes_only_its_shard_and_the_index(backend: FileBackend) -> N
 
 def test_readers_racing_a_writer_never_see_half_a_change(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from federation import maplayout
+    from federation.store import maplayout
 
     monkeypatch.setattr(maplayout, "RETIRE_GRACE_S", 0.0)  # collect at once: readers race it
     path = tmp_path / "map.json"

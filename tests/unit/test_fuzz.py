@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from federation.fuzz import MUTATIONS, FramePool, mutate, random_frame, record_batch
 from federation.protocol import codec, records
 from federation.proxy.server import CAPS
+from federation.tooling.fuzz import MUTATIONS, FramePool, mutate, random_frame, record_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from federation import NAME, hookspecs
+from federation import NAME
+from federation.plugin import hookspecs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs" / "plugins.md"

@@ -1,4 +1,4 @@
-"""Intents (federation.intents) against a file store on loopback: the controller's endpoint
+"""Intents (controller.intents) against a file store on loopback: the controller's endpoint
 applies each intent id once, authenticates and authorizes submitters, and a deposed
 controller publishes nothing. No physical cluster is involved (map-only intents)."""
 
@@ -9,11 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fedkafka_builtin.file_backend import FileBackend
 
-from federation import admin, intents
-from federation.errors import ConfigError
-from federation.model import FederationMap, PhysicalCluster, ProxyEndpoint
-from plugins.file_backend import FileBackend
+from federation.clusters import admin
+from federation.controller import intents
+from federation.core.errors import ConfigError
+from federation.core.model import FederationMap, PhysicalCluster, ProxyEndpoint
 
 PORT = int(os.environ.get("FEDKAFKA_TEST_INTENT_PORT", "30450"))
 TOKENS = {"admin": "a" * 32, "proxy": "p" * 32}

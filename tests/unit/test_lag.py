@@ -9,10 +9,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from federation.errors import ConfigError
-from federation.exporter import Snapshot, _SnapshotCollector, config_from_dict
-from federation.lag import GroupFilter, Offsets, compute_lag, logical_end, logical_log_start
-from federation.model import (
+from federation.controller.rolls import drain_progress
+from federation.core.errors import ConfigError
+from federation.core.model import (
     ClusterState,
     FederationMap,
     LogicalPartition,
@@ -20,7 +19,14 @@ from federation.model import (
     PhysicalCluster,
     Segment,
 )
-from federation.rolls import drain_progress
+from federation.exporter.lag import (
+    GroupFilter,
+    Offsets,
+    compute_lag,
+    logical_end,
+    logical_log_start,
+)
+from federation.exporter.service import Snapshot, _SnapshotCollector, config_from_dict
 
 PT = "t.fk"
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from kio.index import load_request_schema
 
-from federation.errors import ConfigError
+from federation.core.errors import ConfigError
 from federation.protocol import _kio_compat, codec
 from federation.protocol.versions import ApiKey
 from federation.proxy.limits import Limits, PartitionBudget, clamp_timeouts

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from federation.errors import ConfigError
-from federation.local import broker_properties, new_cluster_id, plan_clusters
+from federation.core.errors import ConfigError
+from federation.tooling.local import broker_properties, new_cluster_id, plan_clusters
 
 
 def test_cluster_ids_never_look_like_options() -> None:

@@ -1,4 +1,4 @@
-"""The incremental map layout (federation.maplayout): what a change writes, what a reader
+"""The incremental map layout (federation.store.maplayout): what a change writes, what a reader
 fetches, validation of what changed, retired documents, gaps, and the format-1 layout."""
 
 from __future__ import annotations
@@ -9,8 +9,16 @@ from collections.abc import Mapping
 
 import pytest
 
-from federation import maplayout, mapstore
-from federation.maplayout import (
+from federation.core.model import (
+    FederationMap,
+    LogicalPartition,
+    LogicalTopic,
+    PhysicalCluster,
+    Segment,
+    new_topic_id,
+)
+from federation.store import maplayout, mapstore
+from federation.store.maplayout import (
     Index,
     LayoutError,
     MapState,
@@ -18,14 +26,6 @@ from federation.maplayout import (
     fetch_and_apply,
     parse_root,
     shard_of,
-)
-from federation.model import (
-    FederationMap,
-    LogicalPartition,
-    LogicalTopic,
-    PhysicalCluster,
-    Segment,
-    new_topic_id,
 )
 
 SHARDS = 16

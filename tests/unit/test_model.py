@@ -8,8 +8,7 @@ import uuid
 
 import pytest
 
-from federation import mapstore
-from federation.model import (
+from federation.core.model import (
     ANONYMOUS,
     MAP_FORMAT,
     ClusterState,
@@ -22,6 +21,7 @@ from federation.model import (
     Segment,
     new_topic_id,
 )
+from federation.store import mapstore
 
 A_P0 = Segment("A", "orders.fk", 0, logical_start=0, physical_start=0, sealed_end=100)
 B_P3 = Segment("B", "orders.fk", 3, logical_start=100, physical_start=57)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from federation import monitoring
+from federation.exporter import monitoring
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "prometheus" / "fedkafka-rules.yml"
@@ -27,7 +27,7 @@ promtool = pytest.mark.skipif(shutil.which("promtool") is None,
 
 def test_shipped_rules_are_the_generated_ones() -> None:
     assert RULES.read_text() == monitoring.rules_yaml(), (
-        "monitoring/ is stale: run `python -m federation.monitoring monitoring`")
+        "monitoring/ is stale: run `python -m federation.exporter.monitoring monitoring`")
 
 
 @promtool
@@ -62,7 +62,7 @@ def test_shipped_dashboard_is_the_generated_one() -> None:
     _sdk()
     shipped = json.loads(DASHBOARD.read_text())
     assert shipped == monitoring.dashboard(), (
-        "monitoring/ is stale: run `python -m federation.monitoring monitoring`")
+        "monitoring/ is stale: run `python -m federation.exporter.monitoring monitoring`")
 
 
 def test_dashboard_decodes_into_grafanas_typed_models() -> None:

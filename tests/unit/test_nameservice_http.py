@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from federation.model import FederationMap, PhysicalCluster, ProxyEndpoint, RoutingRule
-from federation.nameservice import handle
+from federation.core.model import FederationMap, PhysicalCluster, ProxyEndpoint, RoutingRule
+from federation.nameservice.service import handle
 from federation.proxy.config import ProxyConfig
 from federation.proxy.server import ProxyState
 

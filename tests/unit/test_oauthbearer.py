@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from federation.model import FederationMap, Principal
-from federation.oauthbearer import (
+from federation.core.model import FederationMap, Principal
+from federation.plugin import Plugins, make_plugin_manager
+from federation.security.oauthbearer import (
     InvalidToken,
     Jwks,
     OAuthBearerServer,
@@ -22,9 +23,8 @@ from federation.oauthbearer import (
     parse_client_response,
     verify_jwt,
 )
-from federation.plugin import Plugins, make_plugin_manager
-from federation.sasl import SaslStep
-from federation.testing.jwt import RsaKeyPair
+from federation.security.sasl import SaslStep
+from federation.tooling.testing.jwt import RsaKeyPair
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,11 @@ from types import ModuleType
 
 import pluggy
 import pytest
+from fedkafka_builtin.strategies import Contiguous
 from structlog.testing import capture_logs
 
 from federation import NAME
-from federation.model import (
+from federation.core.model import (
     ANONYMOUS,
     NO_MECHANISM,
     AuthDecision,
@@ -24,6 +25,7 @@ from federation.model import (
     ProxyEndpoint,
     RoutingRule,
 )
+from federation.core.strategy import DistributingStrategy
 from federation.plugin import (
     DEFAULT_PLUGINS,
     PluginError,
@@ -32,8 +34,6 @@ from federation.plugin import (
     hookimpl,
     make_plugin_manager,
 )
-from federation.strategy import DistributingStrategy
-from plugins.strategies import Contiguous
 
 EXAMPLE = Path(__file__).parents[1] / "fixtures" / "example_plugin" / "fedkafka_example_plugin.py"
 
@@ -83,7 +83,8 @@ def test_get_plugins_is_built_once() -> None:
 
 
 def test_a_default_plugin_can_be_blocked() -> None:
-    plugins = Plugins(make_plugin_manager(entry_points=False, blocked=["plugins.auth_default"]))
+    plugins = Plugins(make_plugin_manager(entry_points=False,
+                                          blocked=["fedkafka_builtin.auth_default"]))
     assert plugins.authenticate(NO_MECHANISM, b"") is None
     assert plugins.authorize(ANONYMOUS, "Read", "Topic", "t") is False  # no answer denies
 
@@ -166,7 +167,7 @@ def test_duplicate_strategy_names_are_rejected(plugins: Plugins) -> None:
     plugins.register(Clash(), name="clash")
     with pytest.raises(PluginError, match="'contiguous' is provided by both") as e:
         _ = plugins.strategies
-    assert "clash" in str(e.value) and "plugins.strategies" in str(e.value)
+    assert "clash" in str(e.value) and "fedkafka_builtin.strategies" in str(e.value)
 
 
 # -- security ----------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 import random
 
-from federation.model import (
+from federation.controller.rolls import fenced_partitions, phys_key
+from federation.core.model import (
     FederationMap,
     LogicalPartition,
     LogicalTopic,
@@ -16,7 +17,6 @@ from federation.model import (
 )
 from federation.proxy.config import ProxyConfig
 from federation.proxy.server import ProxyState
-from federation.rolls import fenced_partitions, phys_key
 
 
 class _NoBackend:

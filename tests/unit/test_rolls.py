@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fedkafka_builtin.strategies import Contiguous, Stable
 
-from federation import mapstore, rolls
-from federation.model import (
+from federation.controller import rolls
+from federation.core.model import (
     ClusterState,
     FederationMap,
     LogicalPartition,
@@ -16,7 +17,7 @@ from federation.model import (
     new_topic_id,
 )
 from federation.protocol import records
-from plugins.strategies import Contiguous, Stable
+from federation.store import mapstore
 
 
 def _map(states: dict[str, ClusterState] | None = None, partitions: int = 8,

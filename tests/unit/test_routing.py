@@ -7,7 +7,7 @@ import uuid
 import pytest
 from kafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
-from federation.model import (
+from federation.core.model import (
     ClusterState,
     FederationMap,
     LogicalPartition,

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 import pytest
 from kafka.net.sasl.scram import ScramClient as KafkaPythonScramClient
 
-from federation import credentials, mapstore
-from federation.credentials import (
+from federation.core import credentials
+from federation.core.credentials import (
     PLAIN,
     PlainCredential,
     ScramCredential,
@@ -21,9 +21,9 @@ from federation.credentials import (
     plain_credential,
     scram_credential,
 )
-from federation.model import FederationMap, Principal
+from federation.core.model import FederationMap, Principal
 from federation.plugin import Plugins, hookimpl, make_plugin_manager
-from federation.sasl import (
+from federation.security.sasl import (
     SaslStep,
     ScramClient,
     ScramServer,
@@ -32,6 +32,7 @@ from federation.sasl import (
     encode_sasl_name,
     parse_plain,
 )
+from federation.store import mapstore
 
 # RFC 7677 section 3: SCRAM-SHA-256, user "user", password "pencil".
 RFC7677 = {

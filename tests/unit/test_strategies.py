@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fedkafka_builtin.strategies import Contiguous, RoundRobin, Weighted
 
-from federation.model import (
+from federation.core.model import (
     ClusterState,
     FederationMap,
     LogicalPartition,
@@ -12,8 +13,7 @@ from federation.model import (
     PhysicalCluster,
     new_topic_id,
 )
-from federation.strategy import MappingStrategy
-from plugins.strategies import Contiguous, RoundRobin, Weighted
+from federation.core.strategy import MappingStrategy
 
 A = PhysicalCluster("A", "a:9092")
 B = PhysicalCluster("B", "b:9092")

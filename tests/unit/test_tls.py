@@ -1,4 +1,4 @@
-"""federation.tls (pure parts and loopback handshakes) and federation.certs."""
+"""federation.security.tls (pure parts and loopback handshakes) and federation.tooling.certs."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fedkafka_builtin import zookeeper_backend
 
-from federation import certs, tls
-from federation.credentials import make_user
-from federation.errors import ConfigError
+from federation.core.credentials import make_user
+from federation.core.errors import ConfigError
 from federation.proxy.config import ProxyConfig
-from federation.sasl import ScramServer
+from federation.security import tls
+from federation.security.sasl import ScramServer
+from federation.tooling import certs
 
 
 @pytest.fixture(scope="module")
@@ -326,7 +328,7 @@ def test_keystore_file_holds_key_and_chain(ca: certs.CertAuthority,
 
 
 def test_zookeeper_store_spec_takes_tls_options() -> None:
-    from federation.proxy.config import parse_store
+    from federation.plugin import parse_store
 
     name, options = parse_store("zookeeper:zk1:2281,zk2:2281/fk?ssl=true&ca=/ca.pem"
                                 "&cert=/c.pem&key=/c.key&check_hostname=false")
@@ -334,11 +336,11 @@ def test_zookeeper_store_spec_takes_tls_options() -> None:
     assert options["root"] == "/fk"
     assert options["tls"] == {"ca": "/ca.pem", "cert": "/c.pem", "key": "/c.key",
                               "check_hostname": False}
-    assert tls.kazoo_kwargs(options["tls"]) == {
+    assert zookeeper_backend.kazoo_kwargs(options["tls"]) == {
         "use_ssl": True, "ca": "/ca.pem", "certfile": "/c.pem", "keyfile": "/c.key",
         "verify_certs": True, "check_hostname": False}
     assert "tls" not in parse_store("zookeeper:zk1:2181/fk")[1]
-    assert tls.kazoo_kwargs(None) == {}
+    assert zookeeper_backend.kazoo_kwargs(None) == {}
 
 
 @pytest.mark.parametrize(("query", "message"), [
@@ -350,16 +352,16 @@ def test_zookeeper_store_spec_takes_tls_options() -> None:
     ("ssl", "not KEY=VALUE"),
 ])
 def test_bad_zookeeper_tls_options_are_refused(query: str, message: str) -> None:
-    from federation.proxy.config import parse_store
+    from federation.plugin import parse_store
 
     with pytest.raises(ConfigError, match=message):
         parse_store(f"zookeeper:zk1:2281/fk?{query}")
 
 
 def test_cli_store_option_takes_tls_options() -> None:
-    from federation.cli_admin import parse_store
+    from federation.plugin import parse_store
 
     name, options = parse_store("zookeeper:zk1:2281/fk?ssl=true&ca=/ca.pem")
     assert (name, options["root"], options["tls"]["ca"]) == ("zookeeper", "/fk", "/ca.pem")
     with pytest.raises(ConfigError, match="--store: ZooKeeper TLS options need ssl=true"):
-        parse_store("zookeeper:zk1:2281/fk?ca=/ca.pem")
+        parse_store("zookeeper:zk1:2281/fk?ca=/ca.pem", "--store")

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from federation.proxy import upstream
-from federation.proxy.upstream import BrokerConnection, _Pending
+from federation.clusters import upstream
+from federation.clusters.upstream import BrokerConnection, _Pending
 
 
 def _frame(cid: int, size: int) -> bytes:

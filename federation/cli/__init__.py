@@ -1,0 +1,1 @@
+"""cli: see docs/adr/0022-package-layout.md."""

@@ -1,0 +1,1 @@
+"""clusters: see docs/adr/0022-package-layout.md."""

@@ -1,0 +1,1 @@
+"""controller: see docs/adr/0022-package-layout.md."""

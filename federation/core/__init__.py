@@ -1,0 +1,1 @@
+"""core: see docs/adr/0022-package-layout.md."""

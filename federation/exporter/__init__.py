@@ -1,0 +1,1 @@
+"""exporter: see docs/adr/0022-package-layout.md."""

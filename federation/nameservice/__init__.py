@@ -1,0 +1,1 @@
+"""nameservice: see docs/adr/0022-package-layout.md."""

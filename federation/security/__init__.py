@@ -1,0 +1,1 @@
+"""security: see docs/adr/0022-package-layout.md."""

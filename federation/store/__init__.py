@@ -1,0 +1,1 @@
+"""store: see docs/adr/0022-package-layout.md."""

@@ -1,0 +1,1 @@
+"""tooling: see docs/adr/0022-package-layout.md."""
