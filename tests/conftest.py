@@ -10,6 +10,7 @@ The clusters come from the same code as ``fedkafka local up``. Environment knobs
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,16 @@ import pytest
 
 from federation.tooling.kafka_dist import DEFAULT_KAFKA_VERSION, KafkaDist, install_kafka
 from federation.tooling.local import LocalFederation
+
+# The built-in plugins are the package fedkafka_builtin in plugins/fedkafka_builtin/
+# (ADR 0022). An installed checkout finds it through its install; a worktree run with
+# PYTHONPATH=$PWD against another checkout's venv must test its own copy, in this process
+# and in the proxies and CLIs the tests start.
+_PLUGINS = str(Path(__file__).resolve().parents[1] / "plugins")
+if _PLUGINS not in sys.path:
+    sys.path.insert(0, _PLUGINS)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [_PLUGINS, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 KAFKA_VERSION = os.environ.get("FEDKAFKA_TEST_KAFKA_VERSION", DEFAULT_KAFKA_VERSION)
 BASE_PORT = int(os.environ.get("FEDKAFKA_TEST_BASE_PORT", "29092"))
