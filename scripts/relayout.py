@@ -8,10 +8,13 @@ Two modes:
         imports, ``python -m`` commands, mock.patch targets, entry points and file paths
         in federation/, plugins/, tests/, scripts/, ansible/, docs/, README.md, .ci/ ...
 
-    python scripts/relayout.py --rewrite-imports FILE...
-        Rewrite only the given files (old module names and paths → new ones). For a branch
-        made before the layout change: rebase, then run this on the files it touched or
-        added (idempotent: running it twice changes nothing).
+    .venv/bin/python scripts/relayout.py --rewrite-imports FILE...
+        Rewrite only the given files (old module names, moved names such as parse_store,
+        paths → new ones), then sort their imports with the venv's ruff. For a branch made
+        before the layout change: rebase, then run this on the files it touched or added
+        (idempotent: running it twice changes nothing), e.g.
+        ``git diff --name-only main... | xargs .venv/bin/python scripts/relayout.py
+        --rewrite-imports``.
 """
 
 from __future__ import annotations
@@ -257,6 +260,7 @@ def apply() -> None:
             init.write_text(f'"""{pkg}: see docs/adr/0022-package-layout.md."""\n')
             subprocess.run(["git", "add", str(init)], cwd=ROOT, check=True)
     changed = rewrite_files(_tracked())
+    _sort_imports(changed)
     print(f"moved {len(MOVES)} modules; rewrote {len(changed)} files")
 
 
@@ -271,9 +275,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.apply:
         apply()
     else:
-        for f in rewrite_files(args.rewrite_imports):
+        changed = rewrite_files(args.rewrite_imports)
+        for f in changed:
             print(f"rewrote {f}")
+        _sort_imports(changed)
     return 0
+
+
+def _sort_imports(files: list[Path]) -> None:
+    """Re-sort the rewritten files' imports (ruff's isort rule) where ruff is at hand."""
+    ruff = Path(sys.executable).with_name("ruff")
+    py = [str(f.resolve()) for f in files if f.suffix == ".py"]
+    if py and ruff.exists():
+        subprocess.run([str(ruff), "check", "--fix", "-q", "--select", "I", *py], cwd=ROOT,
+                       check=False)
 
 
 if __name__ == "__main__":
