@@ -176,9 +176,12 @@ def encode_base(fmap: FederationMap) -> bytes:
 
 
 def encode_shard(shard: int, topics: Iterable[LogicalTopic]) -> bytes:
+    """A shard document: its topics, and a checksum of each (``crcs``) with which a reader
+    decodes only the topics that changed since the shard's previous document."""
     topic_dicts = FederationMap(0, topics={t.name: t for t in topics}).to_dict()["topics"]
+    crcs = {name: zlib.crc32(_dumps(d)) for name, d in topic_dicts.items()}
     return _dumps({"format": LAYOUT_FORMAT, "kind": "shard", "shard": shard,
-                   "topics": topic_dicts})
+                   "topics": topic_dicts, "crcs": crcs})
 
 
 def _load_doc(name: str, raw: bytes, kind: str) -> dict[str, Any]:
@@ -204,7 +207,17 @@ def decode_base(name: str, raw: bytes) -> FederationMap:
         raise LayoutError(f"map document {name}: {e}") from None
 
 
-def decode_shard(name: str, raw: bytes, shard: int, shards: int) -> dict[str, LogicalTopic]:
+def decode_shard(name: str, raw: bytes, shard: int, shards: int,
+                 known: Mapping[str, LogicalTopic] | None = None,
+                 known_crcs: Mapping[str, int] | None = None,
+                 crcs_out: dict[str, int] | None = None) -> dict[str, LogicalTopic]:
+    """The topics of a shard document.
+
+    A topic whose checksum in the document equals ``known_crcs[topic]`` is not decoded:
+    ``known[topic]`` (the reader's current object) is returned for it. The document's
+    checksums are stored in ``crcs_out``. A document without (valid) checksums, as older
+    writers wrote, is decoded whole.
+    """
     data = _load_doc(name, raw, "shard")
     topics = data.get("topics")
     if data.get("shard") != shard or not isinstance(topics, dict):
@@ -213,12 +226,27 @@ def decode_shard(name: str, raw: bytes, shard: int, shards: int) -> dict[str, Lo
         if shard_of(topic_name, shards) != shard:
             raise LayoutError(f"map document {name}: topic {topic_name!r} belongs to shard "
                               f"{shard_of(topic_name, shards)}, not {shard}")
+    crcs = data.get("crcs")
+    if not isinstance(crcs, dict) or crcs.keys() != topics.keys() or not all(
+            type(c) is int for c in crcs.values()):
+        crcs = {}
+    kept: dict[str, LogicalTopic] = {}
+    if crcs and known is not None and known_crcs is not None:
+        for topic_name, crc in crcs.items():
+            old = known.get(topic_name)
+            if old is not None and known_crcs.get(topic_name) == crc:
+                kept[topic_name] = old
+    todo = topics if not kept else {k: v for k, v in topics.items() if k not in kept}
     try:
         parsed = FederationMap.from_dict({"format": MAP_FORMAT, "version": 0, "clusters": {},
-                                          "topics": topics})
+                                          "topics": todo})
     except ValueError as e:
         raise LayoutError(f"map document {name}: {e}") from None
-    return dict(parsed.topics)
+    if crcs_out is not None:
+        crcs_out.update(crcs)
+    if not kept:
+        return dict(parsed.topics)
+    return {n: kept[n] if n in kept else parsed.topics[n] for n in topics}
 
 
 # -- what changed between two maps ------------------------------------------------------------
@@ -390,6 +418,8 @@ class MapState:
     shard_topics: dict[int, frozenset[str]] = field(default_factory=dict)
     base_bytes: bytes | None = None
     _owners: dict[str, set[str]] | None = None
+    #: topic → the checksum its shard document gave it (topics of documents without none)
+    topic_crcs: dict[str, int] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -447,10 +477,11 @@ class MapState:
         base = decode_base(index.base, docs[index.base])
         topics: dict[str, LogicalTopic] = {}
         shard_topics: dict[int, frozenset[str]] = {}
+        crcs: dict[str, int] = {}
         for i, name in enumerate(index.docs):
             if name is None:
                 continue
-            part = decode_shard(name, docs[name], i, index.shards)
+            part = decode_shard(name, docs[name], i, index.shards, crcs_out=crcs)
             topics.update(part)
             shard_topics[i] = frozenset(part)
         fmap = dataclasses.replace(base, version=index.version, topics=topics)
@@ -458,7 +489,7 @@ class MapState:
             fmap.validate()
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
-        state = cls(fmap, index, shard_topics, docs[index.base])
+        state = cls(fmap, index, shard_topics, docs[index.base], topic_crcs=crcs)
         state.owners()  # now, off any event loop, rather than at the first change
         fmap.topic_by_id(_NO_TOPIC_ID)  # its id index too (the first change validates by id)
         return state
@@ -475,12 +506,15 @@ class MapState:
         old = self.fmap
         base_changed = index.base != self.index.base
         shard_topics = dict(self.shard_topics)
+        crcs = self.topic_crcs
+        new_crcs: dict[str, int] = {}
         updates: dict[str, LogicalTopic | None] = {}
         for i, (name, mine) in enumerate(zip(index.docs, self.index.docs, strict=True)):
             if name == mine:
                 continue
             before = shard_topics.pop(i, frozenset())
-            part = {} if name is None else decode_shard(name, docs[name], i, index.shards)
+            part = {} if name is None else decode_shard(name, docs[name], i, index.shards,
+                                                        old.topics, crcs, new_crcs)
             for topic_name, topic in part.items():
                 previous = old.topics.get(topic_name)
                 if previous is None or previous != topic:  # else: keep sharing it
@@ -509,8 +543,17 @@ class MapState:
                 validate_topics(old, fmap, changed, owners)
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
+        if updates or new_crcs:
+            crcs = dict(crcs)
+            for topic_name, update in updates.items():
+                if update is None:
+                    crcs.pop(topic_name, None)
+            for topic_name in changed - new_crcs.keys():
+                crcs.pop(topic_name, None)  # decoded from a document without checksums
+            crcs.update(new_crcs)
         state = MapState(fmap, index, shard_topics,
-                         docs[index.base] if base_changed else self.base_bytes, owners)
+                         docs[index.base] if base_changed else self.base_bytes, owners,
+                         topic_crcs=crcs)
         _remember(fmap, old.version, frozenset(changed), base_changed)
         return state
 

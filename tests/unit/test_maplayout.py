@@ -291,3 +291,87 @@ def test_a_removed_topic_empties_its_shard() -> None:
     assert writer.index is not None and set(writer.index.docs) == {None}
     reader = fetch_and_apply(reader, lambda: store.root, store.read_docs)
     assert reader is not None and reader.fmap.topics == {}
+
+
+def _decoded_topics(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the topics the reader decodes (FederationMap.from_dict on shard topics)."""
+    seen: list[str] = []
+    original = FederationMap.from_dict.__func__  # type: ignore[attr-defined]
+
+    def spy(cls: type[FederationMap], data: Mapping[str, object]) -> FederationMap:
+        seen.extend(data.get("topics", {}))  # type: ignore[arg-type]
+        return original(cls, data)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(FederationMap, "from_dict", classmethod(spy))
+    return seen
+
+
+def test_a_reader_decodes_only_the_changed_topic_of_a_shard(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store()
+    writer = publish(store, empty(), base_map(200))  # ~12 topics per shard
+    reader = fetch_and_apply(None, lambda: store.root, store.read_docs)
+    assert reader is not None
+    shard = shard_of("t007", SHARDS)
+    neighbours = sorted(n for n in writer.fmap.topics if shard_of(n, SHARDS) == shard)
+    assert len(neighbours) > 3
+    t = writer.fmap.topics["t007"]
+    writer = publish(store, writer, writer.fmap.with_topic(
+        dataclasses.replace(t, config={"retention.ms": "5"})))
+    decoded = _decoded_topics(monkeypatch)
+    old = reader.fmap
+    reader = fetch_and_apply(reader, lambda: store.root, store.read_docs)
+    assert reader is not None and reader.version == writer.version
+    assert decoded == ["t007"]  # not its shard's other topics
+    assert reader.fmap == writer.fmap
+    assert reader.fmap.topics["t007"].config == {"retention.ms": "5"}
+    assert all(reader.fmap.topics[n] is old.topics[n] for n in neighbours if n != "t007")
+    # a second change of the same shard: again only the topic that changed
+    decoded.clear()
+    other = next(n for n in neighbours if n != "t007")
+    writer = publish(store, writer, writer.fmap.without_topic(other).with_topic(
+        dataclasses.replace(writer.fmap.topics["t007"], config={"retention.ms": "6"})))
+    reader = fetch_and_apply(reader, lambda: store.root, store.read_docs)
+    assert reader is not None and decoded == ["t007"]
+    assert reader.fmap == writer.fmap and other not in reader.fmap.topics
+    assert other not in reader.topic_crcs
+
+
+def test_a_shard_without_checksums_is_decoded_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As documents written before the checksums were: every topic of the shard decoded.
+    store = Store()
+    writer = publish(store, empty(), base_map(200))
+    reader = fetch_and_apply(None, lambda: store.root, store.read_docs)
+    assert reader is not None
+    t = writer.fmap.topics["t007"]
+    plan = writer.plan(writer.fmap.with_topic(dataclasses.replace(t, config={"x": "1"})))
+    (doc_name,) = plan.docs
+    data = json.loads(plan.docs[doc_name])
+    del data["crcs"]
+    plan.docs[doc_name] = json.dumps(data).encode()
+    store.commit(plan)
+    decoded = _decoded_topics(monkeypatch)
+    reader = fetch_and_apply(reader, lambda: store.root, store.read_docs)
+    assert reader is not None and reader.fmap == plan.state.fmap
+    assert sorted(decoded) == sorted(data["topics"]) and len(decoded) > 1
+    assert "t007" not in reader.topic_crcs
+
+
+def test_a_checksum_that_does_not_match_decodes_the_topic(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    store = Store()
+    writer = publish(store, empty(), base_map(200))
+    reader = fetch_and_apply(None, lambda: store.root, store.read_docs)
+    assert reader is not None
+    t = writer.fmap.topics["t007"]
+    plan = writer.plan(writer.fmap.with_topic(dataclasses.replace(t, config={"x": "1"})))
+    store.commit(plan)
+    known = dict(reader.topic_crcs)
+    neighbour = next(n for n in plan.state.fmap.topics
+                     if shard_of(n, SHARDS) == shard_of("t007", SHARDS) and n != "t007")
+    known[neighbour] ^= 1  # the reader's checksum of a neighbour differs
+    reader = dataclasses.replace(reader, topic_crcs=known)
+    decoded = _decoded_topics(monkeypatch)
+    reader = fetch_and_apply(reader, lambda: store.root, store.read_docs)
+    assert reader is not None and sorted(decoded) == sorted(["t007", neighbour])
+    assert reader.fmap == plan.state.fmap
