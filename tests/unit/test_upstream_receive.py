@@ -49,8 +49,8 @@ async def test_frames_cut_anywhere_arrive_whole(seed: int) -> None:
         assert fut.done()
         frame = fut.result()
         assert bytes(frame) == _frame(cid, size)[4:]
-        if size > upstream.SCRATCH_SIZE:
-            assert isinstance(frame, bytearray)  # received in place, not copied out
+        if size > upstream.SCRATCH_SIZE:  # received in place (a pooled buffer), not copied
+            assert isinstance(frame, bytearray) or isinstance(frame.obj, bytearray)
     assert conn._filled == 0 and conn._big is None
 
 
@@ -63,3 +63,33 @@ async def test_a_bad_length_closes_the_connection() -> None:
     conn.buffer_updated(4)
     assert not conn.alive
     assert isinstance(fut.exception(), upstream.UpstreamError)
+
+
+
+def test_buffer_pool_reuses_a_buffer_once_nothing_refers_to_it() -> None:
+    pool = upstream.BufferPool(max_bytes=8 << 20, max_buffers=4)
+    a = pool.take(100_000)
+    assert len(a) == pool.GRAIN
+    first = id(a)
+    view = memoryview(a)[:10]  # a frame or records view still in use
+    del a
+    b = pool.take(100_000)
+    assert id(b) != first  # still referenced by ``view``
+    del view
+    c = pool.take(200_000)
+    assert id(c) == first  # free again: used again
+    assert pool.take(2 << 20) is not b
+    assert pool._bytes == 4 << 20
+
+
+def test_buffer_pool_is_bounded() -> None:
+    pool = upstream.BufferPool(max_bytes=4 << 20, max_buffers=8)
+    held = [pool.take(1 << 20) for _ in range(4)]
+    extra = pool.take(1 << 20)  # full, every buffer in use: not pooled
+    assert all(extra is not h for h in held) and pool._bytes == 4 << 20
+    del held[0]
+    big = pool.take(2 << 20)  # dropping the free 1 MiB buffer is not room enough
+    assert len(big) == 2 << 20 and pool._bytes == 4 << 20
+    del held[0], big
+    big = pool.take(2 << 20)  # two free ones dropped: room
+    assert pool._bytes == 4 << 20 and any(b is big for b in pool._bufs)
