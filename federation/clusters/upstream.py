@@ -133,9 +133,9 @@ class BrokerConnection(asyncio.BufferedProtocol):
 
     Bytes are received straight into our buffers (``BufferedProtocol``): small answers
     into a scratch buffer they are copied out of, and a large one (a Fetch answer) into a
-    ``bytearray`` of its own, allocated once its length prefix is in, that becomes the frame
-    itself: the records it carries are never copied by the proxy (see
-    :mod:`federation.protocol.fetch_wire`).
+    buffer of its own from :data:`BUFFERS`, taken once its length prefix is in, that
+    becomes the frame itself (a view of it): the records it carries are never copied by the
+    proxy (see :mod:`federation.protocol.fetch_wire`).
     """
 
     def __init__(self, host: str, port: int, client_id: str, label: str) -> None:
