@@ -2,8 +2,9 @@
 
 A version is *codec-capable* when kio generated both its request and its
 response entity (so we can decode and encode either direction).  For each API
-the proxy serves, :data:`SUPPORTED` holds the contiguous codec-capable range
-ending at kio's newest version.  Nothing is hard-coded but the list of API keys.
+kio knows, :data:`SUPPORTED` holds the contiguous codec-capable range ending at
+kio's newest version.  The APIs the proxy serves are listed once, in
+:mod:`federation.proxy.apis`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from kio.static.constants import EntityType
 
 __all__ = (
     "API_NAMES",
-    "SERVED_API_KEYS",
     "SUPPORTED",
     "ApiKey",
     "clamp",
@@ -63,39 +63,7 @@ class ApiKey:
     DESCRIBE_TOPIC_PARTITIONS: Final = 75
 
 
-SERVED_API_KEYS: Final[tuple[int, ...]] = (
-    ApiKey.API_VERSIONS,
-    ApiKey.SASL_HANDSHAKE,
-    ApiKey.SASL_AUTHENTICATE,
-    ApiKey.METADATA,
-    ApiKey.PRODUCE,
-    ApiKey.FETCH,
-    ApiKey.LIST_OFFSETS,
-    ApiKey.OFFSET_FOR_LEADER_EPOCH,
-    ApiKey.FIND_COORDINATOR,
-    ApiKey.JOIN_GROUP,
-    ApiKey.SYNC_GROUP,
-    ApiKey.HEARTBEAT,
-    ApiKey.LEAVE_GROUP,
-    ApiKey.OFFSET_COMMIT,
-    ApiKey.OFFSET_FETCH,
-    ApiKey.DESCRIBE_GROUPS,
-    ApiKey.LIST_GROUPS,
-    ApiKey.INIT_PRODUCER_ID,
-    ApiKey.DESCRIBE_CLUSTER,
-    ApiKey.CREATE_TOPICS,
-    ApiKey.DELETE_TOPICS,
-    ApiKey.CREATE_PARTITIONS,
-    ApiKey.DESCRIBE_CONFIGS,
-    ApiKey.ALTER_CONFIGS,
-    ApiKey.INCREMENTAL_ALTER_CONFIGS,
-    ApiKey.DELETE_RECORDS,
-    ApiKey.DELETE_GROUPS,
-    ApiKey.OFFSET_DELETE,
-    ApiKey.DESCRIBE_PRODUCERS,
-    ApiKey.DESCRIBE_TOPIC_PARTITIONS,
-)
-"""The APIs the proxy answers, in the order they are advertised."""
+
 
 
 def _camel(snake: str) -> str:
@@ -133,7 +101,7 @@ def _newest_contiguous_range(versions: tuple[int, ...]) -> tuple[int, int] | Non
 
 def _compute_supported() -> dict[int, tuple[int, int]]:
     supported: dict[int, tuple[int, int]] = {}
-    for api_key in SERVED_API_KEYS:
+    for api_key in sorted(api_key_map):
         found = _newest_contiguous_range(codec_versions(api_key))
         if found is not None:
             supported[api_key] = found
@@ -141,7 +109,9 @@ def _compute_supported() -> dict[int, tuple[int, int]]:
 
 
 SUPPORTED: Final[dict[int, tuple[int, int]]] = _compute_supported()
-"""``api_key -> (min_version, max_version)`` the proxy can decode and encode."""
+"""``api_key -> (min_version, max_version)`` the codec can decode and encode, for every API
+kio knows. Which of them the proxy serves, and which versions, is the registry's business
+(:mod:`federation.proxy.apis`)."""
 
 
 def clamp(api_key: int, broker_min: int, broker_max: int) -> tuple[int, int] | None:

@@ -20,19 +20,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from federation.clusters.offsets import EARLIEST, list_offsets
+from federation.clusters.offsets import EARLIEST
 from federation.clusters.upstream import UpstreamError
 from federation.core.model import FederationMap, LogicalPartition, Operation, Segment
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import ApiKey
+from federation.proxy.core import Ends, Gather, Send, Step, leader, wait
 from federation.proxy.routing import build, replace, resp_module
 
 if TYPE_CHECKING:
@@ -120,12 +120,12 @@ def _capped(fmap: FederationMap, seg: Segment, target: int, own: set[Segment]) -
     return min(foreign) if foreign else target
 
 
-async def delete_records(session: Session, req: codec.Request) -> Any:
+def delete_records(session: Session, req: codec.Request) -> Step:
     body: Any = req.entity
     mod = resp_module(ApiKey.DELETE_RECORDS, req.header.api_version)
     fmap = session.fmap
 
-    async def one(name: str, p: Any) -> Any:
+    def one(name: str, p: Any) -> Step:
         index = int(p.partition_index)
         offset = int(p.offset)
         code, low = 0, -1
@@ -139,14 +139,14 @@ async def delete_records(session: Session, req: codec.Request) -> Any:
                 code = ErrorCode.OFFSET_OUT_OF_RANGE
             else:
                 plan = plan_delete_records(fmap, topic.partitions[index], offset)
-                code, physical_low = await _delete(session, body, plan.final, req)
+                code, physical_low = yield from _delete(session, body, plan.final, req)
                 if not code:
-                    answers = await asyncio.gather(*(_delete(session, body, d, req)
-                                                      for d in plan.earlier))
+                    answers = yield Gather([_delete(session, body, d, req)
+                                            for d in plan.earlier])
                     code = next((c for c, _ in answers if c), 0)
                     if not code:
-                        low = await _logical_low(session, topic.partitions[index],
-                                                 plan.final.segment, physical_low)
+                        low = yield from _logical_low(session, topic.partitions[index],
+                                                      plan.final.segment, physical_low)
         except UpstreamError as e:
             code = e.error_code
         return build(mod.DeleteRecordsPartitionResult, partition_index=index,
@@ -154,22 +154,22 @@ async def delete_records(session: Session, req: codec.Request) -> Any:
 
     topics = []
     for t in body.topics:
-        parts = await asyncio.gather(*(one(t.name, p) for p in t.partitions))
+        parts = yield Gather([one(t.name, p) for p in t.partitions])
         topics.append(build(mod.DeleteRecordsTopicResult, name=t.name, partitions=tuple(parts)))
     return build(mod.DeleteRecordsResponse, throttle_time=_ms(0), topics=tuple(topics))
 
 
-async def _logical_low(session: Session, partition: LogicalPartition, holding: Segment,
-                       physical_low: int) -> int:
+def _logical_low(session: Session, partition: LogicalPartition, holding: Segment,
+                 physical_low: int) -> Step:
     """The partition's logical low watermark, given ``holding``'s physical one: past a
     sealed segment that has nothing left, in the next segment that has."""
     segments = partition.segments
     for seg in segments[segments.index(holding):]:
         if seg is not holding:
             try:
-                found = await list_offsets(session.state.cluster(seg.cluster),
-                                           [(seg.topic, seg.partition)], EARLIEST,
-                                           timeout=session.state.request_timeout)
+                found = yield Ends(session.state.cluster(seg.cluster),
+                                   [(seg.topic, seg.partition)],
+                                   session.state.request_timeout, EARLIEST)
             except UpstreamError:
                 break  # that cluster is away: the best known answer
             physical_low = found[(seg.topic, seg.partition)]
@@ -180,8 +180,7 @@ async def _logical_low(session: Session, partition: LogicalPartition, holding: S
     return max(holding.logical_start, holding.to_logical(physical_low))
 
 
-async def _delete(session: Session, body: Any, d: Deletion, req: codec.Request
-                  ) -> tuple[int, int]:
+def _delete(session: Session, body: Any, d: Deletion, req: codec.Request) -> Step:
     """(error code, physical low watermark) of one physical DeleteRecords."""
     seg = d.segment
     cluster = session.state.cluster(seg.cluster)
@@ -193,9 +192,9 @@ async def _delete(session: Session, body: Any, d: Deletion, req: codec.Request
     timeout = session.state.request_timeout + body.timeout.total_seconds()
     code = 0
     for _ in range(2):
-        info = await cluster.leader(seg.topic, seg.partition)
-        conn = await session.lane(cluster, info.leader)
-        resp = await conn.request(sub, timeout, client_id=req.header.client_id)
+        info = yield from leader(cluster, seg.topic, seg.partition)
+        pending = yield Send(cluster, info.leader, sub, req.header.client_id, timeout)
+        resp = yield from wait(pending)
         [pr] = resp.topics[0].partitions
         code = int(pr.error_code)
         if code in _LEADER_ERRORS:
@@ -208,15 +207,15 @@ async def _delete(session: Session, body: Any, d: Deletion, req: codec.Request
 # -- groups --------------------------------------------------------------------------------
 
 
-async def delete_groups(session: Session, req: codec.Request) -> Any:
+def delete_groups(session: Session, req: codec.Request) -> Step:
     """Each group to its own coordinator on the coordination cluster; answers merged."""
     body: Any = req.entity
     mod = resp_module(ApiKey.DELETE_GROUPS, req.header.api_version)
 
-    async def one(group_id: str) -> Any:
+    def one(group_id: str) -> Step:
         sub = codec.Request(req.header, replace(body, groups_names=(group_id,)))
         try:
-            resp = await session._to_coordinator(sub, group_id)
+            resp = yield from session._to_coordinator(sub, group_id)
         except UpstreamError:
             session._coordination_cluster(group_id).forget_coordinator(group_id)
             return build(mod.DeletableGroupResult, group_id=group_id,
@@ -224,14 +223,14 @@ async def delete_groups(session: Session, req: codec.Request) -> Any:
         [result] = resp.results
         return result
 
-    results = await asyncio.gather(*(one(g) for g in body.groups_names))
+    results = yield Gather([one(g) for g in body.groups_names])
     return build(mod.DeleteGroupsResponse, throttle_time=_ms(0), results=tuple(results))
 
 
-async def offset_delete(session: Session, req: codec.Request) -> Any:
+def offset_delete(session: Session, req: codec.Request) -> Step:
     body: Any = req.entity
     try:
-        return await session._to_coordinator(req, body.group_id)
+        return (yield from session._to_coordinator(req, body.group_id))
     except UpstreamError:
         session._coordination_cluster(body.group_id).forget_coordinator(body.group_id)
         return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
@@ -240,7 +239,7 @@ async def offset_delete(session: Session, req: codec.Request) -> Any:
 # -- DescribeProducers ---------------------------------------------------------------------
 
 
-async def describe_producers(session: Session, req: codec.Request) -> Any:
+def describe_producers(session: Session, req: codec.Request) -> Step:
     body: Any = req.entity
     mod = resp_module(ApiKey.DESCRIBE_PRODUCERS, req.header.api_version)
     fmap = session.fmap
@@ -249,7 +248,7 @@ async def describe_producers(session: Session, req: codec.Request) -> Any:
         return build(mod.PartitionResponse, partition_index=index, error_code=to_kio(code),
                      error_message=message, active_producers=())
 
-    async def one(name: str, index: int) -> Any:
+    def one(name: str, index: int) -> Step:
         topic = fmap.topics.get(name)
         if topic is None or not 0 <= index < topic.partition_count:
             return failed(index, ErrorCode.UNKNOWN_TOPIC_OR_PARTITION)
@@ -261,10 +260,10 @@ async def describe_producers(session: Session, req: codec.Request) -> Any:
         sub = replace(body, topics=(build(topic_cls, name=seg.topic,
                                           partition_indexes=(seg.partition,)),))
         try:
-            info = await cluster.leader(seg.topic, seg.partition)
-            conn = await session.lane(cluster, info.leader)
-            resp = await conn.request(sub, session.state.request_timeout,
-                                      client_id=req.header.client_id)
+            info = yield from leader(cluster, seg.topic, seg.partition)
+            pending = yield Send(cluster, info.leader, sub, req.header.client_id,
+                                 session.state.request_timeout)
+            resp = yield from wait(pending)
         except UpstreamError as e:
             return failed(index, e.error_code, str(e))
         [pr] = resp.topics[0].partitions
@@ -278,8 +277,8 @@ async def describe_producers(session: Session, req: codec.Request) -> Any:
     topics = []
     by_topic: dict[str, list[Any]] = defaultdict(list)
     for t in body.topics:
-        by_topic[t.name].extend(await asyncio.gather(*(one(t.name, int(i))
-                                                       for i in t.partition_indexes)))
+        by_topic[t.name].extend((yield Gather([one(t.name, int(i))
+                                               for i in t.partition_indexes])))
     for name, parts in by_topic.items():
         topics.append(build(mod.TopicResponse, name=name, partitions=tuple(parts)))
     return build(mod.DescribeProducersResponse, throttle_time=_ms(0), topics=tuple(topics))
@@ -288,7 +287,7 @@ async def describe_producers(session: Session, req: codec.Request) -> Any:
 # -- DescribeTopicPartitions -----------------------------------------------------------------
 
 
-async def describe_topic_partitions(session: Session, req: codec.Request) -> Any:
+def describe_topic_partitions(session: Session, req: codec.Request) -> Any:
     """The logical partitions, as Metadata presents them (leaders are proxies, no
     eligible leader replicas), paged by ``response_partition_limit`` and the cursor as
     Kafka pages them: topics in name order, all of them when none is named."""

@@ -49,17 +49,23 @@ class AutoCreator:
     def wanted(self, session: Session, request: Any, name: str) -> bool:
         """Whether a Metadata request's unknown topic ``name`` is to be created (and its
         creation is started); the caller answers LEADER_NOT_AVAILABLE then."""
+        if not self.should_create(session, request, name):
+            return False
+        self.start(name)
+        return True
+
+    def should_create(self, session: Session, request: Any, name: str) -> bool:
+        """Whether a Metadata request's unknown topic ``name`` is to be created (a decision
+        only: the core then asks its driver to :meth:`start` it)."""
         if not self.state.fmap.auto_create.enabled:
             return False
         if not getattr(request, "allow_auto_topic_creation", True):  # v0-3: always
             return False
         if name.startswith(INTERNAL_PREFIX) or admin.topic_name_error(name) is not None:
             return False
-        if not (session.authorized(ResourceType.CLUSTER, CLUSTER_RESOURCE, Operation.CREATE)
-                or session.allowed(Operation.CREATE, name)):
-            return False  # as Kafka: Create on the cluster, or on the topic
-        self.start(name)
-        return True
+        # as Kafka: Create on the cluster, or on the topic
+        return (session.authorized(ResourceType.CLUSTER, CLUSTER_RESOURCE, Operation.CREATE)
+                or session.allowed(Operation.CREATE, name))
 
     def start(self, name: str) -> None:
         if name in self._tasks or len(self._tasks) >= MAX_PENDING:

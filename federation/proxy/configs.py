@@ -23,7 +23,6 @@ Resources, by type (docs/compatibility.md has the table):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
@@ -32,11 +31,12 @@ from kio.schema.describe_configs.v1 import request as describe_configs_v1
 from kio.static.primitive import i8
 
 from federation.clusters import admin
-from federation.clusters.upstream import BrokerConnection, UpstreamError
+from federation.clusters.upstream import UpstreamError
 from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
+from federation.proxy.core import Await, Gather, Offload, Refresh, Send, Step, wait
 from federation.proxy.routing import build, replace, resp_module
 
 if TYPE_CHECKING:
@@ -111,38 +111,32 @@ def _broker_id(state: ProxyState, name: str) -> int | None:
     return wanted
 
 
-async def _broker_connection(state: ProxyState, cluster_id: str
-                             ) -> tuple[int, BrokerConnection]:
-    """(node id, connection) of one broker (the lowest id) of a physical cluster."""
+def _broker_node(state: ProxyState, cluster_id: str) -> Step:
+    """The node id of one broker (the lowest id) of a physical cluster."""
     cluster = state.cluster(cluster_id)
-    view = cluster.view if cluster.view.brokers else await cluster.refresh()
-    node = min(view.brokers)
-    return node, await cluster.connection(node)
-
-
-async def _any(state: ProxyState, cluster_id: str) -> BrokerConnection:
-    return await state.cluster(cluster_id).any_connection()
+    view = cluster.view if cluster.view.brokers else (yield Refresh(cluster))
+    return min(view.brokers)
 
 
 # -- DescribeConfigs -----------------------------------------------------------------------
 
 
-async def describe_configs(state: ProxyState, req: codec.Request) -> Any:
+def describe_configs(state: ProxyState, req: codec.Request) -> Step:
     body: Any = req.entity
     mod = resp_module(ApiKey.DESCRIBE_CONFIGS, req.header.api_version)
     client_id = req.header.client_id
 
-    async def one(r: Any) -> Any:
+    def one(r: Any) -> Step:
         kind, name = int(r.resource_type), r.resource_name
         try:
             if kind == TOPIC:
-                return await _describe_topic(state, body, r, mod, client_id)
+                return (yield from _describe_topic(state, body, r, mod, client_id))
             if kind in (BROKER, BROKER_LOGGER):
-                return await _describe_broker(state, body, r, client_id)
+                return (yield from _describe_broker(state, body, r, client_id))
             if kind == GROUP:
-                return await _forward_one(state, body, "resources", r,
-                                          state.coordination_cluster(name), client_id,
-                                          "results")
+                return (yield from _forward_one(state, body, "resources", r,
+                                                state.coordination_cluster(name), client_id,
+                                                "results"))
             raise _Refused(ErrorCode.INVALID_REQUEST, f"Unsupported resource type {kind}: "
                            "this federation describes TOPIC, BROKER, BROKER_LOGGER and GROUP "
                            "configs")
@@ -153,23 +147,24 @@ async def describe_configs(state: ProxyState, req: codec.Request) -> Any:
         return build(mod.DescribeConfigsResult, error_code=to_kio(code), error_message=message,
                      resource_type=r.resource_type, resource_name=name, configs=())
 
-    results = await asyncio.gather(*(one(r) for r in body.resources))
+    results = yield Gather([one(r) for r in body.resources])
     return build(mod.DescribeConfigsResponse, throttle_time=_ms(0), results=tuple(results))
 
 
-async def _forward_one(state: ProxyState, body: Any, field: str, resource: Any,
-                       cluster_id: str, client_id: str | None, answers: str,
-                       conn: BrokerConnection | None = None) -> Any:
-    """Send ``body`` with only ``resource`` (its ``field`` array) to a cluster; its answer."""
-    conn = conn or await _any(state, cluster_id)
-    resp = await conn.request(replace(body, **{field: (resource,)}), state.request_timeout,
-                              client_id=client_id)
+def _forward_one(state: ProxyState, body: Any, field: str, resource: Any,
+                 cluster_id: str, client_id: str | None, answers: str,
+                 node: int | None = None) -> Step:
+    """Send ``body`` with only ``resource`` (its ``field`` array) to a cluster (to broker
+    ``node``, else any) on the proxy's shared connections; its answer."""
+    pending = yield Send(state.cluster(cluster_id), node, replace(body, **{field: (resource,)}),
+                         client_id, state.request_timeout, shared=True)
+    resp = yield from wait(pending)
     [result] = getattr(resp, answers)
     return result
 
 
-async def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
-                          client_id: str | None) -> Any:
+def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
+                    client_id: str | None) -> Step:
     topic = _logical_topic(state.fmap, r.resource_name)
     keys = r.configuration_keys
     wanted_strategy = keys is None or STRATEGY_CONFIG in keys
@@ -180,9 +175,9 @@ async def _describe_topic(state: ProxyState, body: Any, r: Any, mod: Any,
     result = None
     if keys is None or sub.configuration_keys:
         segment = topic.partitions[0].active
-        result = await _forward_one(state, body, "resources",
-                                    replace(sub, resource_name=segment.topic),
-                                    segment.cluster, client_id, "results")
+        result = yield from _forward_one(state, body, "resources",
+                                         replace(sub, resource_name=segment.topic),
+                                         segment.cluster, client_id, "results")
         if int(result.error_code):
             return replace(result, resource_name=r.resource_name)
         configs = tuple(result.configs)
@@ -214,16 +209,16 @@ def _federation_values(state: ProxyState, proxy_id: int | None) -> dict[str, str
     return values
 
 
-async def _describe_broker(state: ProxyState, body: Any, r: Any, client_id: str | None
-                          ) -> Any:
+def _describe_broker(state: ProxyState, body: Any, r: Any, client_id: str | None
+                     ) -> Step:
     proxy_id = _broker_id(state, r.resource_name)
     if proxy_id is None and int(r.resource_type) == BROKER_LOGGER:
         raise _Refused(ErrorCode.INVALID_REQUEST, "Broker id must be an integer, but it is: ")
     cluster_id = state.pid_cluster()
-    node, conn = await _broker_connection(state, cluster_id)
+    node = yield from _broker_node(state, cluster_id)
     name = "" if proxy_id is None else str(node)
-    result = await _forward_one(state, body, "resources", replace(r, resource_name=name),
-                                cluster_id, client_id, "results", conn)
+    result = yield from _forward_one(state, body, "resources", replace(r, resource_name=name),
+                                     cluster_id, client_id, "results", node)
     values = _federation_values(state, proxy_id) if int(r.resource_type) == BROKER else {}
 
     def fix(entry: Any) -> Any:
@@ -240,7 +235,7 @@ async def _describe_broker(state: ProxyState, body: Any, r: Any, client_id: str 
 # -- AlterConfigs / IncrementalAlterConfigs -------------------------------------------------
 
 
-async def alter_configs(state: ProxyState, req: codec.Request) -> Any:
+def alter_configs(state: ProxyState, req: codec.Request) -> Step:
     """AlterConfigs (the whole dynamic set replaced) and IncrementalAlterConfigs."""
     body: Any = req.entity
     key = req.header.api_key
@@ -248,12 +243,12 @@ async def alter_configs(state: ProxyState, req: codec.Request) -> Any:
     client_id = req.header.client_id
     incremental = key == ApiKey.INCREMENTAL_ALTER_CONFIGS
 
-    async def one(r: Any) -> Any:
+    def one(r: Any) -> Step:
         kind, name = int(r.resource_type), r.resource_name
         code, message = 0, None
         try:
             if kind == TOPIC:
-                await _alter_topic(state, body, r, incremental, client_id)
+                yield from _alter_topic(state, body, r, incremental, client_id)
             elif kind in (BROKER, BROKER_LOGGER):
                 _broker_id(state, name)
                 raise _Refused(ErrorCode.INVALID_REQUEST,
@@ -261,9 +256,9 @@ async def alter_configs(state: ProxyState, req: codec.Request) -> Any:
                                "federation (the brokers a client sees are proxies); alter "
                                "each physical cluster's brokers directly")
             elif kind == GROUP:
-                result = await _forward_one(state, body, "resources", r,
-                                            state.coordination_cluster(name), client_id,
-                                            "responses")
+                result = yield from _forward_one(state, body, "resources", r,
+                                                 state.coordination_cluster(name), client_id,
+                                                 "responses")
                 code, message = int(result.error_code), result.error_message
             else:
                 raise _Refused(ErrorCode.INVALID_REQUEST, f"Unsupported resource type {kind}: "
@@ -278,7 +273,9 @@ async def alter_configs(state: ProxyState, req: codec.Request) -> Any:
                      error_message=message, resource_type=r.resource_type, resource_name=name)
 
     # One resource at a time: two alters of one topic in a request apply in order.
-    results = [await one(r) for r in body.resources]
+    results = []
+    for r in body.resources:
+        results.append((yield from one(r)))
     return build(mod.AlterConfigsResponse if not incremental
                  else mod.IncrementalAlterConfigsResponse,
                  throttle_time=_ms(0), responses=tuple(results))
@@ -300,25 +297,28 @@ def _strip_strategy(r: Any, topic: LogicalTopic, incremental: bool) -> Any:
     return replace(r, configs=tuple(kept))
 
 
-async def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
-                       client_id: str | None) -> None:
+def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
+                 client_id: str | None) -> Step:
     topic = _logical_topic(state.fmap, r.resource_name)
     r = _strip_strategy(r, topic, incremental)
     where = physical_topics(topic)
 
-    async def on(cluster_id: str, names: list[str], validate_only: bool) -> tuple[int, str | None]:
+    def on(cluster_id: str, names: list[str], validate_only: bool) -> Step:
         sub = replace(body, validate_only=validate_only,
                       resources=tuple(replace(r, resource_name=n) for n in names))
-        conn = await _any(state, cluster_id)
-        resp = await conn.request(sub, state.request_timeout, client_id=client_id)
+        try:
+            pending = yield Send(state.cluster(cluster_id), None, sub, client_id,
+                                 state.request_timeout, shared=True)
+            resp = yield from wait(pending)
+        except UpstreamError as e:
+            return e
         for answer in resp.responses:
             if int(answer.error_code):
                 return int(answer.error_code), answer.error_message
         return 0, None
 
-    async def everywhere(validate_only: bool) -> None:
-        outcomes = await asyncio.gather(*(on(c, n, validate_only) for c, n in where.items()),
-                                        return_exceptions=True)
+    def everywhere(validate_only: bool) -> Step:
+        outcomes = yield Gather([on(c, n, validate_only) for c, n in where.items()])
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -326,28 +326,29 @@ async def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
                 raise _Refused(*outcome)
 
     # Every cluster validates first, so a refusal (INVALID_CONFIG...) changes nothing.
-    await everywhere(True)
+    yield from everywhere(True)
     if body.validate_only:
         return
     try:
-        await everywhere(False)
+        yield from everywhere(False)
     finally:
         # What the physical topics now hold is the logical topic's config (recorded even
         # if one cluster failed: a retry converges, and new segments get it).
-        config = await _dynamic_configs(state, topic, client_id)
+        config = yield from _dynamic_configs(state, topic, client_id)
         if config is not None:
             from federation.controller import intents
             from federation.proxy.admin_handlers import submitter
 
-            await intents.set_topic_config(state.backend, topic.name, config,
-                                           via=submitter(state), plugins=state.plugins)
-            fmap = await asyncio.to_thread(state.backend.load)
+            # (the controller's intent endpoint: still awaited, through the adapter)
+            yield Await(lambda: intents.set_topic_config(
+                state.backend, topic.name, config, via=submitter(state),
+                plugins=state.plugins))
+            fmap = yield Offload(state.backend.load, ())
             if fmap is not None:
                 state.set_map(fmap)
 
 
-async def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: str | None
-                           ) -> dict[str, str] | None:
+def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: str | None) -> Step:
     """The dynamic (per-topic) configs of ``topic``'s first physical data topic."""
     segment = topic.partitions[0].active
     request = describe_configs_v1.DescribeConfigsRequest(
@@ -355,8 +356,9 @@ async def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: st
             resource_type=i8(TOPIC), resource_name=segment.topic, configuration_keys=None),),
         include_synonyms=False)
     try:
-        conn = await _any(state, segment.cluster)
-        resp = await conn.request(request, state.request_timeout, client_id=client_id)
+        pending = yield Send(state.cluster(segment.cluster), None, request, client_id,
+                             state.request_timeout, shared=True)
+        resp = yield from wait(pending)
     except UpstreamError as e:
         log.warning("could not read back the configs of %s on %s: %s", segment.topic,
                     segment.cluster, e)
@@ -364,5 +366,7 @@ async def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: st
     [result] = resp.results
     if int(result.error_code):
         return None
-    return {c.name: c.value for c in result.configs
-            if int(c.config_source) == DYNAMIC_TOPIC_CONFIG and c.value is not None}
+    result_configs: dict[str, str] = {c.name: c.value for c in result.configs
+                                      if int(c.config_source) == DYNAMIC_TOPIC_CONFIG
+                                      and c.value is not None}
+    return result_configs

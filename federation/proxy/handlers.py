@@ -1,39 +1,71 @@
-"""Request handlers: one client connection's requests, split over physical brokers and merged.
+"""The proxy core: one client connection's requests, split over physical brokers and merged.
 
-Each handler runs in two phases so that a client's pipelined requests reach the
-physical brokers in the order the client sent them:
+Sans-IO (docs/adr/0024-sans-io-proxy-core.md): :meth:`Session.receive` takes one request
+frame and returns a generator that yields commands (:mod:`federation.proxy.core`: send
+this upstream, wait for these answers until then, look up a leader, ...) and returns what
+to do with the client (a :class:`~federation.proxy.core.Reply`, a
+:class:`~federation.proxy.core.Close`, or None). The driver (the asyncio server, or the
+unit tests' scripted one) executes the commands and sends their events back.
 
-1. ``dispatch`` (awaited serially per client connection): resolve logical partitions to
-   segments, find leaders, and *write* every sub-request upstream;
-2. the returned awaitable (awaited concurrently) collects the answers and builds the
+Each request runs in two phases so that a client's pipelined requests reach the physical
+brokers in the order the client sent them:
+
+1. up to a :class:`~federation.proxy.core.Detach` (run serially per client connection):
+   resolve logical partitions to segments, find leaders, and *write* every sub-request
+   upstream;
+2. after it (run concurrently with the next requests): collect the answers and build the
    client's response in logical terms.
+
+A handler without a ``Detach`` runs entirely in phase 1.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import GeneratorType
 from typing import TYPE_CHECKING, Any
 
-from federation.clusters.offsets import list_offsets
-from federation.clusters.upstream import BrokerConnection, ClusterClient, UpstreamError
+from federation.clusters.upstream import ClusterClient, UpstreamError
 from federation.controller import rolls
 from federation.controller.rolls import PhysKey, phys_key
 from federation.core.model import (
     NO_MECHANISM,
     ROLE_CONSUMER,
-    ROLE_PRODUCER,
     Operation,
     Principal,
     ResourceType,
 )
 from federation.protocol import codec, fetch_wire, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
-from federation.protocol.versions import ApiKey
-from federation.proxy import admin_apis, admin_handlers, authz, configs, routing
+from federation.protocol.versions import API_NAMES, ApiKey
+from federation.proxy import admin_apis, admin_handlers, apis, authz, configs, routing
+from federation.proxy.core import (
+    DETACH,
+    Await,
+    Close,
+    Coordinator,
+    CreateTopic,
+    Ends,
+    Gather,
+    Handler,
+    Offload,
+    Pending,
+    Raw,
+    Refresh,
+    Reply,
+    SealedProducers,
+    Send,
+    Spawn,
+    Step,
+    WaitAny,
+    leader,
+    wait,
+)
+from federation.proxy.limits import clamp_timeouts
 from federation.proxy.routing import RouteError, build, replace, resp_module
 from federation.security.sasl import SaslAuthenticator
 
@@ -42,7 +74,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("fedkafka.proxy")
 
-Reply = Awaitable[Any] | None
 RETRIABLE_LEADER_ERRORS = {
     ErrorCode.NOT_LEADER_OR_FOLLOWER, ErrorCode.LEADER_NOT_AVAILABLE,
     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, ErrorCode.NETWORK_EXCEPTION,
@@ -54,17 +85,8 @@ GROUP_KEY_FIELD = {
     ApiKey.OFFSET_COMMIT: "group_id",
 }
 
-
-async def _done(value: Any) -> Any:
-    return value
-
-
 #: Authorization verdicts a connection remembers (per map version; keyed by client input).
 MAX_VERDICTS = 10_000
-
-
-async def _gated(gate: authz.Gate, reply: Awaitable[Any]) -> Any:
-    return gate.answer(await reply)
 
 
 @dataclass(slots=True)
@@ -86,13 +108,28 @@ class _Group:
     parts: list[_Part] = field(default_factory=list)
 
 
-class Session:
-    """Handlers for one client connection (owns its upstream connections)."""
+def _steps(out: Any) -> Step:
+    """A handler's result as a step: handlers that never wait return their answer."""
+    if type(out) is GeneratorType:
+        return (yield from out)
+    return out
 
-    def __init__(self, state: ProxyState, peer: str) -> None:
+
+class Session:
+    """The protocol state of one client connection (sans-IO: see the module's doc).
+
+    :param clock: the driver's clock (seconds; the deadlines of :class:`WaitAny` and of
+        :class:`Send` are on it).
+    """
+
+    def __init__(self, state: ProxyState, peer: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.state = state
         self.peer = peer
+        self.clock = clock
         self.client_id: str | None = None
+        #: the driver's side of this connection (its upstream lanes): closed with it
+        self.io: Any = None
         # Until SASL succeeds: whom fedkafka_authenticate("", b"") says a connection without
         # SASL is (the built-in plugin: User:ANONYMOUS; None = nobody, everything denied).
         self.principal: Principal | None = None
@@ -101,77 +138,107 @@ class Session:
         self._authz_version = -1
         self._memo: dict[Any, bool] = {}  # whole-request verdicts (authz.Rule.remember)
         self._memo_key: tuple[int, Principal | None] | None = None
-        self._inflight_fetch: dict[tuple[str, int], tuple[Any, BrokerConnection,
-                                                          asyncio.Future[Any]]] = {}
+        #: (cluster, node) → (what it asks, its answer on the way): a long poll still out
+        self._inflight_fetch: dict[tuple[str, int], tuple[Any, Pending]] = {}
         self._watermarks: dict[tuple[str, int], tuple[int, int, int]] = {}
-        self._lanes: dict[tuple[str, int], BrokerConnection] = {}
         self.mechanism: str | None = None
-        self.closed = False  #: the client connection is gone (its lanes are closed)
-        self._lane_lock = asyncio.Lock()
+        self.closed = False  #: the client connection is gone
         self._authenticator: SaslAuthenticator | None = None
         #: set when this connection must close once its last answer is written (a failed
         #: SASL exchange, as Kafka does): the reason, for the metric
         self.close_reason: str | None = None
         self.authenticated = False
         self._seen_role: str | None = None  # producer/consumer, from the APIs it sent
-        self.handlers: dict[int, Callable[[codec.Request], Awaitable[Reply]]] = {
-            ApiKey.API_VERSIONS: self.api_versions,
-            ApiKey.SASL_HANDSHAKE: self.sasl_handshake,
-            ApiKey.SASL_AUTHENTICATE: self.sasl_authenticate,
-            ApiKey.METADATA: self.metadata,
-            ApiKey.PRODUCE: self.produce,
-            ApiKey.INIT_PRODUCER_ID: self.init_producer_id,
-            ApiKey.FETCH: self.fetch,
-            ApiKey.LIST_OFFSETS: self.list_offsets,
-            ApiKey.FIND_COORDINATOR: self.find_coordinator,
-            ApiKey.JOIN_GROUP: self.group_forward,
-            ApiKey.SYNC_GROUP: self.group_forward,
-            ApiKey.HEARTBEAT: self.group_forward,
-            ApiKey.LEAVE_GROUP: self.group_forward,
-            ApiKey.OFFSET_COMMIT: self.group_forward,
-            ApiKey.OFFSET_FETCH: self.offset_fetch,
-            ApiKey.DESCRIBE_GROUPS: self.describe_groups,
-            ApiKey.LIST_GROUPS: self.list_groups,
-            ApiKey.DESCRIBE_CLUSTER: self.describe_cluster,
-            ApiKey.CREATE_TOPICS: self._admin(admin_handlers.create_topics),
-            ApiKey.DELETE_TOPICS: self._admin(admin_handlers.delete_topics),
-            ApiKey.CREATE_PARTITIONS: self._admin(admin_handlers.create_partitions),
-            ApiKey.DESCRIBE_CONFIGS: self._admin(configs.describe_configs),
-            ApiKey.ALTER_CONFIGS: self._admin(configs.alter_configs),
-            ApiKey.INCREMENTAL_ALTER_CONFIGS: self._admin(configs.alter_configs),
-            ApiKey.DELETE_RECORDS: self._with_session(admin_apis.delete_records),
-            ApiKey.DELETE_GROUPS: self._with_session(admin_apis.delete_groups),
-            ApiKey.OFFSET_DELETE: self._with_session(admin_apis.offset_delete),
-            ApiKey.DESCRIBE_PRODUCERS: self._with_session(admin_apis.describe_producers),
-            ApiKey.DESCRIBE_TOPIC_PARTITIONS: self._with_session(
-                admin_apis.describe_topic_partitions),
-        }
-        for key in authz.RULES:  # Produce, Fetch and Metadata check in their handlers
-            self.handlers[key] = self._authorized(self.handlers[key])
+        self.handlers: dict[int, Callable[[codec.Request], Any]] = {}
+        for spec in apis.REGISTRY:
+            handler = getattr(self, spec.handler)
+            if spec.authz == apis.AUTHZ_RULE:
+                handler = self._authorized(handler)
+            self.handlers[spec.key] = handler
 
-    def _admin(self, fn: Callable[[ProxyState, codec.Request], Awaitable[Any]]
-               ) -> Callable[[codec.Request], Awaitable[Reply]]:
-        async def handler(req: codec.Request) -> Reply:
-            return fn(self.state, req)
-        return handler
+    # -- events in ------------------------------------------------------------------------
 
-    def _with_session(self, fn: Callable[[Session, codec.Request], Awaitable[Any]]
-                      ) -> Callable[[codec.Request], Awaitable[Reply]]:
-        async def handler(req: codec.Request) -> Reply:
-            return fn(self, req)
-        return handler
+    def receive(self, frame: bytes) -> Handler:
+        """One request frame of the client: its handling, as a generator of commands that
+        returns what to answer (see the module's doc)."""
+        try:
+            header, _ = codec.parse_request_header(frame)
+            spec = apis.BY_KEY.get(header.api_key)
+            if self.client_id != header.client_id:
+                self.client_id = header.client_id
+                self.state.saw_client(header.client_id)
+            advertised = self.state.advertised()
+            rng = advertised.get(header.api_key)
+            if header.api_key == ApiKey.API_VERSIONS and (rng is None
+                                                          or header.api_version > rng[1]):
+                # A broker answers an ApiVersions it can't parse with a v0 error listing ranges.
+                return Reply(header, Raw(codec.api_versions_fallback_response(header,
+                                                                              advertised)))
+            limits = self.state.config.limits
+            if spec is None or rng is None or not rng[0] <= header.api_version <= rng[1]:
+                name = API_NAMES.get(header.api_key, f"key {header.api_key}")
+                try:
+                    req = codec.decode_request(frame, limits.array_limit(header.api_key))
+                except codec.LimitExceeded:
+                    raise
+                except codec.CodecError:
+                    raise codec.DecodeError(f"{name} v{header.api_version} is not served by "
+                                            f"this proxy (client {header.client_id!r})",
+                                            header) from None
+                log.info("%s sent %s v%d which is not advertised; answering UNSUPPORTED_VERSION",
+                         self.peer, name, header.api_version)
+                self.state.metrics.error(name, ErrorCode.UNSUPPORTED_VERSION)
+                return Reply(header, error_response(req, ErrorCode.UNSUPPORTED_VERSION))
+            req = codec.decode_request(frame, limits.array_limit(header.api_key))
+            entity, clamped = clamp_timeouts(limits, header.api_key, req.entity)
+            if clamped:
+                self.state.metrics.limit_hit("max_fetch_wait" if header.api_key == ApiKey.FETCH
+                                             else "max_client_timeout")
+                req = codec.Request(header, entity)
+            if not self.may_send(header.api_key):
+                raise codec.DecodeError(f"{API_NAMES.get(header.api_key)} before SASL "
+                                        "authentication on a listener that requires it", header)
+        except Exception as e:  # noqa: BLE001 - an undecodable request closes its connection
+            return self.failure(e)
+        if spec.reveals is not None and self._seen_role is None:
+            self._seen_role = spec.reveals
+        out = self.handlers[header.api_key](req)
+        body = (yield from out) if type(out) is GeneratorType else out
+        if body is None:  # nothing to answer (acks=0)
+            self.state.metrics.request(header.api_key, 0.0, header.api_version)
+            return None
+        return Reply(header, body)
 
-    def _authorized(self, handler: Callable[[codec.Request], Awaitable[Reply]]
-                    ) -> Callable[[codec.Request], Awaitable[Reply]]:
+    def failure(self, e: BaseException) -> Close:
+        """How a request that raised ``e`` ends its connection."""
+        if isinstance(e, codec.LimitExceeded):
+            return Close("array_limit", f"request refused: {e.reason} (limits."
+                         "max_array_elements / max_array_elements_by_api)",
+                         limit="max_array_elements")
+        if isinstance(e, codec.CodecError):
+            return Close("undecodable", f"undecodable request: {e.reason}")
+        log.error("internal error handling a request from %s", self.peer, exc_info=e)
+        return Close("internal_error", "internal error (see the traceback above)")
+
+    def max_frame_size(self, current: int) -> int:
+        """The largest request frame accepted now (larger once SASL succeeded)."""
+        if self.authenticated and current < self.state.config.max_frame_size:
+            return self.state.config.max_frame_size
+        return current
+
+    # -- authorization --------------------------------------------------------------------
+
+    def _authorized(self, handler: Callable[[codec.Request], Any]
+                    ) -> Callable[[codec.Request], Any]:
         """``handler`` behind its API's authorization (:mod:`federation.proxy.authz`)."""
-        async def guarded(req: codec.Request) -> Reply:
+        def guarded(req: codec.Request) -> Step:
             gate = authz.gate(req, self._may, self.fmap, self._remembered())
             if gate is None:
-                return await handler(req)
+                return (yield from _steps(handler(req)))
             if gate.serve is None:  # denied, or every item is: nothing is done upstream
-                return _done(gate.answer(None))
-            reply = await handler(gate.serve)
-            return None if reply is None else _gated(gate, reply)
+                return gate.answer(None)
+            reply = yield from _steps(handler(gate.serve))
+            return None if reply is None else gate.answer(reply)
         return guarded
 
     def _remembered(self) -> dict[Any, bool]:
@@ -186,30 +253,10 @@ class Session:
         return self.authorized(action.resource_type, action.name, action.operation)
 
     def close(self) -> None:
+        """The client connection is gone: its upstream connections close."""
         self.closed = True
-        for conn in self._lanes.values():
-            conn.close()
-        self._lanes.clear()
-
-    async def lane(self, cluster: ClusterClient, node: int) -> BrokerConnection:
-        """This client connection's own upstream connection to one physical broker."""
-        key = (cluster.id, node)
-        conn = self._lanes.get(key)
-        if conn is None or not conn.alive:
-            # One opening at a time: two requests of one client (ListOffsets' partitions,
-            # gathered) opened two and the second replaced the first, which then stayed
-            # open for good (found by fuzzing, as the next case).
-            async with self._lane_lock:
-                conn = self._lanes.get(key)
-                if conn is None or not conn.alive:
-                    conn = await cluster.open_to(node, f"{cluster.id}/{node}/{self.peer}")
-                    self._lanes[key] = conn
-                    if self.closed:
-                        # Opened for a request of a client already gone (forwarded after
-                        # a slow coordinator lookup): the grace the others got, then closed.
-                        asyncio.get_running_loop().call_later(1.0, self.close)
-        await conn.ready()
-        return conn
+        if self.io is not None:
+            self.io.close()
 
     @property
     def fmap(self) -> Any:
@@ -265,10 +312,9 @@ class Session:
     def may_send(self, api_key: int) -> bool:
         """Before authentication, a listener that requires SASL serves only the handshake."""
         return (self.authenticated or not self.state.config.sasl_required
-                or api_key in (ApiKey.API_VERSIONS, ApiKey.SASL_HANDSHAKE,
-                               ApiKey.SASL_AUTHENTICATE))
+                or api_key in apis.BEFORE_SASL)
 
-    async def sasl_handshake(self, req: codec.Request) -> Reply:
+    def sasl_handshake(self, req: codec.Request) -> Any:
         mod = resp_module(ApiKey.SASL_HANDSHAKE, req.header.api_version)
         offered = self.state.plugins.sasl_mechanisms(self.fmap)
         body: Any = req.entity
@@ -286,10 +332,10 @@ class Session:
                                               else "illegal_state")
             log.warning("SaslHandshake from %s for %r refused (offered: %s)", self.peer,
                         body.mechanism, ", ".join(offered) or "none")
-        return _done(build(mod.SaslHandshakeResponse, error_code=to_kio(code),
-                           mechanisms=tuple(offered)))
+        return build(mod.SaslHandshakeResponse, error_code=to_kio(code),
+                     mechanisms=tuple(offered))
 
-    async def sasl_authenticate(self, req: codec.Request) -> Reply:
+    def sasl_authenticate(self, req: codec.Request) -> Step:
         """One round of the exchange; a failure is answered, then the connection closes."""
         import datetime
 
@@ -303,8 +349,8 @@ class Session:
             code, message = ErrorCode.ILLEGAL_SASL_STATE, "SaslHandshake first, and only once"
             result = "illegal_state"
         else:
-            try:  # in a worker thread: PLAIN's hash and plugins' lookups may take a while
-                step = await asyncio.to_thread(authenticator.step, bytes(body.auth_bytes))
+            try:  # off the event loop: PLAIN's hash and plugins' lookups may take a while
+                step = yield Offload(authenticator.step, (bytes(body.auth_bytes),))
             except PermissionError as e:
                 code, message, result = (ErrorCode.SASL_AUTHENTICATION_FAILED,
                                          str(e) or "invalid credentials", "failed")
@@ -334,22 +380,22 @@ class Session:
                         self.peer, message)
         if result != "continue":
             self.state.metrics.authentication(self.mechanism or "", result)
-        return _done(build(mod.SaslAuthenticateResponse, error_code=to_kio(code),
-                           error_message=message, auth_bytes=server_bytes,
-                           session_lifetime=datetime.timedelta(0)))
+        return build(mod.SaslAuthenticateResponse, error_code=to_kio(code),
+                     error_message=message, auth_bytes=server_bytes,
+                     session_lifetime=datetime.timedelta(0))
 
     # -- ApiVersions / Metadata / DescribeCluster ---------------------------------
 
-    async def api_versions(self, req: codec.Request) -> Reply:
+    def api_versions(self, req: codec.Request) -> Any:
         mod = resp_module(ApiKey.API_VERSIONS, req.header.api_version)
         keys = tuple(
             build(mod.ApiVersion, api_key=k, min_version=lo, max_version=hi)
             for k, (lo, hi) in sorted(self.state.advertised().items())
         )
-        return _done(build(mod.ApiVersionsResponse, error_code=to_kio(0), api_keys=keys,
-                           throttle_time=_ms(0)))
+        return build(mod.ApiVersionsResponse, error_code=to_kio(0), api_keys=keys,
+                     throttle_time=_ms(0))
 
-    async def metadata(self, req: codec.Request) -> Reply:
+    def metadata(self, req: codec.Request) -> Any:
         body: Any = req.entity
         v = req.header.api_version
         mod = resp_module(ApiKey.METADATA, v)
@@ -368,6 +414,7 @@ class Session:
                     name = found.name if found else None
                 names.append(name)
         topics = []
+        creations: list[str] = []
         for name in names:
             topic = fmap.topics.get(name or "")
             described = topic.name if topic is not None else name  # unknown ones too
@@ -388,7 +435,9 @@ class Session:
                         else ErrorCode.UNKNOWN_TOPIC_ID)
                 if name is None and v < 12:
                     name = ""
-                if name and not invalid and self.state.auto_creator.wanted(self, body, name):
+                if name and not invalid and self.state.auto_creator.should_create(
+                        self, body, name):
+                    creations.append(name)
                     code = ErrorCode.LEADER_NOT_AVAILABLE  # being created: Kafka's answer
                 topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(code),
                                     name=name, topic_id=_zero_uuid(), is_internal=False,
@@ -413,28 +462,79 @@ class Session:
             topics.append(build(mod.MetadataResponseTopic, error_code=to_kio(0),
                                 name=topic.name, topic_id=topic.topic_id, is_internal=False,
                                 partitions=tuple(parts)))
-        return _done(build(mod.MetadataResponse, throttle_time=_ms(0), brokers=brokers,
-                           cluster_id=self.state.cluster_id,
-                           controller_id=pool[0].node_id if pool else -1,
-                           topics=tuple(topics)))
+        response = build(mod.MetadataResponse, throttle_time=_ms(0), brokers=brokers,
+                         cluster_id=self.state.cluster_id,
+                         controller_id=pool[0].node_id if pool else -1,
+                         topics=tuple(topics))
+        if creations:
+            return self._creating(creations, response)
+        return response
 
-    async def describe_cluster(self, req: codec.Request) -> Reply:
+    def _creating(self, names: list[str], response: Any) -> Step:
+        for name in names:
+            yield CreateTopic(name)
+        return response
+
+    def describe_cluster(self, req: codec.Request) -> Any:
         mod = resp_module(ApiKey.DESCRIBE_CLUSTER, req.header.api_version)
         pool = self.pool()
         brokers = tuple(build(mod.DescribeClusterBroker, broker_id=p.node_id, host=p.host,
                               port=p.port, rack=None) for p in pool)
-        return _done(build(mod.DescribeClusterResponse, throttle_time=_ms(0),
-                           error_code=to_kio(0), error_message=None, endpoint_type=1,
-                           cluster_id=self.state.cluster_id,
-                           controller_id=pool[0].node_id if pool else -1, brokers=brokers))
+        return build(mod.DescribeClusterResponse, throttle_time=_ms(0),
+                     error_code=to_kio(0), error_message=None, endpoint_type=1,
+                     cluster_id=self.state.cluster_id,
+                     controller_id=pool[0].node_id if pool else -1, brokers=brokers)
+
+    # -- admin APIs (in phase 2; CreateTopics, DeleteTopics and CreatePartitions still
+    # await: they run through the Await adapter) -------------------------------------------
+
+    def _admin(self, fn: Callable[[ProxyState, codec.Request], Any], req: codec.Request
+               ) -> Step:
+        yield DETACH
+        return (yield Await(lambda: fn(self.state, req)))
+
+    def create_topics(self, req: codec.Request) -> Step:
+        return self._admin(admin_handlers.create_topics, req)
+
+    def delete_topics(self, req: codec.Request) -> Step:
+        return self._admin(admin_handlers.delete_topics, req)
+
+    def create_partitions(self, req: codec.Request) -> Step:
+        return self._admin(admin_handlers.create_partitions, req)
+
+    def describe_configs(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from configs.describe_configs(self.state, req))
+
+    def alter_configs(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from configs.alter_configs(self.state, req))
+
+    def delete_records(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from admin_apis.delete_records(self, req))
+
+    def delete_groups(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from admin_apis.delete_groups(self, req))
+
+    def offset_delete(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from admin_apis.offset_delete(self, req))
+
+    def describe_producers(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from admin_apis.describe_producers(self, req))
+
+    def describe_topic_partitions(self, req: codec.Request) -> Any:
+        return admin_apis.describe_topic_partitions(self, req)
 
     # -- Produce ------------------------------------------------------------------------
 
-    async def produce(self, req: codec.Request) -> Reply:
-        self._seen_role = self._seen_role or ROLE_PRODUCER
+    def produce(self, req: codec.Request) -> Step:
         body: Any = req.entity
         if body.transactional_id is not None:
-            return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            return error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
         failed: list[tuple[str, int, int]] = []
         groups: dict[tuple[str, int], _Group] = {}
         inflight = self.state.inflight
@@ -446,21 +546,21 @@ class Session:
                     if not write_ok:
                         raise RouteError(ErrorCode.TOPIC_AUTHORIZATION_FAILED, "denied")
                     # The current map for every partition (a fence may arrive meanwhile),
-                    # and counted in flight before the first await: a fence report waits
+                    # and counted in flight before the first wait: a fence report waits
                     # for it.
                     tgt = routing.produce_target(self.fmap, t.name, int(pd.index))
                     phys = phys_key(tgt.segment)
                     inflight[phys] = inflight.get(phys, 0) + 1
                     producer_id = -1
                     if phys in self.state.recent_rolls:
-                        producer_id, verdict = await self._after_roll(
+                        producer_id, verdict = yield from self._after_roll(
                             phys, t.name, int(pd.index), pd.records)
                         if verdict is not None:
                             self._landed(phys)
                             failed.append((t.name, int(pd.index), verdict))
                             continue
                     cluster = self.state.cluster(tgt.segment.cluster)
-                    info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
+                    info = yield from leader(cluster, tgt.segment.topic, tgt.segment.partition)
                 except (RouteError, UpstreamError) as e:
                     if phys is not None:
                         self._landed(phys)
@@ -474,13 +574,14 @@ class Session:
                                        records.count_records(pd.records), producer_id))
                 self.state.metrics.bytes_in(t.name, len(pd.records or b""))
 
-        sends: list[tuple[_Group, Any, asyncio.Future[Any] | None]] = []
+        sends: list[tuple[_Group, Pending]] = []
+        acks = body.acks != 0
+        timeout = self.state.request_timeout + int(body.timeout.total_seconds())
         for grp in groups.values():
             sub = replace(body, topic_data=_regroup_produce(grp.parts))
             try:
-                conn = await self.lane(grp.cluster, grp.node)
-                fut = conn.send(sub, expect_response=body.acks != 0,
-                                client_id=req.header.client_id)
+                pending = yield Send(grp.cluster, grp.node, sub, req.header.client_id,
+                                     timeout, expect_response=acks)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 for p in grp.parts:
@@ -488,61 +589,63 @@ class Session:
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
                               for p in grp.parts)
                 continue
-            sends.append((grp, conn, fut))
-            if body.acks == 0:
+            if not acks:
                 for p in grp.parts:
                     self._landed(phys_key(p.seg))
-        if body.acks == 0:
+            else:
+                sends.append((grp, pending))
+        if not acks:
             return None
-        timeout = self.state.request_timeout + int(body.timeout.total_seconds())
-        return self._produce_reply(req, sends, failed, timeout)
+        yield DETACH
+        return (yield from self._produce_reply(req, sends, failed))
 
-    async def _produce_reply(self, req: codec.Request, sends: list[Any],
-                             failed: list[tuple[str, int, int]], timeout: float) -> Any:
+    def _produce_reply(self, req: codec.Request, sends: list[tuple[_Group, Pending]],
+                       failed: list[tuple[str, int, int]]) -> Step:
         mod = resp_module(ApiKey.PRODUCE, req.header.api_version)
         results: dict[tuple[str, int], Any] = {}
         throttle = 0
-
-        async def one(grp: _Group, conn: BrokerConnection, fut: Any) -> None:
-            nonlocal throttle
-            try:
-                resp = await conn.wait(fut, timeout)
-            except UpstreamError:
+        waiting = dict((pending, grp) for grp, pending in sends)
+        while waiting:
+            done = [p for p in waiting if p.done]
+            if not done:
+                done = yield WaitAny(tuple(waiting), None)
+            for pending in done:
+                grp = waiting.pop(pending)
                 for p in grp.parts:
                     self._landed(phys_key(p.seg))
-                # Sent, outcome unknown: a retriable "timed out" (idempotent producers'
-                # retries are de-duplicated by the broker's sequence numbers).
-                grp.cluster.invalidate()
-                for p in grp.parts:
-                    failed.append((p.topic, p.partition, ErrorCode.REQUEST_TIMED_OUT))
-                return
-            throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
-            by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
-            for p in grp.parts:
-                self._landed(phys_key(p.seg))
-            for tr in resp.responses:
-                for pr in tr.partition_responses:
-                    part = by_phys.get((tr.name, int(pr.index)))
-                    if part is None:
-                        continue
-                    code = int(pr.error_code)
-                    if code in RETRIABLE_LEADER_ERRORS:
-                        grp.cluster.invalidate()
-                    base = int(pr.base_offset)
-                    if code == 0 and base >= 0 and not self._acknowledge(part, base):
-                        failed.append((part.topic, part.partition,
-                                       ErrorCode.NOT_LEADER_OR_FOLLOWER))
-                        continue
-                    results[(part.topic, part.partition)] = replace(
-                        pr, index=part.partition,
-                        base_offset=part.seg.to_logical(base) if base >= 0 else base,
-                        # (Produce v3-4 answers have none: found by fuzzing)
-                        log_start_offset=_log_start(part.seg,
-                                                    int(getattr(pr, "log_start_offset", -1))),
-                        current_leader=_default_of(pr, "current_leader"),
-                    )
-
-        await asyncio.gather(*(one(g, c, f) for g, c, f in sends))
+                if pending.error is not None:
+                    if not isinstance(pending.error, UpstreamError):
+                        raise pending.error
+                    # Sent, outcome unknown: a retriable "timed out" (idempotent producers'
+                    # retries are de-duplicated by the broker's sequence numbers).
+                    grp.cluster.invalidate()
+                    for p in grp.parts:
+                        failed.append((p.topic, p.partition, ErrorCode.REQUEST_TIMED_OUT))
+                    continue
+                resp = pending.value
+                throttle = max(throttle, int(resp.throttle_time.total_seconds() * 1000))
+                by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
+                for tr in resp.responses:
+                    for pr in tr.partition_responses:
+                        part = by_phys.get((tr.name, int(pr.index)))
+                        if part is None:
+                            continue
+                        code = int(pr.error_code)
+                        if code in RETRIABLE_LEADER_ERRORS:
+                            grp.cluster.invalidate()
+                        base = int(pr.base_offset)
+                        if code == 0 and base >= 0 and not self._acknowledge(part, base):
+                            failed.append((part.topic, part.partition,
+                                           ErrorCode.NOT_LEADER_OR_FOLLOWER))
+                            continue
+                        results[(part.topic, part.partition)] = replace(
+                            pr, index=part.partition,
+                            base_offset=part.seg.to_logical(base) if base >= 0 else base,
+                            # (Produce v3-4 answers have none: found by fuzzing)
+                            log_start_offset=_log_start(
+                                part.seg, int(getattr(pr, "log_start_offset", -1))),
+                            current_leader=_default_of(pr, "current_leader"),
+                        )
         for topic, partition, code in failed:
             self.state.metrics.error("Produce", code)
             results[(topic, partition)] = build(
@@ -560,8 +663,8 @@ class Session:
                        for name, ps in ordered.items())
         return build(mod.ProduceResponse, responses=topics, throttle_time=_ms(throttle))
 
-    async def _after_roll(self, key: PhysKey, topic: str, partition: int,
-                          data: bytes | None) -> tuple[int, int | None]:
+    def _after_roll(self, key: PhysKey, topic: str, partition: int,
+                    data: bytes | None) -> Step:
         """Checks of an idempotent batch written to a segment a recent roll opened.
 
         - a retried batch the sealed segment already holds is answered
@@ -588,7 +691,7 @@ class Session:
         pid = info.producer_id
         if pid < 0 or (key, pid) in self.state.roll_established:
             return pid, None
-        sealed = await self.state.sealed_producers(key)
+        sealed = yield SealedProducers(key)
         if rolls.written_before_seal(pid, info.producer_epoch, info.base_sequence,
                                      info.record_count, sealed):
             log.info("%s-%d: producer %d's batch at sequence %d is already in the segment "
@@ -637,29 +740,30 @@ class Session:
             self.state.roll_established.add((key, part.producer_id))
         return True
 
-    async def init_producer_id(self, req: codec.Request) -> Reply:
-        self._seen_role = self._seen_role or ROLE_PRODUCER
+    def init_producer_id(self, req: codec.Request) -> Any:
         body: Any = req.entity
         if body.transactional_id is not None:
             log.info("refusing transactional producer %r from %s: transactions are not "
                      "supported by this federation", body.transactional_id, self.peer)
-            return _done(error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            return error_response(req, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED)
+        return self._init_producer_id(req)
+
+    def _init_producer_id(self, req: codec.Request) -> Step:
         # Producer ids are allocated by ONE physical cluster for the whole federation, so no
         # two producers ever share an id on any physical cluster (see ADR 0007).
-        cluster = self.state.cluster(self.state.pid_cluster())
         try:
-            conn = await cluster.any_connection()
-            return _done(await conn.request(body, self.state.request_timeout,
-                                            client_id=req.header.client_id))
+            cluster = self.state.cluster(self.state.pid_cluster())
+            pending = yield Send(cluster, None, req.entity, req.header.client_id,
+                                 self.state.request_timeout)
+            return (yield from wait(pending))
         except UpstreamError as e:
-            return _done(error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
-                                        if e.error_code == ErrorCode.NETWORK_EXCEPTION
-                                        else e.error_code))
+            return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
+                                  if e.error_code == ErrorCode.NETWORK_EXCEPTION
+                                  else e.error_code)
 
     # -- Fetch --------------------------------------------------------------------------
 
-    async def fetch(self, req: codec.Request) -> Reply:
-        self._seen_role = self._seen_role or ROLE_CONSUMER
+    def fetch(self, req: codec.Request) -> Step:
         body: Any = req.entity
         fmap = self.fmap
         failed: list[tuple[str, int, int]] = []
@@ -677,9 +781,9 @@ class Session:
                     tgt = routing.fetch_target(fmap, name, int(p.partition),
                                                int(p.fetch_offset))
                     cluster = self.state.cluster(tgt.segment.cluster)
-                    info = await cluster.leader(tgt.segment.topic, tgt.segment.partition)
+                    info = yield from leader(cluster, tgt.segment.topic, tgt.segment.partition)
                     if by_ids and tgt.segment.topic not in cluster.view.topic_ids:
-                        await cluster.refresh()
+                        yield Refresh(cluster)
                         if tgt.segment.topic not in cluster.view.topic_ids:
                             raise RouteError(ErrorCode.UNKNOWN_TOPIC_ID,
                                              f"{cluster.id} has no id for {tgt.segment.topic}")
@@ -691,47 +795,45 @@ class Session:
                 if grp is None:
                     grp = groups[key] = _Group(cluster, info.leader)
                 grp.parts.append(_Part(name, int(p.partition), tgt.segment, p))
-        sends = []
+        sends: list[tuple[_Group, Pending]] = []
         # The client's max_bytes bounds the whole answer: split it over the sub-fetches
         # (a broker still returns at least one batch, as the protocol requires).
         share = max(1, int(body.max_bytes) // max(1, len(groups)))
+        timeout = self.state.request_timeout + body.max_wait.total_seconds()
         for grp in groups.values():
-            sub = replace(body, topics=_regroup_fetch(grp.parts, grp.cluster), session_id=0,
-                          session_epoch=-1, forgotten_topics_data=(), replica_id=-1,
-                          max_bytes=share)
             key = (grp.cluster.id, grp.node)
             signature = tuple((p.seg.topic, p.seg.partition, p.seg.to_physical(
                 int(p.item.fetch_offset))) for p in grp.parts)
             previous = self._inflight_fetch.get(key)
-            if previous is not None and previous[0] == signature and not (
-                    previous[2].done() and (previous[2].cancelled()
-                                            or previous[2].exception() is not None)):
+            if previous is not None and previous[0] == signature and not previous[1].failed:
                 # The same fetch is still long-polling upstream (or its answer arrived after
                 # the last response went out): use it rather than queue another behind it.
-                if previous[2].done():
+                if previous[1].done:
                     del self._inflight_fetch[key]
-                sends.append((grp, previous[1], previous[2]))
+                sends.append((grp, previous[1]))
                 continue
+            sub = replace(body, topics=_regroup_fetch(grp.parts, grp.cluster), session_id=0,
+                          session_epoch=-1, forgotten_topics_data=(), replica_id=-1,
+                          max_bytes=share)
             try:
-                conn = await self.lane(grp.cluster, grp.node)
                 # The answer stays a frame: its records are passed on, never decoded.
-                fut = conn.send(sub, client_id=req.header.client_id, raw=True)
+                pending = yield Send(grp.cluster, grp.node, sub, req.header.client_id,
+                                     timeout, raw=True)
             except UpstreamError as e:
                 grp.cluster.invalidate()
                 failed.extend((p.topic, p.partition, _not_sent(e.error_code))
                               for p in grp.parts)
                 continue
-            assert fut is not None
-            self._inflight_fetch[key] = (signature, conn, fut)
-            sends.append((grp, conn, fut))
-        timeout = self.state.request_timeout + body.max_wait.total_seconds()
+            self._inflight_fetch[key] = (signature, pending)
+            sends.append((grp, pending))
         # A sealed segment's own high watermark is its seal: the partition's is that of its
         # active segment, asked for alongside (a Fetch answer's watermarks are always true).
         sealed = [p for g in groups.values() for p in g.parts if p.seg.sealed_end is not None]
-        ends = asyncio.ensure_future(self._logical_ends(sealed)) if sealed else None
-        return self._fetch_reply(req, sends, failed, timeout, ends)
+        ends = (yield Spawn(self._logical_ends(sealed))) if sealed else None
+        yield DETACH
+        return (yield from self._fetch_reply(req, sends, failed, ends))
 
-    async def _logical_ends(self, parts: list[_Part]) -> dict[tuple[str, int], int]:
+    def _logical_ends(self, parts: list[_Part]) -> Step:
         """(topic, partition) → logical high watermark (its active segment's, translated)."""
         fmap = self.fmap
         by_cluster: dict[str, list[tuple[tuple[str, int], Any]]] = defaultdict(list)
@@ -743,11 +845,11 @@ class Session:
             by_cluster[active.cluster].append(((p.topic, p.partition), active))
         out: dict[tuple[str, int], int] = {}
 
-        async def one(cluster_id: str, items: list[tuple[tuple[str, int], Any]]) -> None:
+        def one(cluster_id: str, items: list[tuple[tuple[str, int], Any]]) -> Step:
             try:
-                ends = await list_offsets(self.state.cluster(cluster_id),
-                                          [(seg.topic, seg.partition) for _, seg in items],
-                                          timeout=self.state.request_timeout)
+                ends = yield Ends(self.state.cluster(cluster_id),
+                                  [(seg.topic, seg.partition) for _, seg in items],
+                                  self.state.request_timeout)
             except UpstreamError:
                 return  # the active cluster is away: the seal is the best known end
             for key, seg in items:
@@ -755,7 +857,7 @@ class Session:
                 if end is not None:
                     out[key] = seg.to_logical(max(end, seg.physical_start))
 
-        await asyncio.gather(*(one(c, i) for c, i in by_cluster.items()))
+        yield Gather([one(c, i) for c, i in by_cluster.items()])
         return out
 
     def _caught_up(self, part: _Part) -> bool:
@@ -764,10 +866,61 @@ class Session:
         known = self._watermarks.get((part.topic, part.partition))
         return known is not None and known[0] <= int(part.item.fetch_offset)
 
-    async def _fetch_reply(self, req: codec.Request, sends: list[Any],
-                           failed: list[tuple[str, int, int]], timeout: float,
-                           ends: asyncio.Future[dict[tuple[str, int], int]] | None = None
-                           ) -> Any:
+    def _fetch_merge(self, version: int, grp: _Group, pending: Pending
+                     ) -> tuple[int, int, list[tuple[tuple[str, int],
+                                                     fetch_wire.FetchPartition]],
+                                list[tuple[str, int, int]]]:
+        """One sub-fetch's answer in logical terms: (throttle, record bytes, partitions,
+        failed partitions)."""
+        out: list[tuple[tuple[str, int], fetch_wire.FetchPartition]] = []
+        errs: list[tuple[str, int, int]] = []
+        try:
+            frame = pending.result()
+            _, resp = fetch_wire.parse_fetch_response(version, frame)
+        except UpstreamError as e:
+            grp.cluster.invalidate()
+            errs.extend((p.topic, p.partition, _not_sent(e.error_code)) for p in grp.parts)
+            return 0, 0, out, errs
+        except fetch_wire.WireError as e:
+            log.error("%s/%d: undecodable Fetch answer: %s", grp.cluster.id, grp.node, e)
+            grp.cluster.invalidate()
+            errs.extend((p.topic, p.partition, ErrorCode.NOT_LEADER_OR_FOLLOWER)
+                        for p in grp.parts)
+            return 0, 0, out, errs
+        if resp.error_code:
+            errs.extend((p.topic, p.partition, resp.error_code) for p in grp.parts)
+            return 0, 0, out, errs
+        size = 0
+        by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
+        names = grp.cluster.view.topic_names
+        for tr in resp.topics:
+            phys_name = tr.name if tr.topic_id is None else names.get(tr.topic_id)
+            for pr in tr.partitions:
+                part = by_phys.get((phys_name, pr.partition_index))  # type: ignore[arg-type]
+                if part is None:
+                    continue
+                code = pr.error_code
+                if code in RETRIABLE_LEADER_ERRORS:
+                    grp.cluster.invalidate()
+                seg = part.seg
+                data = routing.translate_records(pr.records, seg)
+                size += len(data) if data else 0
+                hwm = routing.logical_offset(seg, pr.high_watermark)
+                lso = routing.logical_offset(seg, pr.last_stable_offset)
+                log_start = _log_start(seg, pr.log_start_offset)
+                if code == 0:
+                    self._watermarks[(part.topic, part.partition)] = (hwm, lso, log_start)
+                aborted = pr.aborted
+                if aborted:
+                    aborted = [(pid, routing.logical_offset(seg, first))
+                               for pid, first in aborted]
+                out.append(((part.topic, part.partition), fetch_wire.FetchPartition(
+                    part.partition, code, hwm, lso, log_start, aborted, -1, data)))
+        return resp.throttle_time_ms, size, out, errs
+
+    def _fetch_reply(self, req: codec.Request, sends: list[tuple[_Group, Pending]],
+                     failed: list[tuple[str, int, int]], ends: Pending | None = None
+                     ) -> Step:
         """Merge sub-fetches; answer as soon as the data in hand meets ``min_bytes``.
 
         A physical cluster with nothing new long-polls up to ``max_wait``: waiting for it
@@ -783,83 +936,34 @@ class Session:
         throttle = 0
         min_bytes = max(1, int(body.min_bytes))
         max_wait = body.max_wait.total_seconds()
-
-        async def one(grp: _Group, conn: BrokerConnection, fut: Any
-                      ) -> tuple[int, int, list[tuple[tuple[str, int],
-                                                      fetch_wire.FetchPartition]],
-                                 list[tuple[str, int, int]]]:
-            out: list[tuple[tuple[str, int], fetch_wire.FetchPartition]] = []
-            errs: list[tuple[str, int, int]] = []
-            try:
-                frame = await conn.wait(asyncio.shield(fut), timeout)
-                _, resp = fetch_wire.parse_fetch_response(version, frame)
-            except UpstreamError as e:
-                grp.cluster.invalidate()
-                errs.extend((p.topic, p.partition, _not_sent(e.error_code)) for p in grp.parts)
-                return 0, 0, out, errs
-            except fetch_wire.WireError as e:
-                log.error("%s: undecodable Fetch answer: %s", conn.label, e)
-                grp.cluster.invalidate()
-                errs.extend((p.topic, p.partition, ErrorCode.NOT_LEADER_OR_FOLLOWER)
-                            for p in grp.parts)
-                return 0, 0, out, errs
-            if resp.error_code:
-                errs.extend((p.topic, p.partition, resp.error_code) for p in grp.parts)
-                return 0, 0, out, errs
-            size = 0
-            by_phys = {(p.seg.topic, p.seg.partition): p for p in grp.parts}
-            names = grp.cluster.view.topic_names
-            for tr in resp.topics:
-                phys_name = tr.name if tr.topic_id is None else names.get(tr.topic_id)
-                for pr in tr.partitions:
-                    part = by_phys.get((phys_name, pr.partition_index))  # type: ignore[arg-type]
-                    if part is None:
-                        continue
-                    code = pr.error_code
-                    if code in RETRIABLE_LEADER_ERRORS:
-                        grp.cluster.invalidate()
-                    seg = part.seg
-                    data = routing.translate_records(pr.records, seg)
-                    size += len(data) if data else 0
-                    hwm = routing.logical_offset(seg, pr.high_watermark)
-                    lso = routing.logical_offset(seg, pr.last_stable_offset)
-                    log_start = _log_start(seg, pr.log_start_offset)
-                    if code == 0:
-                        self._watermarks[(part.topic, part.partition)] = (hwm, lso, log_start)
-                    aborted = pr.aborted
-                    if aborted:
-                        aborted = [(pid, routing.logical_offset(seg, first))
-                                   for pid, first in aborted]
-                    out.append(((part.topic, part.partition), fetch_wire.FetchPartition(
-                        part.partition, code, hwm, lso, log_start, aborted, -1, data)))
-            return resp.throttle_time_ms, size, out, errs
-
-        tasks = {asyncio.ensure_future(one(g, c, f)): g for g, c, f in sends}
-        pending = set(tasks)
+        waiting = dict((pending, grp) for grp, pending in sends)
         got = 0
-        loop = asyncio.get_running_loop()
-        deadline: float | None = loop.time() + max_wait + 1.0
-        while pending:
-            wait = None if deadline is None else max(0.0, deadline - loop.time())
-            done, pending = await asyncio.wait(pending, timeout=wait,
-                                               return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                t_ms, size, out, errs = task.result()
+        deadline: float | None = self.clock() + max_wait + 1.0
+        while waiting:
+            done = [p for p in waiting if p.done]
+            if not done:
+                done = yield WaitAny(tuple(waiting), deadline)
+            for pending in done:
+                grp = waiting.pop(pending)
+                key = (grp.cluster.id, grp.node)
+                previous = self._inflight_fetch.get(key)
+                if previous is not None and previous[1] is pending:
+                    del self._inflight_fetch[key]  # answered: never served twice
+                t_ms, size, out, errs = self._fetch_merge(version, grp, pending)
                 throttle = max(throttle, t_ms)
                 got += size
                 results.update(out)
                 failed.extend(errs)
-            if not pending:
+            if not waiting:
                 break
-            expired = deadline is not None and loop.time() >= deadline
+            expired = deadline is not None and self.clock() >= deadline
             if (got >= min_bytes or expired) and all(
-                    self._caught_up(p) for task in pending for p in tasks[task].parts):
+                    self._caught_up(p) for grp in waiting.values() for p in grp.parts):
                 break
             if expired:
                 deadline = None  # only unknown partitions left: their own timeout bounds it
-        for task in pending:
-            task.cancel()  # the upstream request itself stays in flight (shielded)
-            for p in tasks[task].parts:
+        for grp in waiting.values():  # (their upstream requests stay in flight)
+            for p in grp.parts:
                 hwm, lso, log_start = self._watermarks[(p.topic, p.partition)]
                 results[(p.topic, p.partition)] = fetch_wire.FetchPartition(
                     p.partition, 0, hwm, lso, log_start, None, -1, b"")
@@ -868,7 +972,7 @@ class Session:
             results[(topic, partition)] = fetch_wire.FetchPartition(
                 partition, code, -1, -1, -1, None, -1, b"")
         if ends is not None:
-            for key, end in (await ends).items():
+            for key, end in (yield from wait(ends)).items():
                 r = results.get(key)
                 if r is not None and r.error_code == 0 and end > r.high_watermark:
                     r.high_watermark = r.last_stable_offset = end
@@ -891,8 +995,7 @@ class Session:
 
     # -- ListOffsets --------------------------------------------------------------------
 
-    async def list_offsets(self, req: codec.Request) -> Reply:
-        self._seen_role = self._seen_role or ROLE_CONSUMER
+    def list_offsets(self, req: codec.Request) -> Step:
         body: Any = req.entity
         fmap = self.fmap
         mod = resp_module(ApiKey.LIST_OFFSETS, req.header.api_version)
@@ -900,16 +1003,15 @@ class Session:
         for t in body.topics:
             for p in t.partitions:
                 jobs.append(self._one_offset(fmap, mod, body, t.name, p))
-        answers = await asyncio.gather(*jobs)
+        answers = yield Gather(jobs)
         ordered: dict[str, list[Any]] = defaultdict(list)
         for name, resp in answers:
             ordered[name].append(resp)
         topics = tuple(build(mod.ListOffsetsTopicResponse, name=n, partitions=tuple(ps))
                        for n, ps in ordered.items())
-        return _done(build(mod.ListOffsetsResponse, throttle_time=_ms(0), topics=topics))
+        return build(mod.ListOffsetsResponse, throttle_time=_ms(0), topics=topics)
 
-    async def _one_offset(self, fmap: Any, mod: Any, body: Any, name: str, p: Any
-                          ) -> tuple[str, Any]:
+    def _one_offset(self, fmap: Any, mod: Any, body: Any, name: str, p: Any) -> Step:
         index = int(p.partition_index)
         ts = int(p.timestamp)
 
@@ -932,7 +1034,7 @@ class Session:
             candidates = list(segs)
         for seg in candidates:
             try:
-                off, found_ts, code = await self._physical_offset(body, seg, ts, p)
+                off, found_ts, code = yield from self._physical_offset(body, seg, ts, p)
             except UpstreamError as e:
                 return answer(e.error_code)
             if code:
@@ -945,16 +1047,17 @@ class Session:
             return answer(0, logical, found_ts)
         return answer(0, -1, -1)
 
-    async def _physical_offset(self, body: Any, seg: Any, ts: int, p: Any
-                               ) -> tuple[int, int, int]:
+    def _physical_offset(self, body: Any, seg: Any, ts: int, p: Any) -> Step:
+        """(offset, timestamp, error code) of one segment's physical partition."""
         cluster = self.state.cluster(seg.cluster)
-        info = await cluster.leader(seg.topic, seg.partition)
+        info = yield from leader(cluster, seg.topic, seg.partition)
         t = body.topics[0]  # a template (its partitions may be empty: p is the one asked)
         sub = replace(body, replica_id=-1, topics=(replace(t, name=seg.topic, partitions=(
             replace(p, partition_index=seg.partition, timestamp=ts, current_leader_epoch=-1),
         )),))
-        conn = await self.lane(cluster, info.leader)
-        resp = await conn.request(sub, self.state.request_timeout, client_id=self.client_id)
+        pending = yield Send(cluster, info.leader, sub, self.client_id,
+                             self.state.request_timeout)
+        resp = yield from wait(pending)
         pr = resp.topics[0].partitions[0]
         code = int(pr.error_code)
         if code in RETRIABLE_LEADER_ERRORS:
@@ -963,10 +1066,9 @@ class Session:
 
     # -- Groups ---------------------------------------------------------------------------
 
-    async def find_coordinator(self, req: codec.Request) -> Reply:
+    def find_coordinator(self, req: codec.Request) -> Any:
         body: Any = req.entity
         mod = resp_module(ApiKey.FIND_COORDINATOR, req.header.api_version)
-        self._seen_role = self._seen_role or ROLE_CONSUMER
         pool = self.pool(ROLE_CONSUMER)  # group coordination is a consumer's business
         key_type = int(getattr(body, "key_type", 0))
         keys = list(body.coordinator_keys) if routing.has_field(body, "coordinator_keys") \
@@ -983,21 +1085,21 @@ class Session:
 
         if routing.has_field(mod.FindCoordinatorResponse, "coordinators"):
             coords = tuple(build(mod.Coordinator, key=k, **one(k)) for k in keys)
-            return _done(build(mod.FindCoordinatorResponse, throttle_time=_ms(0),
-                               coordinators=coords))
-        return _done(build(mod.FindCoordinatorResponse, throttle_time=_ms(0), **one(keys[0])))
+            return build(mod.FindCoordinatorResponse, throttle_time=_ms(0),
+                         coordinators=coords)
+        return build(mod.FindCoordinatorResponse, throttle_time=_ms(0), **one(keys[0]))
 
     def _coordination_cluster(self, group_id: str) -> ClusterClient:
         return self.state.cluster(self.state.coordination_cluster(group_id))
 
-    async def _to_coordinator(self, req: codec.Request, group_id: str) -> Any:
+    def _to_coordinator(self, req: codec.Request, group_id: str) -> Step:
         """Forward a group request to the real coordinator (retrying NOT_COORDINATOR once)."""
         cluster = self._coordination_cluster(group_id)
         for attempt in range(2):
-            node = await cluster.coordinator(group_id)
-            conn = await self.lane(cluster, node)
-            resp = await conn.request(req.entity, self.state.request_timeout + 300,
-                                      client_id=req.header.client_id)
+            node = yield Coordinator(cluster, group_id)
+            pending = yield Send(cluster, node, req.entity, req.header.client_id,
+                                 self.state.request_timeout + 300)
+            resp = yield from wait(pending)
             code = int(getattr(resp, "error_code", 0) or 0)
             if code in (ErrorCode.NOT_COORDINATOR, ErrorCode.COORDINATOR_NOT_AVAILABLE) \
                     and attempt == 0:
@@ -1006,77 +1108,70 @@ class Session:
             return resp
         return resp
 
-    async def group_forward(self, req: codec.Request) -> Reply:
+    def group_forward(self, req: codec.Request) -> Step:
         group_id = getattr(req.entity, GROUP_KEY_FIELD[req.header.api_key])
+        yield DETACH
+        try:
+            return (yield from self._to_coordinator(req, group_id))
+        except UpstreamError as e:
+            self._coordination_cluster(group_id).forget_coordinator(group_id)
+            return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
+                                  if e.error_code != ErrorCode.REQUEST_TIMED_OUT
+                                  else e.error_code)
 
-        async def go() -> Any:
-            try:
-                return await self._to_coordinator(req, group_id)
-            except UpstreamError as e:
-                self._coordination_cluster(group_id).forget_coordinator(group_id)
-                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE
-                                      if e.error_code != ErrorCode.REQUEST_TIMED_OUT
-                                      else e.error_code)
-        return go()
-
-    async def offset_fetch(self, req: codec.Request) -> Reply:
+    def offset_fetch(self, req: codec.Request) -> Step:
         body: Any = req.entity
         if routing.has_field(body, "groups"):  # v8+: a batch (an empty one too)
             if len(body.groups) != 1:
-                return _done(error_response(req, ErrorCode.INVALID_REQUEST))
+                return error_response(req, ErrorCode.INVALID_REQUEST)
             group_id = body.groups[0].group_id
         else:
             group_id = body.group_id
+        yield DETACH
+        try:
+            return (yield from self._to_coordinator(req, group_id))
+        except UpstreamError:
+            self._coordination_cluster(group_id).forget_coordinator(group_id)
+            return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
 
-        async def go() -> Any:
-            try:
-                return await self._to_coordinator(req, group_id)
-            except UpstreamError:
-                self._coordination_cluster(group_id).forget_coordinator(group_id)
-                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
-        return go()
-
-    async def describe_groups(self, req: codec.Request) -> Reply:
+    def describe_groups(self, req: codec.Request) -> Step:
         body: Any = req.entity
+        yield DETACH
         if len(body.groups) != 1:
             # One coordinator per group: ask each and merge.
-            async def many() -> Any:
-                parts = []
-                for g in body.groups:
-                    sub = codec.Request(req.header, replace(body, groups=(g,)))
-                    resp = await self._describe_one(sub, g)
-                    parts.extend(resp.groups)
-                mod = resp_module(ApiKey.DESCRIBE_GROUPS, req.header.api_version)
-                return build(mod.DescribeGroupsResponse, throttle_time=_ms(0),
-                             groups=tuple(parts))
-            return many()
-        return self._describe_one(req, body.groups[0])
+            parts = []
+            for g in body.groups:
+                sub = codec.Request(req.header, replace(body, groups=(g,)))
+                resp = yield from self._describe_one(sub, g)
+                parts.extend(resp.groups)
+            mod = resp_module(ApiKey.DESCRIBE_GROUPS, req.header.api_version)
+            return build(mod.DescribeGroupsResponse, throttle_time=_ms(0),
+                         groups=tuple(parts))
+        return (yield from self._describe_one(req, body.groups[0]))
 
-    async def _describe_one(self, req: codec.Request, group_id: str) -> Any:
+    def _describe_one(self, req: codec.Request, group_id: str) -> Step:
         try:
-            return await self._to_coordinator(req, group_id)
+            return (yield from self._to_coordinator(req, group_id))
         except UpstreamError:
             return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
 
-    async def list_groups(self, req: codec.Request) -> Reply:
+    def list_groups(self, req: codec.Request) -> Step:
         cluster_id = self.state.coordination_cluster("")
         cluster = self.state.cluster(cluster_id)
-
-        async def go() -> Any:
-            try:
-                view = await cluster.refresh()
-                mod = resp_module(ApiKey.LIST_GROUPS, req.header.api_version)
-                groups: list[Any] = []
-                for node in view.brokers:
-                    conn = await self.lane(cluster, node)
-                    resp = await conn.request(req.entity, self.state.request_timeout,
-                                              client_id=req.header.client_id)
-                    groups.extend(resp.groups)
-                return build(mod.ListGroupsResponse, throttle_time=_ms(0), error_code=to_kio(0),
-                             groups=tuple(groups))
-            except UpstreamError:
-                return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
-        return go()
+        yield DETACH
+        try:
+            view = yield Refresh(cluster)
+            mod = resp_module(ApiKey.LIST_GROUPS, req.header.api_version)
+            groups: list[Any] = []
+            for node in view.brokers:
+                pending = yield Send(cluster, node, req.entity, req.header.client_id,
+                                     self.state.request_timeout)
+                resp = yield from wait(pending)
+                groups.extend(resp.groups)
+            return build(mod.ListGroupsResponse, throttle_time=_ms(0), error_code=to_kio(0),
+                         groups=tuple(groups))
+        except UpstreamError:
+            return error_response(req, ErrorCode.COORDINATOR_NOT_AVAILABLE)
 
 
 # -- helpers ----------------------------------------------------------------------------

@@ -59,7 +59,7 @@ class InProcessProxy:
 
         def drop() -> None:
             for session in list(self.state.sessions):  # type: ignore[union-attr]
-                for conn in list(session._lanes.values()):
+                for conn in list(session.io._lanes.values()):
                     if conn.alive and conn.in_flight and conn._transport is not None:
                         count[0] += 1
                         conn._transport.abort()

@@ -52,7 +52,8 @@ from federation.protocol import (
     to_kio,
 )
 from federation.protocol.framing import FrameReader
-from federation.protocol.versions import SERVED_API_KEYS, codec_versions
+from federation.protocol.versions import codec_versions
+from federation.proxy.apis import CAPS
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -144,7 +145,7 @@ def error_codes(entity: Any) -> list[int]:
 
 
 def all_versions() -> list[tuple[int, int]]:
-    return [(k, v) for k, (lo, hi) in SUPPORTED.items() for v in range(lo, hi + 1)]
+    return [(k, v) for k, (lo, hi) in SUPPORTED.items() if k in CAPS for v in range(lo, hi + 1)]
 
 
 # ---------------------------------------------------------------------------
@@ -473,7 +474,7 @@ def test_fallback_for_unparsable_api_versions_request() -> None:
 
 
 def test_supported_ranges_come_from_kio() -> None:
-    assert set(SUPPORTED) == set(SERVED_API_KEYS)
+    assert set(CAPS) <= set(SUPPORTED)
     assert SUPPORTED[18] == (0, 4)
     for api_key, (low, high) in SUPPORTED.items():
         assert set(range(low, high + 1)) <= set(codec_versions(api_key))

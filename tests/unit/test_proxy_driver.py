@@ -1,0 +1,90 @@
+"""The asyncio driver executes the core's commands (federation/proxy/server.py: Driver),
+without a socket: sub-steps, concurrency, thread offloading, a pending's own deadline."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from federation.clusters.upstream import UpstreamError
+from federation.core.model import FederationMap, PhysicalCluster
+from federation.protocol.errors import ErrorCode
+from federation.proxy import core
+from federation.proxy.handlers import Session
+from federation.proxy.server import Driver
+from tests.unit.session_harness import make_state
+
+
+def _driver() -> Driver:
+    state = make_state(FederationMap(1, {"A": PhysicalCluster("A", "a:9092")}, {}))
+    session = Session(state, "x:1", asyncio.get_running_loop().time)
+    return Driver(state, session, "x:1")
+
+
+def test_the_driver_runs_spawned_and_gathered_steps_and_stops_at_detach() -> None:
+    def child(v: int) -> core.Step:
+        got = yield core.Offload(lambda: v * 2, ())
+        return got
+
+    def handler() -> core.Step:
+        p = yield core.Spawn(child(3))
+        while not p.done:
+            yield core.WaitAny((p,), None)
+        both = yield core.Gather([child(1), child(2)])
+        yield core.DETACH
+        try:
+            yield core.Leader(None, "t", 0)  # fails inside the driver: thrown in
+        except Exception as e:
+            return p.value, both, type(e).__name__
+        return None
+
+    async def main() -> Any:
+        driver = _driver()
+        finished, gen = await driver.drive(handler(), detach=True)
+        assert not finished
+        return await driver.run(gen)
+
+    value, both, error = asyncio.run(main())
+    assert value == 6 and both == [2, 4] and error == "AttributeError"
+
+
+class _Conn:
+    label = "A/1/x"
+    closed = False
+
+    def close(self, reason: Any = None) -> None:
+        self.closed = True
+
+
+def test_a_pending_past_its_deadline_times_out_and_closes_its_connection() -> None:
+    async def main() -> tuple[Any, bool]:
+        driver = _driver()
+        loop = asyncio.get_running_loop()
+        conn = _Conn()
+        fut: asyncio.Future[Any] = loop.create_future()  # an answer that never comes
+        pending = core.Pending(loop.time() + 0.01, (conn, fut))
+
+        def handler() -> core.Step:
+            try:
+                return (yield from core.wait(pending))
+            except UpstreamError as e:
+                return e.error_code
+        return await driver.run(handler()), conn.closed
+
+    code, closed = asyncio.run(main())
+    assert code == ErrorCode.REQUEST_TIMED_OUT and closed
+
+
+def test_wait_any_returns_at_its_deadline_with_nothing_done() -> None:
+    async def main() -> Any:
+        driver = _driver()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        pending = core.Pending(None, (_Conn(), fut))
+
+        def handler() -> core.Step:
+            done = yield core.WaitAny((pending,), loop.time() + 0.01)
+            return done
+        return await driver.run(handler())
+
+    assert asyncio.run(main()) == []
