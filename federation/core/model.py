@@ -378,7 +378,7 @@ class AutoCreatePolicy:
                                                    default.replication_factor)))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class FederationMap:
     """Everything a proxy or the name service needs, under one monotonically growing version."""
 
