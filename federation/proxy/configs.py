@@ -11,6 +11,15 @@ Resources, by type (docs/compatibility.md has the table):
   the dynamic set; IncrementalAlterConfigs SET/DELETE/APPEND/SUBTRACT) and messages hold.
   The resulting dynamic configs are recorded in the map (``LogicalTopic.config``):
   physical topics created later for the topic (new segments, repairs) get them too.
+  Guarantee: the alter is answered only once (a) the broker of each holding cluster that
+  the proxy reads shows the change on every physical topic of the topic (Kafka in KRaft
+  mode answers an alter when its controller committed it, and a broker applies it a
+  moment later: read at once, it may still show a config just deleted), at most
+  :data:`VISIBLE_WAIT` s, then logged, and (b) the map recording the configs read then
+  is stored and served by this proxy (the controller's intent). A later DescribeConfigs
+  through any proxy reads partition 0's physical topic on its cluster, so it shows the
+  change, as long as that cluster answers from the broker read (a cluster of several
+  brokers may answer from one that lags: Kafka's own behaviour). ADR 0025.
 * **BROKER** / **BROKER_LOGGER**: the brokers a client sees are proxies. Described from one
   broker of the coordination cluster (``""``: the cluster-wide dynamic defaults), answered
   under the proxy's id, with the federation's own values for ``node.id``/``broker.id``,
@@ -24,7 +33,9 @@ Resources, by type (docs/compatibility.md has the table):
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kio.schema.describe_configs.v1 import request as describe_configs_v1
@@ -36,7 +47,7 @@ from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy.core import Await, Gather, Offload, Refresh, Send, Step, wait
+from federation.proxy.core import Await, Gather, Offload, Refresh, Send, Step, WaitAny, wait
 from federation.proxy.routing import build, replace, resp_module
 
 if TYPE_CHECKING:
@@ -54,6 +65,9 @@ DEFAULT_CONFIG = 5
 DEFAULT_STRATEGY = "contiguous"
 #: Broker configs answered with the federation's values (see :func:`_federation_values`).
 _PER_PROXY = ("node.id", "broker.id")
+#: How long an alter waits for the brokers to show its change (seconds, at most; and never
+#: beyond the proxy's request timeout), and how often it looks meanwhile.
+VISIBLE_WAIT, VISIBLE_POLL = 10.0, 0.01
 
 
 def _ms(value: int) -> Any:
@@ -235,8 +249,13 @@ def _describe_broker(state: ProxyState, body: Any, r: Any, client_id: str | None
 # -- AlterConfigs / IncrementalAlterConfigs -------------------------------------------------
 
 
-def alter_configs(state: ProxyState, req: codec.Request) -> Step:
-    """AlterConfigs (the whole dynamic set replaced) and IncrementalAlterConfigs."""
+def alter_configs(state: ProxyState, req: codec.Request,
+                  clock: Callable[[], float] = time.monotonic) -> Step:
+    """AlterConfigs (the whole dynamic set replaced) and IncrementalAlterConfigs.
+
+    A topic's alter is answered once partition 0's active physical topic (the one
+    DescribeConfigs reads) shows the change and the map records it: see
+    :func:`_alter_topic`. ``clock``: the driver's (the deadline of that wait)."""
     body: Any = req.entity
     key = req.header.api_key
     mod = resp_module(key, req.header.api_version)
@@ -248,7 +267,7 @@ def alter_configs(state: ProxyState, req: codec.Request) -> Step:
         code, message = 0, None
         try:
             if kind == TOPIC:
-                yield from _alter_topic(state, body, r, incremental, client_id)
+                yield from _alter_topic(state, body, r, incremental, client_id, clock)
             elif kind in (BROKER, BROKER_LOGGER):
                 _broker_id(state, name)
                 raise _Refused(ErrorCode.INVALID_REQUEST,
@@ -297,8 +316,36 @@ def _strip_strategy(r: Any, topic: LogicalTopic, incremental: bool) -> Any:
     return replace(r, configs=tuple(kept))
 
 
+def _shows(r: Any, incremental: bool) -> Callable[[dict[str, str]], bool]:
+    """Whether dynamic configs read from a broker show the alter ``r`` (already accepted).
+
+    Kafka (KRaft) answers an alter once its controller committed it; each broker applies
+    the committed record to the configs it describes a moment later. Read at once, the
+    broker may still show the configs from before (a deleted config still there)."""
+    if not incremental:
+        wanted = {c.name: c.value for c in r.configs if c.value is not None}
+        return lambda seen: seen == wanted
+
+    def items(value: str | None) -> set[str]:
+        return {v.strip() for v in (value or "").split(",") if v.strip()}
+
+    def shows(seen: dict[str, str]) -> bool:
+        for c in r.configs:
+            op = int(c.config_operation)
+            if op == 0 and seen.get(c.name) != c.value:  # SET
+                return False
+            if op == 1 and c.name in seen:  # DELETE
+                return False
+            if op == 2 and not items(c.value) <= items(seen.get(c.name)):  # APPEND
+                return False
+            if op == 3 and items(c.value) & items(seen.get(c.name)):  # SUBTRACT
+                return False
+        return True
+    return shows
+
+
 def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
-                 client_id: str | None) -> Step:
+                 client_id: str | None, clock: Callable[[], float] = time.monotonic) -> Step:
     topic = _logical_topic(state.fmap, r.resource_name)
     r = _strip_strategy(r, topic, incremental)
     where = physical_topics(topic)
@@ -329,11 +376,17 @@ def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
     yield from everywhere(True)
     if body.validate_only:
         return
+    applied = False
     try:
         yield from everywhere(False)
+        applied = True
     finally:
         # What the physical topics now hold is the logical topic's config (recorded even
-        # if one cluster failed: a retry converges, and new segments get it).
+        # if one cluster failed: a retry converges, and new segments get it). Once applied
+        # everywhere, read only when the brokers show the change (read a moment too early,
+        # a config just deleted was recorded and the map kept it: ADR 0025).
+        if applied:
+            yield from _until_shown(state, where, _shows(r, incremental), client_id, clock)
         config = yield from _dynamic_configs(state, topic, client_id)
         if config is not None:
             from federation.controller import intents
@@ -348,25 +401,56 @@ def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
                 state.set_map(fmap)
 
 
-def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: str | None) -> Step:
-    """The dynamic (per-topic) configs of ``topic``'s first physical data topic."""
-    segment = topic.partitions[0].active
+def _until_shown(state: ProxyState, where: dict[str, list[str]],
+                 shows: Callable[[dict[str, str]], bool], client_id: str | None,
+                 clock: Callable[[], float]) -> Step:
+    """Wait until every cluster's physical topics show the alter (read from the broker
+    DescribeConfigs reads), at most :data:`VISIBLE_WAIT` seconds (then logged)."""
+    wait = min(VISIBLE_WAIT, state.request_timeout)
+    deadline = clock() + wait
+
+    def on(cluster_id: str, names: list[str]) -> Step:
+        while True:
+            seen = yield from _dynamic(state, cluster_id, names, client_id)
+            if seen is None or all(shows(c) for c in seen.values()):
+                return
+            if clock() >= deadline:
+                log.warning("the configs of %s on %s still do not show the alter after "
+                            "%.0fs: %s", names, cluster_id, wait, seen)
+                return
+            yield WaitAny((), min(deadline, clock() + VISIBLE_POLL))
+
+    yield Gather([on(c, n) for c, n in where.items()])
+
+
+def _dynamic(state: ProxyState, cluster_id: str, names: list[str], client_id: str | None
+             ) -> Step:
+    """The dynamic (per-topic) configs of physical topics ``names`` of a cluster (None:
+    could not be read)."""
     request = describe_configs_v1.DescribeConfigsRequest(
-        resources=(describe_configs_v1.DescribeConfigsResource(
-            resource_type=i8(TOPIC), resource_name=segment.topic, configuration_keys=None),),
+        resources=tuple(describe_configs_v1.DescribeConfigsResource(
+            resource_type=i8(TOPIC), resource_name=n, configuration_keys=None)
+            for n in names),
         include_synonyms=False)
     try:
-        pending = yield Send(state.cluster(segment.cluster), None, request, client_id,
+        pending = yield Send(state.cluster(cluster_id), None, request, client_id,
                              state.request_timeout, shared=True)
         resp = yield from wait(pending)
     except UpstreamError as e:
-        log.warning("could not read back the configs of %s on %s: %s", segment.topic,
-                    segment.cluster, e)
+        log.warning("could not read back the configs of %s on %s: %s", names, cluster_id, e)
         return None
-    [result] = resp.results
-    if int(result.error_code):
-        return None
-    result_configs: dict[str, str] = {c.name: c.value for c in result.configs
-                                      if int(c.config_source) == DYNAMIC_TOPIC_CONFIG
-                                      and c.value is not None}
-    return result_configs
+    out: dict[str, dict[str, str]] = {}
+    for result in resp.results:
+        if int(result.error_code):
+            return None
+        out[result.resource_name] = {c.name: c.value for c in result.configs
+                                     if int(c.config_source) == DYNAMIC_TOPIC_CONFIG
+                                     and c.value is not None}
+    return out
+
+
+def _dynamic_configs(state: ProxyState, topic: LogicalTopic, client_id: str | None) -> Step:
+    """The dynamic (per-topic) configs of ``topic``'s first physical data topic."""
+    segment = topic.partitions[0].active
+    seen = yield from _dynamic(state, segment.cluster, [segment.topic], client_id)
+    return None if seen is None else seen.get(segment.topic)

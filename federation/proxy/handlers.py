@@ -508,7 +508,7 @@ class Session:
 
     def alter_configs(self, req: codec.Request) -> Step:
         yield DETACH
-        return (yield from configs.alter_configs(self.state, req))
+        return (yield from configs.alter_configs(self.state, req, self.clock))
 
     def delete_records(self, req: codec.Request) -> Step:
         yield DETACH

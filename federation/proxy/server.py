@@ -731,6 +731,10 @@ class Driver:
         done = [p for p in cmd.pending if p.done]
         if done:
             return done
+        if not cmd.pending:  # a timer
+            if cmd.deadline is not None:
+                await asyncio.sleep(max(0.0, cmd.deadline - self.loop.time()))
+            return []
         limit = cmd.deadline
         for p in cmd.pending:
             if p.deadline is not None and (limit is None or p.deadline < limit):

@@ -891,3 +891,78 @@ def test_alter_configs_validates_everywhere_before_changing_anything() -> None:
     assert int(result.error_code) == ErrorCode.INVALID_CONFIG
     assert all(s.request.validate_only for s in h.sent)  # nothing was changed
     assert sorted(s.cluster for s in h.sent) == ["A", "B"]
+
+
+def test_alter_configs_records_the_config_only_once_the_brokers_show_the_change(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kafka (KRaft) answers an alter once its controller committed it; its brokers apply
+    # the change a moment later. A DescribeConfigs read at once could still show a config
+    # just deleted, and the map recorded it (a flaky integration test found it).
+    from federation.controller import intents
+    from federation.proxy import admin_handlers
+
+    h = harness()
+    recorded: list[dict[str, str]] = []
+
+    async def set_topic_config(backend: Any, name: str, config: Any, **_: Any) -> None:
+        recorded.append(dict(config))
+
+    monkeypatch.setattr(intents, "set_topic_config", set_topic_config)
+    monkeypatch.setattr(admin_handlers, "submitter", lambda state: None)
+    altered: list[float] = []
+    stale_reads = {"A": 3, "B": 1}  # describes still answering the old configs
+
+    def alter(sent: Sent) -> Any:
+        if not sent.request.validate_only:
+            altered.append(h.now)
+        mod = resp_module(sent.api_key, int(sent.request.__version__))
+        return build(mod.IncrementalAlterConfigsResponse, throttle_time=0 * MS, responses=tuple(
+            build(mod.AlterConfigsResourceResponse, error_code=to_kio(0), error_message=None,
+                  resource_type=r.resource_type, resource_name=r.resource_name)
+            for r in sent.request.resources))
+
+    def describe(sent: Sent) -> Any:
+        if altered and stale_reads[sent.cluster]:
+            stale_reads[sent.cluster] -= 1
+            return describe_configs_answer(sent, {"retention.ms": "1", "cleanup.policy": "compact"})
+        return describe_configs_answer(sent, {"cleanup.policy": "compact"})
+
+    h.on(ApiKey.INCREMENTAL_ALTER_CONFIGS, alter)
+    h.on(ApiKey.DESCRIBE_CONFIGS, describe)
+    r = make(ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, "AlterConfigsResource", resource_type=2,
+             resource_name="orders", configs=(make(
+                 ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, "AlterableConfig", name="retention.ms",
+                 config_operation=1, value=None),))
+    reply = h.call(make(ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, resources=(r,),
+                        validate_only=False))
+    [result] = reply.body.responses
+    assert int(result.error_code) == 0
+    assert stale_reads == {"A": 0, "B": 0}  # read again until both clusters show it
+    assert recorded == [{"cleanup.policy": "compact"}]
+    assert h.now - altered[0] < 1.0  # polled, not waited out
+
+
+def test_alter_configs_shown_by_the_brokers() -> None:
+    from federation.proxy.configs import _shows
+
+    def op(name: str, operation: int, value: str | None) -> Any:
+        return make(ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, "AlterableConfig", name=name,
+                    config_operation=operation, value=value)
+
+    r = make(ApiKey.INCREMENTAL_ALTER_CONFIGS, 1, "AlterConfigsResource", resource_type=2,
+             resource_name="t", configs=(op("retention.ms", 0, "5"), op("segment.ms", 1, None),
+                                         op("cleanup.policy", 2, "compact"),
+                                         op("follower.replication.throttled.replicas", 3,
+                                            "1:1")))
+    shows = _shows(r, incremental=True)
+    assert shows({"retention.ms": "5", "cleanup.policy": "delete,compact"})
+    assert not shows({"retention.ms": "4", "cleanup.policy": "compact"})
+    assert not shows({"retention.ms": "5", "cleanup.policy": "compact", "segment.ms": "1"})
+    assert not shows({"retention.ms": "5", "cleanup.policy": "delete"})
+    assert not shows({"retention.ms": "5", "cleanup.policy": "compact",
+                      "follower.replication.throttled.replicas": "1:1,2:2"})
+    whole = make(ApiKey.ALTER_CONFIGS, 2, "AlterConfigsResource", resource_type=2,
+                 resource_name="t", configs=(make(ApiKey.ALTER_CONFIGS, 2, "AlterableConfig",
+                                                  name="retention.ms", value="5"),))
+    assert _shows(whole, incremental=False)({"retention.ms": "5"})
+    assert not _shows(whole, incremental=False)({"retention.ms": "5", "segment.ms": "1"})
