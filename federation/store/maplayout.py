@@ -31,6 +31,7 @@ of versions it missed (a gap is caught up by the same diff).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import re
@@ -177,12 +178,14 @@ def encode_base(fmap: FederationMap) -> bytes:
 
 
 def encode_shard(shard: int, topics: Iterable[LogicalTopic]) -> bytes:
-    """A shard document: its topics, and a checksum of each (``crcs``) with which a reader
-    decodes only the topics that changed since the shard's previous document."""
     topic_dicts = FederationMap(0, topics={t.name: t for t in topics}).to_dict()["topics"]
-    crcs = {name: zlib.crc32(_dumps(d)) for name, d in topic_dicts.items()}
     return _dumps({"format": LAYOUT_FORMAT, "kind": "shard", "shard": shard,
-                   "topics": topic_dicts, "crcs": crcs})
+                   "topics": topic_dicts})
+
+
+def _digest(topic: Any) -> bytes:
+    """A topic's fingerprint: BLAKE2b-128 of its canonical JSON (as the writer wrote it)."""
+    return hashlib.blake2b(_dumps(topic), digest_size=16).digest()
 
 
 def _load_doc(name: str, raw: bytes, kind: str) -> dict[str, Any]:
@@ -210,14 +213,13 @@ def decode_base(name: str, raw: bytes) -> FederationMap:
 
 def decode_shard(name: str, raw: bytes, shard: int, shards: int,
                  known: Mapping[str, LogicalTopic] | None = None,
-                 known_crcs: Mapping[str, int] | None = None,
-                 crcs_out: dict[str, int] | None = None) -> dict[str, LogicalTopic]:
+                 known_digests: Mapping[str, bytes] | None = None,
+                 digests_out: dict[str, bytes] | None = None) -> dict[str, LogicalTopic]:
     """The topics of a shard document.
 
-    A topic whose checksum in the document equals ``known_crcs[topic]`` is not decoded:
-    ``known[topic]`` (the reader's current object) is returned for it. The document's
-    checksums are stored in ``crcs_out``. A document without (valid) checksums, as older
-    writers wrote, is decoded whole.
+    A topic whose content's digest (computed here, from what the document holds) equals
+    ``known_digests[topic]`` is not decoded again: ``known[topic]`` (the reader's current
+    object) is returned for it. Each topic's digest is stored in ``digests_out``.
     """
     data = _load_doc(name, raw, "shard")
     topics = data.get("topics")
@@ -227,15 +229,12 @@ def decode_shard(name: str, raw: bytes, shard: int, shards: int,
         if shard_of(topic_name, shards) != shard:
             raise LayoutError(f"map document {name}: topic {topic_name!r} belongs to shard "
                               f"{shard_of(topic_name, shards)}, not {shard}")
-    crcs = data.get("crcs")
-    if not isinstance(crcs, dict) or crcs.keys() != topics.keys() or not all(
-            type(c) is int for c in crcs.values()):
-        crcs = {}
+    digests = {topic_name: _digest(t) for topic_name, t in topics.items()}
     kept: dict[str, LogicalTopic] = {}
-    if crcs and known is not None and known_crcs is not None:
-        for topic_name, crc in crcs.items():
+    if known is not None and known_digests:
+        for topic_name, digest in digests.items():
             old = known.get(topic_name)
-            if old is not None and known_crcs.get(topic_name) == crc:
+            if old is not None and known_digests.get(topic_name) == digest:
                 kept[topic_name] = old
     todo = topics if not kept else {k: v for k, v in topics.items() if k not in kept}
     try:
@@ -243,8 +242,8 @@ def decode_shard(name: str, raw: bytes, shard: int, shards: int,
                                           "topics": todo})
     except ValueError as e:
         raise LayoutError(f"map document {name}: {e}") from None
-    if crcs_out is not None:
-        crcs_out.update(crcs)
+    if digests_out is not None:
+        digests_out.update(digests)
     if not kept:
         return dict(parsed.topics)
     return {n: kept[n] if n in kept else parsed.topics[n] for n in topics}
@@ -421,8 +420,8 @@ class MapState:
     shard_topics: dict[int, frozenset[str]] = field(default_factory=dict)
     base_bytes: bytes | None = None
     _owners: dict[str, set[str]] | None = None
-    #: topic → the checksum its shard document gave it (topics of documents without none)
-    topic_crcs: dict[str, int] = field(default_factory=dict)
+    #: topic → the digest of its stored content (see decode_shard; empty for a writer's state)
+    topic_digests: dict[str, bytes] = field(default_factory=dict)
 
     @property
     def version(self) -> int:
@@ -480,11 +479,11 @@ class MapState:
         base = decode_base(index.base, docs[index.base])
         topics: dict[str, LogicalTopic] = {}
         shard_topics: dict[int, frozenset[str]] = {}
-        crcs: dict[str, int] = {}
+        digests: dict[str, bytes] = {}
         for i, name in enumerate(index.docs):
             if name is None:
                 continue
-            part = decode_shard(name, docs[name], i, index.shards, crcs_out=crcs)
+            part = decode_shard(name, docs[name], i, index.shards, digests_out=digests)
             topics.update(part)
             shard_topics[i] = frozenset(part)
         fmap = dataclasses.replace(base, version=index.version, topics=topics)
@@ -492,7 +491,7 @@ class MapState:
             fmap.validate()
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
-        state = cls(fmap, index, shard_topics, docs[index.base], topic_crcs=crcs)
+        state = cls(fmap, index, shard_topics, docs[index.base], topic_digests=digests)
         state.owners()  # now, off any event loop, rather than at the first change
         fmap.topic_by_id(_NO_TOPIC_ID)  # its id index too (the first change validates by id)
         return state
@@ -509,15 +508,15 @@ class MapState:
         old = self.fmap
         base_changed = index.base != self.index.base
         shard_topics = dict(self.shard_topics)
-        crcs = self.topic_crcs
-        new_crcs: dict[str, int] = {}
+        digests = self.topic_digests
+        new_digests: dict[str, bytes] = {}
         updates: dict[str, LogicalTopic | None] = {}
         for i, (name, mine) in enumerate(zip(index.docs, self.index.docs, strict=True)):
             if name == mine:
                 continue
             before = shard_topics.pop(i, frozenset())
             part = {} if name is None else decode_shard(name, docs[name], i, index.shards,
-                                                        old.topics, crcs, new_crcs)
+                                                        old.topics, digests, new_digests)
             for topic_name, topic in part.items():
                 previous = old.topics.get(topic_name)
                 if previous is None or previous != topic:  # else: keep sharing it
@@ -546,17 +545,15 @@ class MapState:
                 validate_topics(old, fmap, changed, owners)
         except ValueError as e:
             raise LayoutError(f"map version {index.version}: {e}") from None
-        if updates or new_crcs:
-            crcs = dict(crcs)
+        if updates or new_digests:
+            digests = dict(digests)
             for topic_name, update in updates.items():
                 if update is None:
-                    crcs.pop(topic_name, None)
-            for topic_name in changed - new_crcs.keys():
-                crcs.pop(topic_name, None)  # decoded from a document without checksums
-            crcs.update(new_crcs)
+                    digests.pop(topic_name, None)
+            digests.update(new_digests)
         state = MapState(fmap, index, shard_topics,
                          docs[index.base] if base_changed else self.base_bytes, owners,
-                         topic_crcs=crcs)
+                         topic_digests=digests)
         _remember(fmap, old.version, frozenset(changed), base_changed)
         return state
 
