@@ -125,7 +125,7 @@ class GroupConsumer:
         from kafka import KafkaConsumer
 
         consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=self.group,
+            self.topic, bootstrap_servers=self.bootstrap, group_id=self.group,
             client_id=f"fk-group-{self.group}", auto_offset_reset="earliest",
             enable_auto_commit=True, auto_commit_interval_ms=500, metadata_max_age_ms=3000,
             request_timeout_ms=60000, retry_backoff_ms=200, max_poll_records=2000,
@@ -133,18 +133,6 @@ class GroupConsumer:
             # the member kicked out of its group over and over, reading nothing.
             session_timeout_ms=45000, heartbeat_interval_ms=3000)
         try:
-            # Subscribe once this client's metadata has the topic: kafka-python's group
-            # leader that assigns before it has the topic's partitions ("No partition
-            # metadata for topic") can leave the group with nothing assigned for good
-            # (dpkp/kafka-python#2377, seen with plain Kafka too): the member reads nothing.
-            deadline = time.monotonic() + 120
-            while not consumer.partitions_for_topic(self.topic):
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    self.errors.append(f"no metadata for topic {self.topic} in 120 s")
-                    return
-                consumer.topics()  # a blocking metadata request
-                time.sleep(0.2)
-            consumer.subscribe([self.topic])
             while not self._stop.is_set():
                 try:
                     batches = consumer.poll(timeout_ms=200)
