@@ -39,7 +39,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -314,6 +314,40 @@ def _cpu_seconds(pids: list[int]) -> float | None:
     return total
 
 
+def _set_affinity(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads started later inherit it)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        with suppress(ProcessLookupError, PermissionError):  # a thread just ended
+            os.sched_setaffinity(tid, cpus)
+
+
+def pin_proxy_apart(state: dict[str, Any]) -> dict[str, list[int]]:
+    """The proxy's processes on the machine's last CPU; brokers, the rest of the
+    federation and this process (the clients) on the others.
+
+    Equal footing on a small machine: both paths get the same CPUs for brokers and
+    clients, and the proxy gets a core of its own, as it would on its own host. Without
+    it the proxy's CPU comes out of the brokers' and clients' share, and the throughput
+    ratio measures the machine's core count, not the proxy.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("--pin-proxy needs Linux (sched_setaffinity)")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise ConfigError(f"--pin-proxy needs at least 2 CPUs; this process may use {cpus}")
+    proxy_cpus, rest_cpus = {cpus[-1]}, set(cpus[:-1])
+    for p in state.get("processes", []):
+        pids = _descendants(int(p["pid"]))
+        for pid in pids:
+            _set_affinity(pid, proxy_cpus if p.get("kind") == "proxy" else rest_cpus)
+    _set_affinity(os.getpid(), rest_cpus)
+    return {"proxy": sorted(proxy_cpus), "brokers_and_clients": sorted(rest_cpus)}
+
+
 def _machine_busy_seconds() -> float | None:
     """CPU seconds spent not idle by the whole machine so far (Linux /proc/stat)."""
     try:
@@ -542,7 +576,7 @@ def _targets(layout: dict[str, int], bootstraps: dict[str, str], topic: str) -> 
 
 
 def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
-              progress: Callable[[str], None]) -> dict[str, Any]:
+              progress: Callable[[str], None], pin_proxy: bool = False) -> dict[str, Any]:
     """Measure both paths on the running federation described by ``state``.
 
     Equal footing: the direct path writes to and reads from physical topics on the same
@@ -559,6 +593,10 @@ def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
     proxy_pids = [q for p in procs if p.get("kind") == "proxy"
                   for q in _descendants(int(p["pid"]))]
     broker_pids = [int(p["pid"]) for p in procs if p.get("kind") == "kafka-broker"]
+    pinning = pin_proxy_apart(state) if pin_proxy else None
+    if pinning is not None:
+        progress(f"CPUs: proxy {pinning['proxy']}, brokers and clients "
+                 f"{pinning['brokers_and_clients']}")
     tag = uuid.uuid4().hex[:6]
     n = settings.partitions
     layouts: dict[str, dict[str, int]] = {}
@@ -650,7 +688,7 @@ def run_bench(state: dict[str, Any], settings: Settings, *, java: bool,
             "acks": "all", "linger_ms": settings.linger_ms, "compression": "none",
             "latency_records": settings.latency_records,
             "latency_rate": settings.latency_rate, "warmup_records": settings.warmup_records,
-            "rounds": settings.rounds,
+            "rounds": settings.rounds, "cpu_pinning": pinning,
         },
         "topics": {
             "direct": {"clusters": {c: {"bootstrap": bootstraps[c], "partitions": k}
@@ -847,6 +885,10 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"[yellow]warning: the load average ({load[0]:.1f}, {load[1]:.1f}) exceeds "
                       f"the {m['cores']} cores: other work competed for the CPU, so the "
                       "throughput and latency ratios say little (CPU per MB holds up better)[/]")
+    if s.get("cpu_pinning"):
+        pin = s["cpu_pinning"]
+        console.print(f"CPUs: the proxy on {pin['proxy']}, brokers and clients on "
+                      f"{pin['brokers_and_clients']} (both paths; --pin-proxy)")
     if rounds > 1:
         console.print("per round, produce/consume ratio: " + ", ".join(
             f"{_fmt(x['produce_records_per_s'])}/{_fmt(x['consume_records_per_s'])}"
@@ -947,6 +989,9 @@ def register(app: typer.Typer) -> None:
         kafka_version: Annotated[str, typer.Option(
             help="Kafka release of the federation started for the run.")]
         = DEFAULT_KAFKA_VERSION,
+        pin_proxy: Annotated[bool, typer.Option(
+            "--pin-proxy", help="Run the proxy on a CPU of its own and brokers and clients "
+                                "on the others (both paths), as on separate hosts.")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")]
         = False,
     ) -> None:
@@ -968,7 +1013,8 @@ def register(app: typer.Typer) -> None:
             require_client()
             with federation_for(workdir, base_port, kafka_version, progress, clusters,
                                 workers) as state:
-                report = run_bench(state, settings, java=java, progress=progress)
+                report = run_bench(state, settings, java=java, progress=progress,
+                                   pin_proxy=pin_proxy)
         except FedKafkaError as e:
             err.print(f"[red]error:[/] {e}")
             raise typer.Exit(1) from e

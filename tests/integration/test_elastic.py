@@ -1,6 +1,6 @@
 """Partitions that move, on a federation of 3 real clusters with real clients running.
 
-Kafka's VerifiableProducer (Java, idempotent, acks=all, default retries) and a kafka-python
+Kafka's VerifiableProducer (Java, idempotent, acks=all, default retries) and a librdkafka
 consumer group run throughout each test; afterwards every acknowledged record must have
 been consumed at the offset it was acknowledged at, each key in one partition and in
 order, and no record written twice.
@@ -34,7 +34,7 @@ from federation.tooling.kafka_dist import KafkaDist
 from federation.tooling.local import LocalFederation, temporary_federation
 from federation.tooling.testing.clients import java_murmur2_partition
 
-from .elastic_tools import GroupConsumer, finish, run_clients, wait_until
+from .elastic_tools import finish, run_clients, wait_until
 from .fedtopics import backend_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -203,12 +203,6 @@ def test_drain_and_retire_a_cluster_under_load(
         producer.stop()
         consumer.stop()
         raise
-    if not consumer.records:
-        # Seen twice on a loaded CI machine, never here: this kafka-python member never got
-        # to read at all (stuck joining its group; the drain then waits for no group). The
-        # data is what this test is about: read it all with a fresh group and check it.
-        consumer.stop()
-        consumer = GroupConsumer(fed["bootstrap"], "drained", "g-drained-again").start()
     counts = finish(producer, consumer)
     for p in on_c2:
         assert any(a.partition == p and a.at > started for a in producer.acks)
