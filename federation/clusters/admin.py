@@ -996,6 +996,21 @@ async def validate_create_topic(backend: MetadataBackend, name: str, partitions:
     """
     fmap = await _load(backend)
     topic = plan_create_topic(fmap, name, partitions, strategy, config, plugins=plugins)
+    await validate_physical(fmap, name, physical_needs(fmap, topic), replication, config,
+                            connect=connect)
+    return topic
+
+
+async def validate_physical(fmap: FederationMap, name: str, needs: dict[str, dict[str, int]],
+                            replication: int | None = None,
+                            config: Mapping[str, str] | None = None, *,
+                            connect: Connect = aiokafka_admin) -> None:
+    """Have every physical cluster of ``needs`` (:func:`physical_needs` of the planned
+    topic ``name``) validate creating its physical topics (the shadow topic without
+    ``config``); nothing is created.
+
+    :raises AdminError: the first cluster's refusal, as :func:`validate_create_topic`.
+    """
 
     async def validate_on(cluster_id: str, wanted: dict[str, int]) -> None:
         async with connect(fmap.clusters[cluster_id]) as admin:
@@ -1005,13 +1020,11 @@ async def validate_create_topic(backend: MetadataBackend, name: str, partitions:
                 await admin.create({physical: count}, replication,
                                    None if is_shadow else config, validate_only=True)
 
-    needs = physical_needs(fmap, topic)
     results = await asyncio.gather(*(validate_on(c, w) for c, w in needs.items()),
                                    return_exceptions=True)
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    return topic
 
 
 async def describe_physical(fmap: FederationMap, topic: LogicalTopic, *,

@@ -778,16 +778,12 @@ async def _map(backend: MetadataBackend) -> FederationMap:
     return await admin._load(backend)
 
 
-async def create_topics(backend: MetadataBackend, specs: Sequence[admin.TopicSpec], *,
-                        via: Submitter = _DEFAULT, plugins: Plugins | None = None
-                        ) -> list[LogicalTopic | admin.AdminError]:
-    """:func:`federation.clusters.admin.create_topics` through the controller."""
-    if await _direct(backend, via):
-        return await admin.create_topics(backend, specs, plugins=plugins)
-    before = await _map(backend)
+def create_topics_args(before: FederationMap, specs: Sequence[admin.TopicSpec], *,
+                       plugins: Plugins | None = None) -> dict[str, Any]:
+    """The ``create_topics`` intent's arguments, with this process's layout of each topic
+    as planned on ``before`` (used if the controller lacks the strategy plugin). No I/O."""
 
     def layout(spec: admin.TopicSpec) -> list[list[Any]] | None:
-        """This process's layout (used if the controller lacks the strategy plugin)."""
         try:
             topic = admin.plan_create_topic(before, spec.name, spec.partitions, spec.strategy,
                                             spec.config, plugins=plugins)
@@ -795,12 +791,16 @@ async def create_topics(backend: MetadataBackend, specs: Sequence[admin.TopicSpe
             return None  # the controller gives the reason
         return [[p.active.cluster, p.active.partition] for p in topic.partitions]
 
-    answer = await submit(backend, "create_topics", {"topics": [
+    return {"topics": [
         {"name": s.name, "partitions": s.partitions, "strategy": s.strategy,
          "config": None if s.config is None else dict(s.config),
-         "replication": s.replication, "layout": layout(s)} for s in specs]},
-        token=via.token, timeout=via.timeout)
-    fmap = await _map(backend)
+         "replication": s.replication, "layout": layout(s)} for s in specs]}
+
+
+def create_topics_outcome(fmap: FederationMap, specs: Sequence[admin.TopicSpec],
+                          answer: Mapping[str, Any]) -> list[LogicalTopic | admin.AdminError]:
+    """Each topic's outcome of a ``create_topics`` intent, from the controller's ``answer``
+    and the map that applied it (``fmap``). No I/O."""
     results = (answer.get("result") or {}).get("topics")
     out: list[LogicalTopic | admin.AdminError] = []
     for i, spec in enumerate(specs):
@@ -813,6 +813,19 @@ async def create_topics(backend: MetadataBackend, specs: Sequence[admin.TopicSpe
             out.append(admin.UnknownTopicError(f"topic {spec.name!r} was created and is "
                                                "gone again"))
     return out
+
+
+async def create_topics(backend: MetadataBackend, specs: Sequence[admin.TopicSpec], *,
+                        via: Submitter = _DEFAULT, plugins: Plugins | None = None
+                        ) -> list[LogicalTopic | admin.AdminError]:
+    """:func:`federation.clusters.admin.create_topics` through the controller."""
+    if await _direct(backend, via):
+        return await admin.create_topics(backend, specs, plugins=plugins)
+    before = await _map(backend)
+    answer = await submit(backend, "create_topics",
+                          create_topics_args(before, specs, plugins=plugins),
+                          token=via.token, timeout=via.timeout)
+    return create_topics_outcome(await _map(backend), specs, answer)
 
 
 async def create_topic(backend: MetadataBackend, name: str, partitions: int,

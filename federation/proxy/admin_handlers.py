@@ -9,16 +9,22 @@ factor (-1: the brokers' default) and configs passed to the physical topics, who
 refusals (INVALID_CONFIG, POLICY_VIOLATION...) come back with their own code and message;
 v5+ results carry the partition count, replication factor and the topic's configs.
 ``validate_only`` has every physical cluster validate and creates nothing.
-DeleteTopics and CreatePartitions likewise. Configs: :mod:`federation.proxy.configs`;
+DeleteTopics and CreatePartitions likewise.
+
+Each is a generator step of the sans-IO core (:mod:`federation.proxy.core`): every check,
+error code and wait is decided here; the store is read through ``Offload``, the
+controller's intent endpoint through ``SubmitIntent``, the physical clusters' admin
+requests through ``ValidatePhysical``/``DescribePhysical``, and the read-your-writes
+polling waits on the core's clock (``WaitAny`` timers). Configs: :mod:`federation.proxy.configs`;
 DeleteRecords, DeleteGroups, OffsetDelete, DescribeProducers:
 :mod:`federation.proxy.admin_apis`.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +34,14 @@ from federation.controller import intents
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
+from federation.proxy.core import (
+    DescribePhysical,
+    Offload,
+    Step,
+    SubmitIntent,
+    ValidatePhysical,
+    WaitAny,
+)
 from federation.proxy.limits import PartitionBudget
 from federation.proxy.routing import build, resp_module
 
@@ -55,8 +69,16 @@ def submitter(state: ProxyState) -> intents.Submitter:
                              timeout=max(120.0, state.request_timeout))
 
 
-async def _refresh(state: ProxyState) -> None:
-    fmap = await asyncio.to_thread(state.backend.load)
+def load(state: ProxyState) -> Step:
+    """The map in the store (read off the event loop); raises as admin does when none."""
+    fmap = yield Offload(state.backend.load, ())
+    if fmap is None:
+        raise admin._no_map()
+    return fmap
+
+
+def _refresh(state: ProxyState) -> Step:
+    fmap = yield Offload(state.backend.load, ())
     if fmap is not None:
         state.set_map(fmap)
 
@@ -65,7 +87,7 @@ async def _refresh(state: ProxyState) -> None:
 SERVED_POLL = 0.02
 
 
-async def _served_everywhere(state: ProxyState, timeout: Any) -> None:
+def _served_everywhere(state: ProxyState, timeout: Any, clock: Callable[[], float]) -> Step:
     """Read-your-writes: wait until every proxy and name service registered in the store
     serves (at least) the map this proxy now serves, at most the request's ``timeout`` (a
     timedelta; 0: no wait) and never beyond the proxy's request timeout. Members that do
@@ -74,13 +96,12 @@ async def _served_everywhere(state: ProxyState, timeout: Any) -> None:
     wait = min(timeout.total_seconds(), state.request_timeout)
     if wait <= 0:
         return
-    await _refresh(state)
+    yield from _refresh(state)
     version = state.fmap.version
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
+    deadline = clock() + wait
     while True:
         try:
-            members = await asyncio.to_thread(state.backend.members, "proxy")
+            members = yield Offload(state.backend.members, ("proxy",))
         except Exception as e:  # noqa: BLE001 - the store is away: nothing to wait for
             log.warning("cannot read the proxies' map versions: %s", e)
             return
@@ -88,11 +109,11 @@ async def _served_everywhere(state: ProxyState, timeout: Any) -> None:
                   if isinstance(d.get("map_version"), int) and d["map_version"] < version}
         if not behind:
             return
-        if loop.time() >= deadline:
+        if clock() >= deadline:
             log.warning("map version %d not yet served by %s after %.1fs; answering anyway",
                         version, behind, wait)
             return
-        await asyncio.sleep(SERVED_POLL)
+        yield WaitAny((), clock() + SERVED_POLL)
 
 
 INVALID_REPLICA_ASSIGNMENT = 39
@@ -236,7 +257,7 @@ def _failure(e: BaseException, what: str) -> tuple[int, str]:
     return ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(e).__name__}: {e}"
 
 
-async def create_topics(state: ProxyState, req: codec.Request) -> Any:
+def create_topics(state: ProxyState, req: codec.Request, clock: Callable[[], float]) -> Step:
     """CreateTopics answered the way a Kafka cluster answers it: v5+ results carry the
     partition count, replication factor and configs (empty, never null, on errors);
     physical refusals keep their Kafka error code and message. All the topics of one
@@ -258,9 +279,14 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
             if over is not None:
                 raise _Refusal(*over)
             if body.validate_only:
-                await admin.validate_create_topic(state.backend, t.name, answer.partitions,
-                                                  answer.strategy, answer.configs,
-                                                  answer.replication, plugins=state.plugins)
+                # (admin.validate_create_topic's steps: plan on the stored map, then every
+                # physical cluster involved validates)
+                fmap = yield from load(state)
+                topic = admin.plan_create_topic(fmap, t.name, answer.partitions,
+                                                answer.strategy, answer.configs,
+                                                plugins=state.plugins)
+                yield ValidatePhysical(fmap, t.name, admin.physical_needs(fmap, topic),
+                                       answer.replication, answer.configs)
                 answer.described = [admin.TopicConfig(k, v) for k, v in answer.configs.items()]
         except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
             answer.refuse(*_failure(e, t.name))
@@ -268,7 +294,7 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
         state.metrics.limit_hit("max_partitions_per_request")
     pending = [a for a in answers if not a.code and not body.validate_only]
     if pending:
-        await _create_pending(state, pending)
+        yield from _create_pending(state, pending)
     for a in answers:
         if not a.code and a.strategy_asked:
             a.described.append(admin.TopicConfig(STRATEGY_CONFIG, a.strategy, read_only=True))
@@ -280,18 +306,22 @@ async def create_topics(state: ProxyState, req: codec.Request) -> Any:
                      configs=_topic_configs(mod, [] if a.code else a.described))
                for a in answers]
     if pending and any(not a.code for a in pending):
-        await _served_everywhere(state, body.timeout)
+        yield from _served_everywhere(state, body.timeout, clock)
     else:
-        await _refresh(state)
+        yield from _refresh(state)
     return build(mod.CreateTopicsResponse, throttle_time=_ms(0), topics=tuple(results))
 
 
-async def _create_pending(state: ProxyState, pending: list[_Answer]) -> None:
+def _create_pending(state: ProxyState, pending: list[_Answer]) -> Step:
     specs = [admin.TopicSpec(a.name, a.partitions, a.strategy, a.configs, a.replication)
              for a in pending]
     try:
-        outcomes = await intents.create_topics(state.backend, specs, via=submitter(state),
-                                               plugins=state.plugins)
+        # (intents.create_topics' steps: the layout planned on the stored map, the intent,
+        # each topic's outcome read from the map that applied it)
+        before = yield from load(state)
+        answer = yield SubmitIntent("create_topics", intents.create_topics_args(
+            before, specs, plugins=state.plugins))
+        outcomes = intents.create_topics_outcome((yield from load(state)), specs, answer)
     except Exception as e:  # noqa: BLE001 - the whole request failed (a cluster away...)
         failure = _failure(e, ", ".join(a.name for a in pending))
         for a in pending:
@@ -310,7 +340,7 @@ async def _create_pending(state: ProxyState, pending: list[_Answer]) -> None:
     if not created:
         return
     # The configs and replication factor of each new topic as Kafka reports them.
-    described = await admin.describe_physical_many(state.fmap, created)
+    described = yield DescribePhysical(state.fmap, created)
     for a in pending:
         found = described.get(a.name)
         if isinstance(found, admin.PhysicalTopic):
@@ -320,7 +350,7 @@ async def _create_pending(state: ProxyState, pending: list[_Answer]) -> None:
             log.warning("created %s but could not describe it: %s", a.name, found)
 
 
-async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
+def delete_topics(state: ProxyState, req: codec.Request, clock: Callable[[], float]) -> Step:
     body: Any = req.entity
     mod = resp_module(ApiKey.DELETE_TOPICS, req.header.api_version)
     if hasattr(body, "topic_names"):
@@ -339,20 +369,22 @@ async def delete_topics(state: ProxyState, req: codec.Request) -> Any:
         try:
             if name is None:
                 raise admin.UnknownTopicError("unknown topic id")
-            await intents.delete_topic(state.backend, name, via=submitter(state),
-                                       plugins=state.plugins)
+            # (intents.delete_topic's steps: known in the stored map, then the intent)
+            admin._topic((yield from load(state)), name)
+            yield SubmitIntent("delete_topic", {"name": name})
         except admin.AdminError as e:
             code, message = e.error_code, str(e)
         results.append(build(mod.DeletableTopicResult, name=name, topic_id=topic_id,
                              error_code=to_kio(code), error_message=message))
     if any(int(r.error_code) == 0 for r in results):
-        await _served_everywhere(state, body.timeout)
+        yield from _served_everywhere(state, body.timeout, clock)
     else:
-        await _refresh(state)
+        yield from _refresh(state)
     return build(mod.DeleteTopicsResponse, throttle_time=_ms(0), responses=tuple(results))
 
 
-async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
+def create_partitions(state: ProxyState, req: codec.Request, clock: Callable[[], float]
+                      ) -> Step:
     body: Any = req.entity
     mod = resp_module(ApiKey.CREATE_PARTITIONS, req.header.api_version)
     results = []
@@ -369,8 +401,10 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
                 admin.plan_add_partitions(state.fmap, t.name, int(t.count),
                                           plugins=state.plugins)
             else:
-                await intents.add_partitions(state.backend, t.name, int(t.count),
-                                             via=submitter(state), plugins=state.plugins)
+                # (intents.add_partitions' steps: the intent, then the topic in the map
+                # that applied it)
+                yield SubmitIntent("add_partitions", {"name": t.name, "count": int(t.count)})
+                admin._topic((yield from load(state)), t.name)
         except admin.AdminError as e:
             code, message = e.error_code, str(e)
         except ValueError as e:
@@ -380,8 +414,8 @@ async def create_partitions(state: ProxyState, req: codec.Request) -> Any:
     if budget.hit:
         state.metrics.limit_hit("max_partitions_per_request")
     if any(int(r.error_code) == 0 for r in results) and not body.validate_only:
-        await _served_everywhere(state, body.timeout)
+        yield from _served_everywhere(state, body.timeout, clock)
     else:
-        await _refresh(state)
+        yield from _refresh(state)
     return build(mod.CreatePartitionsResponse, throttle_time=_ms(0), results=tuple(results))
 

@@ -47,7 +47,16 @@ from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy.core import Await, Gather, Offload, Refresh, Send, Step, WaitAny, wait
+from federation.proxy.core import (
+    Gather,
+    Offload,
+    Refresh,
+    Send,
+    Step,
+    SubmitIntent,
+    WaitAny,
+    wait,
+)
 from federation.proxy.routing import build, replace, resp_module
 
 if TYPE_CHECKING:
@@ -389,13 +398,15 @@ def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
             yield from _until_shown(state, where, _shows(r, incremental), client_id, clock)
         config = yield from _dynamic_configs(state, topic, client_id)
         if config is not None:
-            from federation.controller import intents
-            from federation.proxy.admin_handlers import submitter
+            from federation.proxy.admin_handlers import load
 
-            # (the controller's intent endpoint: still awaited, through the adapter)
-            yield Await(lambda: intents.set_topic_config(
-                state.backend, topic.name, config, via=submitter(state),
-                plugins=state.plugins))
+            # (intents.set_topic_config's steps: no intent when the stored map holds it
+            # already; then the map that applied it)
+            current = admin._topic((yield from load(state)), topic.name)
+            if dict(current.config) != dict(config):
+                yield SubmitIntent("set_topic_config", {"name": topic.name,
+                                                        "config": dict(config)})
+                admin._topic((yield from load(state)), topic.name)
             fmap = yield Offload(state.backend.load, ())
             if fmap is not None:
                 state.set_map(fmap)

@@ -32,9 +32,13 @@ command                      event sent back
 :class:`CreateTopic`         ``None`` (the creation runs on its own)
 :class:`Detach`              ``None``: the request's upstream writes are out, the next
                              request of the connection may be dispatched
-:class:`Await`               the awaitable's result: the adapter for code that still
-                             awaits (CreateTopics, DeleteTopics, CreatePartitions, the
-                             config intent of AlterConfigs)
+:class:`SubmitIntent`        the active controller's answer to the intent (``{"status",
+                             "version", "result"}``), once this proxy's store shows the
+                             map that applied it; its refusal (an ``AdminError``) thrown
+:class:`ValidatePhysical`    ``None`` once every physical cluster validated creating the
+                             planned physical topics; the first refusal thrown
+:class:`DescribePhysical`    logical name → its physical data topic as its cluster
+                             describes it (``PhysicalTopic``), or why not (``AdminError``)
 ===========================  ==============================================================
 
 A map change needs no event of its own: the shared :class:`~federation.proxy.server.
@@ -43,16 +47,17 @@ ProxyState` applies it (``set_map``) and every handler reads the map it holds wh
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from federation.protocol import codec
 
 __all__ = [
-    "Await", "Close", "Command", "Coordinator", "CreateTopic", "Detach", "Ends", "Gather",
-    "Handler", "Leader", "Offload", "Pending", "Raw", "Refresh", "Reply", "SealedProducers",
-    "Send", "Spawn", "Step", "WaitAny", "leader", "wait",
+    "Close", "Command", "Coordinator", "CreateTopic", "DescribePhysical", "Detach", "Ends",
+    "Gather", "Handler", "Leader", "Offload", "Pending", "Raw", "Refresh", "Reply",
+    "SealedProducers", "Send", "Spawn", "Step", "SubmitIntent", "ValidatePhysical", "WaitAny",
+    "leader", "wait",
 ]
 
 
@@ -178,12 +183,42 @@ DETACH = Detach()
 
 
 @dataclass(slots=True)
-class Await:
-    factory: Callable[[], Awaitable[Any]]
+class SubmitIntent:
+    """Submit an intent to the active controller as this proxy (its token; the controller's
+    endpoint from the store; resubmitted through failovers until the proxy's intent
+    timeout: :func:`federation.controller.intents.submit`), and wait until this proxy's
+    store returns the map that applied it. ``kind``: one of
+    :data:`federation.controller.intents.PROXY_KINDS`."""
+
+    kind: str
+    args: Mapping[str, Any]
+
+
+@dataclass(slots=True)
+class ValidatePhysical:
+    """Have each physical cluster of ``needs`` ({cluster: {physical topic: partitions}},
+    :func:`federation.clusters.admin.physical_needs`) validate creating them for the
+    logical topic ``name`` (CreateTopics ``validate_only``): nothing is created."""
+
+    fmap: Any  # FederationMap: where the clusters are
+    name: str
+    needs: dict[str, dict[str, int]]
+    replication: int | None
+    config: Mapping[str, str] | None
+
+
+@dataclass(slots=True)
+class DescribePhysical:
+    """Describe the physical data topic of each logical topic (replication factor and
+    configs), one admin connection and request per cluster."""
+
+    fmap: Any  # FederationMap
+    topics: Sequence[Any]  # LogicalTopic
 
 
 Command = (Send | WaitAny | Leader | Coordinator | Refresh | Ends | SealedProducers | Spawn
-           | Gather | Offload | CreateTopic | Detach | Await)
+           | Gather | Offload | CreateTopic | Detach | SubmitIntent | ValidatePhysical
+           | DescribePhysical)
 
 # -- outcomes ---------------------------------------------------------------------------
 

@@ -45,7 +45,6 @@ from federation.protocol.versions import API_NAMES, ApiKey
 from federation.proxy import admin_apis, admin_handlers, apis, authz, configs, routing
 from federation.proxy.core import (
     DETACH,
-    Await,
     Close,
     Coordinator,
     CreateTopic,
@@ -485,22 +484,19 @@ class Session:
                      cluster_id=self.state.cluster_id,
                      controller_id=pool[0].node_id if pool else -1, brokers=brokers)
 
-    # -- admin APIs (in phase 2; CreateTopics, DeleteTopics and CreatePartitions still
-    # await: they run through the Await adapter) -------------------------------------------
-
-    def _admin(self, fn: Callable[[ProxyState, codec.Request], Any], req: codec.Request
-               ) -> Step:
-        yield DETACH
-        return (yield Await(lambda: fn(self.state, req)))
+    # -- admin APIs (in phase 2) -------------------------------------------------------------
 
     def create_topics(self, req: codec.Request) -> Step:
-        return self._admin(admin_handlers.create_topics, req)
+        yield DETACH
+        return (yield from admin_handlers.create_topics(self.state, req, self.clock))
 
     def delete_topics(self, req: codec.Request) -> Step:
-        return self._admin(admin_handlers.delete_topics, req)
+        yield DETACH
+        return (yield from admin_handlers.delete_topics(self.state, req, self.clock))
 
     def create_partitions(self, req: codec.Request) -> Step:
-        return self._admin(admin_handlers.create_partitions, req)
+        yield DETACH
+        return (yield from admin_handlers.create_partitions(self.state, req, self.clock))
 
     def describe_configs(self, req: codec.Request) -> Step:
         yield DETACH

@@ -19,7 +19,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
+from federation.clusters import admin
 from federation.clusters.upstream import BrokerConnection, CloseReason, ClusterClient, UpstreamError
+from federation.controller import intents
 from federation.controller.rolls import PhysKey, fenced_partitions, phys_key, phys_key_text
 from federation.core.model import FederationMap, ProxyEndpoint, Segment
 from federation.nameservice.service import serving
@@ -28,6 +30,7 @@ from federation.protocol import codec, fetch_wire
 from federation.protocol.errors import ErrorCode
 from federation.protocol.framing import FrameError, FrameReader, FrameTooLarge
 from federation.proxy import apis, core
+from federation.proxy.admin_handlers import submitter
 from federation.proxy.autocreate import AutoCreator
 from federation.proxy.config import ProxyConfig
 from federation.proxy.handlers import Session
@@ -674,7 +677,9 @@ class Driver:
             core.Coordinator: self._coordinator, core.Refresh: self._refresh,
             core.Ends: self._ends, core.SealedProducers: self._sealed,
             core.Spawn: self._spawn, core.Gather: self._gather, core.Offload: self._offload,
-            core.CreateTopic: self._create_topic, core.Await: self._await,
+            core.CreateTopic: self._create_topic, core.SubmitIntent: self._submit_intent,
+            core.ValidatePhysical: self._validate_physical,
+            core.DescribePhysical: self._describe_physical,
         }
 
     async def drive(self, gen: Any, detach: bool = False) -> tuple[bool, Any]:
@@ -789,8 +794,17 @@ class Driver:
     async def _create_topic(self, cmd: core.CreateTopic) -> None:
         self.state.auto_creator.start(cmd.name)
 
-    async def _await(self, cmd: core.Await) -> Any:
-        return await cmd.factory()
+    async def _submit_intent(self, cmd: core.SubmitIntent) -> dict[str, Any]:
+        via = submitter(self.state)
+        return await intents.submit(self.state.backend, cmd.kind, cmd.args, token=via.token,
+                                    timeout=via.timeout)
+
+    async def _validate_physical(self, cmd: core.ValidatePhysical) -> None:
+        await admin.validate_physical(cmd.fmap, cmd.name, cmd.needs, cmd.replication,
+                                      cmd.config)
+
+    async def _describe_physical(self, cmd: core.DescribePhysical) -> Any:
+        return await admin.describe_physical_many(cmd.fmap, cmd.topics)
 
     # -- upstream connections -------------------------------------------------------------
 

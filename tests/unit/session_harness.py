@@ -12,11 +12,13 @@ test registers per API key, at the fake time the test says:
     outcome = h.call(request_entity)                              # Reply | Close | None
 
 Time only moves when every step waits: to the next scripted answer, timer or deadline.
+The controller's intent endpoint (``h.controller``), the physical clusters' admin requests
+(``h.validate``, ``h.describe``) and the store (``h.state.backend``, e.g. a :class:`Store`)
+are scripted the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import itertools
 from collections.abc import Callable
@@ -44,6 +46,23 @@ class _NoBackend:
 
     def close(self) -> None:
         pass
+
+
+class Store(_NoBackend):
+    """A metadata store holding ``fmap`` and the proxies' member records (``members``:
+    member id → its record, e.g. ``{"map_version": 3}``)."""
+
+    def __init__(self, fmap: FederationMap | None) -> None:
+        self.fmap = fmap
+        self.proxies: dict[str, dict[str, Any]] = {}
+        self.loads = 0
+
+    def load(self) -> FederationMap | None:  # type: ignore[override]
+        self.loads += 1
+        return self.fmap
+
+    def members(self, kind: str) -> dict[str, Any]:
+        return dict(self.proxies) if kind == "proxy" else {}
 
 
 @dataclasses.dataclass
@@ -131,6 +150,16 @@ class Harness:
         self.created: list[str] = []
         self.detached_at: float | None = None
         self.commands: list[Any] = []
+        #: the intents submitted to the controller: (kind, args)
+        self.intents: list[tuple[str, dict[str, Any]]] = []
+        #: the controller: (kind, args) → its answer (raise: its refusal)
+        self.controller: Callable[[str, dict[str, Any]], Any] = lambda kind, args: {
+            "status": "applied", "version": self.state.fmap.version, "result": {}}
+        self.validated: list[core.ValidatePhysical] = []
+        #: the physical clusters' validation of a CreateTopics validate_only (raise: refused)
+        self.validate: Callable[[core.ValidatePhysical], None] | None = None
+        #: the physical topics as their clusters describe them
+        self.describe: Callable[[core.DescribePhysical], dict[str, Any]] = lambda cmd: {}
         self._events: list[tuple[float, int, core.Pending, Any, BaseException | None]] = []
         self._seq = itertools.count()
         self._cid = itertools.count(1)
@@ -300,8 +329,15 @@ class Harness:
             task.value = cmd.fn(*cmd.args)
         elif isinstance(cmd, core.CreateTopic):
             self.created.append(cmd.name)
-        elif isinstance(cmd, core.Await):
-            task.value = asyncio.run(_awaited(cmd.factory))
+        elif isinstance(cmd, core.SubmitIntent):
+            self.intents.append((cmd.kind, dict(cmd.args)))
+            task.value = self.controller(cmd.kind, dict(cmd.args))
+        elif isinstance(cmd, core.ValidatePhysical):
+            self.validated.append(cmd)
+            if self.validate is not None:
+                self.validate(cmd)
+        elif isinstance(cmd, core.DescribePhysical):
+            task.value = self.describe(cmd)
         else:
             raise AssertionError(f"unknown command {cmd!r}")
 
@@ -377,10 +413,6 @@ class Harness:
                 pending.fail(error)
             else:
                 pending.set(value)
-
-
-async def _awaited(factory: Callable[[], Any]) -> Any:
-    return await factory()
 
 
 def fetch_answer(outcome: Any) -> fetch_wire.FetchAnswer:

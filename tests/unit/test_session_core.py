@@ -34,7 +34,16 @@ from federation.proxy.handlers import Session
 from federation.proxy.routing import build, replace, resp_module
 from federation.proxy.server import CAPS
 from tests.kafka_requests import make
-from tests.unit.session_harness import NEVER, Fail, Harness, Later, Refuse, Sent, fetch_answer
+from tests.unit.session_harness import (
+    NEVER,
+    Fail,
+    Harness,
+    Later,
+    Refuse,
+    Sent,
+    Store,
+    fetch_answer,
+)
 from tests.unit.test_records import build_batch
 
 MS = datetime.timedelta(milliseconds=1)
@@ -630,7 +639,7 @@ def test_create_topics_denied_never_reaches_the_controller() -> None:
     reply = h.call(make(ApiKey.CREATE_TOPICS, 7, topics=(t,), timeout=1000 * MS,
                         validate_only=False))
     assert int(reply.body.topics[0].error_code) == ErrorCode.TOPIC_AUTHORIZATION_FAILED
-    assert not any(isinstance(c, core.Await) for c in h.commands)
+    assert not any(isinstance(c, core.SubmitIntent) for c in h.commands)
 
 
 def test_describe_topic_partitions() -> None:
@@ -893,22 +902,20 @@ def test_alter_configs_validates_everywhere_before_changing_anything() -> None:
     assert sorted(s.cluster for s in h.sent) == ["A", "B"]
 
 
-def test_alter_configs_records_the_config_only_once_the_brokers_show_the_change(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_alter_configs_records_the_config_only_once_the_brokers_show_the_change() -> None:
     # Kafka (KRaft) answers an alter once its controller committed it; its brokers apply
     # the change a moment later. A DescribeConfigs read at once could still show a config
     # just deleted, and the map recorded it (a flaky integration test found it).
-    from federation.controller import intents
-    from federation.proxy import admin_handlers
-
     h = harness()
+    h.state.backend = Store(h.state.fmap)
     recorded: list[dict[str, str]] = []
 
-    async def set_topic_config(backend: Any, name: str, config: Any, **_: Any) -> None:
-        recorded.append(dict(config))
+    def controller(kind: str, args: dict[str, Any]) -> Any:
+        assert kind == "set_topic_config" and args["name"] == "orders"
+        recorded.append(args["config"])
+        return {"status": "applied", "version": 1, "result": {}}
 
-    monkeypatch.setattr(intents, "set_topic_config", set_topic_config)
-    monkeypatch.setattr(admin_handlers, "submitter", lambda state: None)
+    h.controller = controller
     altered: list[float] = []
     stale_reads = {"A": 3, "B": 1}  # describes still answering the old configs
 
