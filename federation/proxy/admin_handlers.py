@@ -11,13 +11,14 @@ v5+ results carry the partition count, replication factor and the topic's config
 ``validate_only`` has every physical cluster validate and creates nothing.
 DeleteTopics and CreatePartitions likewise.
 
-Each is a generator step of the sans-IO core (:mod:`federation.proxy.core`): every check,
-error code and wait is decided here; the store is read through ``Offload``, the
+Each is a generator step of the sans-IO core (:mod:`federation.proxy.core`): every
+check, error code and wait is decided here; the store is read through ``Offload``, the
 controller's intent endpoint through ``SubmitIntent``, the physical clusters' admin
 requests through ``ValidatePhysical``/``DescribePhysical``, and the read-your-writes
-polling waits on the core's clock (``WaitAny`` timers). Configs: :mod:`federation.proxy.configs`;
-DeleteRecords, DeleteGroups, OffsetDelete, DescribeProducers:
-:mod:`federation.proxy.admin_apis`.
+polling waits on the core's clock (``WaitAny`` timers).
+
+Configs: :mod:`federation.proxy.configs`; DeleteRecords, DeleteGroups, OffsetDelete,
+DescribeProducers: :mod:`federation.proxy.admin_apis`.
 """
 
 from __future__ import annotations

@@ -47,6 +47,7 @@ from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
+from federation.proxy.admin_handlers import load
 from federation.proxy.core import (
     Gather,
     Offload,
@@ -398,8 +399,6 @@ def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
             yield from _until_shown(state, where, _shows(r, incremental), client_id, clock)
         config = yield from _dynamic_configs(state, topic, client_id)
         if config is not None:
-            from federation.proxy.admin_handlers import load
-
             # (intents.set_topic_config's steps: no intent when the stored map holds it
             # already; then the map that applied it)
             current = admin._topic((yield from load(state)), topic.name)
