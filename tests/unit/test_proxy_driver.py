@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from federation.clusters.upstream import UpstreamError
 from federation.core.model import FederationMap, PhysicalCluster
 from federation.protocol.errors import ErrorCode
@@ -88,3 +90,49 @@ def test_wait_any_returns_at_its_deadline_with_nothing_done() -> None:
         return await driver.run(handler())
 
     assert asyncio.run(main()) == []
+
+
+def test_the_driver_runs_the_admin_commands_with_the_controller_and_admin_clients(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from federation.clusters import admin
+    from federation.controller import intents
+
+    calls: list[tuple[Any, ...]] = []
+
+    async def submit(backend: Any, kind: str, args: Any, *, token: Any, timeout: float
+                     ) -> Any:
+        calls.append(("submit", kind, dict(args), timeout))
+        if kind == "delete_topic":
+            raise admin.UnknownTopicError("topic 'x' does not exist")
+        return {"status": "applied", "version": 2, "result": {}}
+
+    async def validate(fmap: Any, name: str, needs: Any, replication: Any, config: Any
+                       ) -> None:
+        calls.append(("validate", name, needs, replication, config))
+
+    async def describe(fmap: Any, topics: Any) -> Any:
+        calls.append(("describe", list(topics)))
+        return {"t": "described"}
+
+    monkeypatch.setattr(intents, "submit", submit)
+    monkeypatch.setattr(intents, "resolve_token", lambda token=None: "secret")
+    monkeypatch.setattr(admin, "validate_physical", validate)
+    monkeypatch.setattr(admin, "describe_physical_many", describe)
+
+    def handler() -> core.Step:
+        answer = yield core.SubmitIntent("add_partitions", {"name": "t", "count": 3})
+        try:
+            yield core.SubmitIntent("delete_topic", {"name": "x"})
+        except admin.AdminError as e:
+            refused = e.error_code
+        yield core.ValidatePhysical(None, "t", {"A": {"t.fk": 3}}, -1, {"a": "b"})
+        found = yield core.DescribePhysical(None, ["t"])
+        return answer["version"], refused, found
+
+    async def main() -> Any:
+        return await _driver().run(handler())
+
+    assert asyncio.run(main()) == (2, admin.UnknownTopicError.error_code, {"t": "described"})
+    assert [c[0] for c in calls] == ["submit", "submit", "validate", "describe"]
+    assert calls[0][1:3] == ("add_partitions", {"name": "t", "count": 3})
+    assert calls[0][3] >= 120.0  # the proxy's intent timeout (admin_handlers.submitter)
