@@ -778,6 +778,27 @@ async def _await_visible(client: ClusterAdmin, wanted: Mapping[str, int], cluste
         await asyncio.sleep(0.1)
 
 
+async def _await_gone(client: ClusterAdmin, names: Sequence[str], cluster_id: str,
+                      timeout: float = 10.0) -> None:
+    """Wait until deleted ``names`` no longer show in the cluster's metadata.
+
+    A refused CreateTopics must leave nothing behind that a client could see: brokers
+    drop deleted topics from their metadata asynchronously, after the delete is answered.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        existing = await client.topics()
+        left = sorted(n for n in names if n in existing)
+        if not left:
+            return
+        if loop.time() > deadline:
+            log.warning("deleted topics still in metadata; answering anyway",
+                        cluster=cluster_id, topics=left)
+            return
+        await asyncio.sleep(0.1)
+
+
 async def _rollback(connect: Connect, fmap: FederationMap,
                     created: Mapping[str, Sequence[str]]) -> None:
     for cluster_id, names in created.items():
@@ -786,6 +807,7 @@ async def _rollback(connect: Connect, fmap: FederationMap,
         try:
             async with connect(fmap.clusters[cluster_id]) as admin:
                 await admin.delete(names)
+                await _await_gone(admin, list(names), cluster_id)
             log.info("rolled back physical topics", cluster=cluster_id, topics=list(names))
         except Exception:  # report, keep rolling back the others
             log.exception("rollback failed; delete these topics by hand", cluster=cluster_id,

@@ -150,6 +150,11 @@ class FakeCluster:
         self.down = False
         self.fail_on: str | None = None
         self.configs: dict[str, dict[str, str]] = {}
+        #: deleted topics still shown by this many ``topics()`` calls (brokers drop a
+        #: deleted topic from their metadata after the delete is answered)
+        self.linger = 0
+        self.lingering: dict[str, int] = {}
+        self.topics_calls = 0
 
 
 class FakeAdmin:
@@ -158,7 +163,14 @@ class FakeAdmin:
         self.cid = cid
 
     async def topics(self) -> dict[str, int]:
-        return dict(self.cluster.topics)
+        self.cluster.topics_calls += 1
+        shown = dict(self.cluster.topics)
+        for name in list(self.cluster.lingering):
+            shown.setdefault(name, 1)
+            self.cluster.lingering[name] -= 1
+            if self.cluster.lingering[name] <= 0:
+                del self.cluster.lingering[name]
+        return shown
 
     async def create(self, topics: Mapping[str, int], replication: int | None = None,
                      config: Mapping[str, str] | None = None) -> None:
@@ -175,7 +187,8 @@ class FakeAdmin:
 
     async def delete(self, topics: Iterable[str]) -> None:
         for name in topics:
-            self.cluster.topics.pop(name, None)
+            if self.cluster.topics.pop(name, None) is not None and self.cluster.linger:
+                self.cluster.lingering[name] = self.cluster.linger
 
 
 class Fleet:
@@ -224,6 +237,17 @@ async def test_failed_create_leaves_nothing(store: FileBackend, failure: str) ->
     assert all(c.topics == {} for c in fleet.clusters.values())
     stored = store.load()
     assert stored is not None and stored.version == 1 and not stored.topics
+
+
+async def test_refused_create_answers_once_rolled_back_topics_are_gone(
+        store: FileBackend) -> None:
+    fleet = Fleet("a", "b")
+    fleet.clusters["b"].fail_on = "t.fk"  # the shadow on a is created, then rolled back
+    fleet.clusters["a"].linger = 3
+    with pytest.raises(admin.AdminError):
+        await admin.create_topic(store, "t", 4, connect=fleet.connect)
+    assert fleet.clusters["a"].lingering == {}  # waited until a's metadata dropped them
+    assert "t" not in await FakeAdmin(fleet.clusters["a"], "a").topics()
 
 
 async def test_create_refuses_existing_physical_topic_and_keeps_it(store: FileBackend) -> None:
