@@ -53,6 +53,7 @@ class ApiKey:
     OFFSET_FOR_LEADER_EPOCH: Final = 23
     DELETE_RECORDS: Final = 21
     DESCRIBE_CONFIGS: Final = 32
+    DESCRIBE_LOG_DIRS: Final = 35
     ALTER_CONFIGS: Final = 33
     CREATE_PARTITIONS: Final = 37
     DELETE_GROUPS: Final = 42

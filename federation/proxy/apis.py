@@ -65,6 +65,8 @@ REGISTRY: Final[tuple[ApiSpec, ...]] = (
     ApiSpec(ApiKey.DELETE_TOPICS, 1, 6, "delete_topics"),
     ApiSpec(ApiKey.CREATE_PARTITIONS, 0, 3, "create_partitions"),
     ApiSpec(ApiKey.DESCRIBE_CONFIGS, 1, 4, "describe_configs"),
+    # the sizes of logical partitions (docs/adr/0027-describe-log-dirs.md); kio has no v0
+    ApiSpec(ApiKey.DESCRIBE_LOG_DIRS, 1, 5, "describe_log_dirs"),
     ApiSpec(ApiKey.ALTER_CONFIGS, 0, 2, "alter_configs"),
     ApiSpec(ApiKey.INCREMENTAL_ALTER_CONFIGS, 0, 1, "alter_configs"),
     ApiSpec(ApiKey.DELETE_RECORDS, 0, 2, "delete_records"),

@@ -410,6 +410,10 @@ RULES: dict[int, Rule] = {
     ApiKey.ALTER_CONFIGS: Rule(items=_configs("responses", Operation.ALTER_CONFIGS)),
     ApiKey.INCREMENTAL_ALTER_CONFIGS: Rule(items=_configs("responses",
                                                           Operation.ALTER_CONFIGS)),
+    # DescribeLogDirs: Describe on the cluster (Kafka's KafkaApis); denied, no log dir and
+    # CLUSTER_AUTHORIZATION_FAILED (v3+).
+    ApiKey.DESCRIBE_LOG_DIRS: Rule(whole=lambda body, fmap: ((cluster(Operation.DESCRIBE),),),
+                                   whole_code=CLUSTER_DENIED, remember=lambda body: True),
     ApiKey.DELETE_RECORDS: Rule(items=_topics_rule("topics", "topics", Operation.DELETE)),
     ApiKey.DELETE_GROUPS: Rule(items=_strings(
         "groups_names", "results", _group_id,

@@ -42,7 +42,15 @@ from federation.core.model import (
 from federation.protocol import codec, fetch_wire, records
 from federation.protocol.errors import ErrorCode, error_response, to_kio
 from federation.protocol.versions import API_NAMES, ApiKey
-from federation.proxy import admin_apis, admin_handlers, apis, authz, configs, routing
+from federation.proxy import (
+    admin_apis,
+    admin_handlers,
+    apis,
+    authz,
+    configs,
+    log_dirs,
+    routing,
+)
 from federation.proxy.core import (
     DETACH,
     Close,
@@ -521,6 +529,10 @@ class Session:
     def describe_producers(self, req: codec.Request) -> Step:
         yield DETACH
         return (yield from admin_apis.describe_producers(self, req))
+
+    def describe_log_dirs(self, req: codec.Request) -> Step:
+        yield DETACH
+        return (yield from log_dirs.describe_log_dirs(self, req))
 
     def describe_topic_partitions(self, req: codec.Request) -> Any:
         return admin_apis.describe_topic_partitions(self, req)

@@ -61,6 +61,7 @@ ALICE_RULES = [
     AclRule("User:alice", "Topic", "bm-", "All", pattern_type="PREFIXED"),
     AclRule("User:alice", "Group", "bm-", "All", pattern_type="PREFIXED"),
     AclRule("User:alice", "Cluster", "kafka-cluster", "DescribeConfigs"),
+    AclRule("User:alice", "Cluster", "kafka-cluster", "Describe"),  # DescribeLogDirs
     AclRule("User:alice", "Topic", LOCKED, "Write", permission="DENY"),  # deny wins
 ]
 
@@ -354,6 +355,11 @@ def s_describe_configs(c: Conn, ctx: dict[str, Any]) -> Any:
              configuration_keys=("log.retention.hours",))))).results)
 
 
+def s_describe_log_dirs(c: Conn, ctx: dict[str, Any]) -> Any:
+    resp = c.send(make(35, 4, topics=None))
+    return int(resp.error_code), TOPIC in {t.name for r in resp.results for t in r.topics}
+
+
 def s_alter_configs(c: Conn, ctx: dict[str, Any]) -> Any:
     return _codes(c.send(make(33, 2, validate_only=False, resources=(
         make(33, 2, "AlterConfigsResource", resource_type=2, resource_name=TOPIC, configs=(
@@ -427,6 +433,7 @@ STEPS: list[tuple[str, Step, Any, Any]] = [
     ("OffsetDelete", s_offset_delete, (GROUP_DENIED,) * 2, (OK,) * 2),
     ("DeleteGroups", s_delete_groups, (GROUP_DENIED,), (OK,)),
     ("DescribeConfigs", s_describe_configs, (TOPIC_DENIED, CLUSTER_DENIED), (OK, OK)),
+    ("DescribeLogDirs", s_describe_log_dirs, (CLUSTER_DENIED, False), (OK, True)),
     ("AlterConfigs", s_alter_configs, (TOPIC_DENIED,), (OK,)),
     ("IncrementalAlterConfigs", s_incremental_alter_configs, (TOPIC_DENIED,), (OK,)),
     ("CreateTopics", s_create_topics, (TOPIC_DENIED,), (OK,)),
@@ -515,7 +522,8 @@ def test_bypass_matrix(local_federation: dict[str, Any]) -> None:
         asyncio_run(admin.add_acls(backend, ALICE_RULES))
         with InProcessProxy(local_federation["store"], port, pool="bm", node_id=NODE_ID,
                             sasl_required=True) as proxy:
-            _wait(lambda: proxy.state is not None and len(proxy.state.fmap.acls) >= 4,
+            _wait(lambda: proxy.state is not None
+                  and len(proxy.state.fmap.acls) >= len(ALICE_RULES),
                   "the proxy serving the map with the ACLs")
             # What alice has before anything: records, and a committed offset.
             setup = Conn(address)

@@ -510,6 +510,11 @@ def test_error_codes_match_kio() -> None:
     assert to_kio(ErrorCode.NOT_COORDINATOR) is KioErrorCode.not_coordinator
 
 
+#: Responses without any error field at these versions: DescribeLogDirs before v3 (Kafka
+#: answers a denial with no log dir, and so does error_response).
+NO_ERROR_FIELD = {(35, 1), (35, 2)}
+
+
 @pytest.mark.parametrize(("api_key", "version"), all_versions())
 def test_error_response_for_every_supported_version(api_key: int, version: int) -> None:
     request_entity = sample(load_request_schema(api_key, version))
@@ -524,6 +529,9 @@ def test_error_response_for_every_supported_version(api_key: int, version: int) 
     assert correlation_id == 17
     assert decoded == response
     codes = error_codes(decoded)
+    if (api_key, version) in NO_ERROR_FIELD:
+        assert not codes and decoded.results == ()
+        return
     assert codes, f"{API_NAMES[api_key]} v{version}: no error code in the response"
     assert set(codes) == {31}
 
