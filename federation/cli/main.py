@@ -306,11 +306,12 @@ def nameservice_cmd(
 
 def _register_plugins_commands() -> None:
     from federation.cli import acl, admin, group, user
-    from federation.tooling import bench, bench_elastic, bench_metadata, fuzz
+    from federation.tooling import bench, bench_elastic, bench_metadata, bench_workers, fuzz
 
     bench.register(app)
     bench_metadata.register(app)
     bench_elastic.register(app)
+    bench_workers.register(app)
     admin.register(app)
     app.add_typer(acl.acl_app, name="acl")
     app.add_typer(user.user_app, name="user")
