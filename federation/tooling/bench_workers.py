@@ -85,6 +85,7 @@ class Settings:
     seconds: float = 20.0
     rounds: int = 1
     period_us: int = 100_000
+    reserve: bool = True
     queue_messages: int = 20_000
 
 
@@ -329,12 +330,29 @@ def _snapshot(groups: dict[str, list[int]], caps: CpuCaps, labels: list[str],
         "acked": sum(p.acked for p in group),
         "failed": sum(p.failed for p in group),
         "cpu": {name: _cpu_seconds(pids) for name, pids in groups.items()},
+        "wait": {name: runqueue_wait_seconds(groups[name]) for name in ("brokers", "clients")},
         "each": [_cpu_seconds([pid]) for pid in groups["workers"]],
         "busy": _machine_busy_seconds(),
         "stat": [caps.stat(label) for label in labels],
         "bytes_in": [_metric_sum(port, "fedkafka_proxy_bytes_in_total")
                      for port in metrics_ports],
     }
+
+
+def runqueue_wait_seconds(pids: list[int]) -> float | None:
+    """Seconds the threads of ``pids`` have spent runnable but waiting for a CPU
+    (``/proc/PID/task/TID/schedstat``): a process short of CPU waits, one with headroom
+    hardly does. None when unknown."""
+    total = 0
+    for pid in pids:
+        try:
+            tasks = list(Path(f"/proc/{pid}/task").iterdir())
+        except OSError:
+            return None
+        for task in tasks:
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def _diff(a: float | None, b: float | None) -> float | None:
@@ -392,7 +410,9 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
     cores = os.cpu_count() or 1
 
     def util(name: str) -> float | None:
-        d = _diff(s0["cpu"][name], s1["cpu"][name]) if groups[name] else None
+        if not groups[name]:
+            return 0.0
+        d = _diff(s0["cpu"][name], s1["cpu"][name])
         return None if d is None else round(d / wall, 3)
 
     per_worker = []
@@ -421,6 +441,11 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         "per_worker": per_worker,
         "workers_cpu_util": named[0], "supervisor_cpu_util": named[1],
         "brokers_cpu_util": named[2], "clients_cpu_util": named[3],
+        # Cores' worth of runnable threads waiting for a CPU (short of CPU when high).
+        "brokers_runqueue_wait": _round(_per_s(s0["wait"]["brokers"], s1["wait"]["brokers"],
+                                               wall)),
+        "clients_runqueue_wait": _round(_per_s(s0["wait"]["clients"], s1["wait"]["clients"],
+                                               wall)),
         "machine_busy_cores": busy_cores,
         "machine_idle_share": None if busy_cores is None
         else round(max(0.0, 1 - busy_cores / cores), 3),
@@ -431,6 +456,11 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
     }
     result["checks"] = checks(result)
     return result
+
+
+def _per_s(a: float | None, b: float | None, wall: float) -> float | None:
+    d = _diff(a, b)
+    return None if d is None else d / wall
 
 
 def _round(value: float | None, digits: int = 3) -> float | None:
@@ -482,7 +512,7 @@ def run(settings: Settings, base_port: int, kafka_version: str, progress: Progre
     require_client()
     order = [w for _ in range(settings.rounds) for w in settings.workers]
     runs: list[dict[str, Any]] = []
-    caps = CpuCaps(hierarchy, period_us=settings.period_us)
+    caps = CpuCaps(hierarchy, period_us=settings.period_us, reserve=settings.reserve)
     left: list[Path] = []
     with federation_for(None, base_port, kafka_version, progress, 1, order[0]) as state:
         topic = f"bench-workers-{uuid.uuid4().hex[:6]}"
@@ -515,7 +545,7 @@ def run(settings: Settings, base_port: int, kafka_version: str, progress: Progre
             "record_size": settings.record_size, "linger_ms": settings.linger_ms,
             "acks": settings.acks, "warmup_s": settings.warmup_s,
             "seconds": settings.seconds, "rounds": settings.rounds,
-            "cfs_period_us": settings.period_us,
+            "cfs_period_us": settings.period_us, "reserve": settings.reserve,
         },
         "cgroup": {"version": hierarchy.version, "root": str(hierarchy.root),
                    "group": str(caps.group), "removed": not left,
@@ -541,7 +571,8 @@ def render(report: dict[str, Any], console: Console) -> None:
     for col, justify in (("W", "right"), ("round", "right"), ("MB/s", "right"),
                          ("records/s", "right"), ("workers CPU (cap)", "left"),
                          ("conns", "left"), ("supervisor", "right"), ("brokers", "right"),
-                         ("clients", "right"), ("machine idle", "right"),
+                         ("clients", "right"), ("run-queue wait", "right"),
+                         ("machine idle", "right"),
                          ("load", "right"), ("isolated", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in report["runs"]:
@@ -554,6 +585,7 @@ def render(report: dict[str, Any], console: Console) -> None:
             "/".join(str(w["connections"]) for w in ws),
             _f(r["supervisor_cpu_util"]), _f(r["brokers_cpu_util"]),
             _f(r["clients_cpu_util"]),
+            _f(r["brokers_runqueue_wait"]) + " / " + _f(r["clients_runqueue_wait"]),
             _f(None if r["machine_idle_share"] is None else 100 * r["machine_idle_share"],
                "{:.0f} %"),
             _f((r.get("load_average_end") or [None])[0], "{:.1f}"),
@@ -570,8 +602,10 @@ def render(report: dict[str, Any], console: Console) -> None:
                          " [yellow]but not every run isolated the proxy (see the last "
                          "column): read the ratio with care[/]"))
     cg = report["cgroup"]
-    console.print(f"CPU in cores (utime+stime over the window); conns = each worker's "
-                  f"established client connections; cgroup v{cg['version']} under {cg['root']}"
+    console.print(f"CPU in cores (utime+stime over the window); run-queue wait: cores' worth "
+                  "of brokers' / clients' threads runnable but waiting for a CPU; conns = "
+                  f"each worker's established client connections; cgroup v{cg['version']} "
+                  f"under {cg['root']}"
                   f", {'removed' if cg['removed'] else 'NOT removed: ' + ', '.join(cg['left'])}")
     m = report["machine"]
     load = report.get("load_average")
@@ -608,7 +642,7 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[str, typer.Option(
             help="Worker counts to measure, in order (comma-separated).")] = "1,2",
         worker_cpu: Annotated[float, typer.Option(
-            help="CPU cap of each worker process (cores), set with its own cgroup.")] = 0.2,
+            help="CPU cap of each worker process (cores), set with its own cgroup.")] = 0.1,
         connections: Annotated[int, typer.Option(
             help="Producers, each with its own connection to the proxy.")] = 8,
         seconds: Annotated[float, typer.Option(help="Measured window per run (s).")] = 20.0,
@@ -621,6 +655,9 @@ def register(app: typer.Typer) -> None:
         acks: Annotated[str, typer.Option(help="Producer acks (1 or all).")] = "all",
         cfs_period_us: Annotated[int, typer.Option(
             help="CFS period of the caps (µs); the quota is worker-cpu x period.")] = 100_000,
+        reserve: Annotated[bool, typer.Option(
+            help="Give the capped workers the highest CPU weight, so each gets its whole "
+                 "cap however busy the machine (--no-reserve: the default weight).")] = True,
         base_port: Annotated[int, typer.Option(
             help="Base port of the federation started for the run.")] = 29092,
         kafka_version: Annotated[str, typer.Option(
@@ -640,7 +677,7 @@ def register(app: typer.Typer) -> None:
         settings = Settings(workers=counts, worker_cpu=worker_cpu, connections=connections,
                             partitions=partitions, record_size=record_size,
                             linger_ms=linger_ms, acks=acks, warmup_s=warmup, seconds=seconds,
-                            rounds=rounds, period_us=cfs_period_us)
+                            rounds=rounds, period_us=cfs_period_us, reserve=reserve)
 
         def progress(msg: str) -> None:
             err.print(f"[dim]{msg}[/]")

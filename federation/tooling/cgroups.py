@@ -31,6 +31,8 @@ from federation.core.errors import FedKafkaError
 V1_ROOTS: Final = (Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct"))
 V2_ROOTS: Final = (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
 DEFAULT_PERIOD_US: Final = 100_000
+V1_MAX_SHARES: Final = 262_144
+V2_MAX_WEIGHT: Final = 10_000
 MIN_QUOTA_US: Final = 1_000  # the kernel refuses smaller quotas
 
 
@@ -131,6 +133,7 @@ class CpuCaps:
     hierarchy: CpuHierarchy
     name: str = field(default_factory=lambda: f"fedkafka-bench-{os.getpid()}")
     period_us: int = DEFAULT_PERIOD_US
+    reserve: bool = True
     proc: Path = Path("/proc")
     children: dict[str, Path] = field(default_factory=dict)
     origins: dict[int, str] = field(default_factory=dict)
@@ -160,6 +163,21 @@ class CpuCaps:
             raise CgroupError(f"cannot create the cgroup {self.group}: {e}") from e
         if self.hierarchy.version == 2:
             self._enable_cpu(self.group)
+        self._set_weight(self.group)
+
+    def _set_weight(self, path: Path) -> None:
+        """With ``reserve``, the highest CPU weight: a capped process then gets its whole
+        quota whenever it can run, however busy the rest of the machine is (the cap is
+        a reserved slice, like a core of its own), and never more than the quota."""
+        if not self.reserve:
+            return
+        try:
+            if self.hierarchy.version == 1:
+                (path / "cpu.shares").write_text(str(V1_MAX_SHARES))
+            else:
+                (path / "cpu.weight").write_text(str(V2_MAX_WEIGHT))
+        except OSError as e:
+            raise CgroupError(f"cannot set the CPU weight of {path}: {e}") from e
 
     def _enable_cpu(self, where: Path) -> None:
         control = where / "cgroup.subtree_control"
@@ -182,14 +200,15 @@ class CpuCaps:
         path = self.group / label
         try:
             path.mkdir()
+            self.children[label] = path  # removed by close() from here on
             if self.hierarchy.version == 1:
                 (path / "cpu.cfs_period_us").write_text(str(self.period_us))
                 (path / "cpu.cfs_quota_us").write_text(str(quota))
             else:
                 (path / "cpu.max").write_text(f"{quota} {self.period_us}")
+            self._set_weight(path)
         except OSError as e:
             raise CgroupError(f"cannot create the capped cgroup {path}: {e}") from e
-        self.children[label] = path
         self.caps[label] = quota / self.period_us
         for pid in pids:
             self.origins.setdefault(pid, process_cgroup(pid, self.hierarchy.version,
