@@ -66,8 +66,9 @@ Progress = Callable[[str], None]
 TARGET_RATIO: Final = 1.8
 AT_CAP: Final = 0.85
 """A worker using at least this share of its cap sat at it (CFS accounting is coarse)."""
-MIN_IDLE: Final = 0.10
-"""The machine's idle share below which brokers and clients may have lacked CPU."""
+MIN_SPARE: Final = 0.10
+"""The share of the machine's CPU left to brokers and clients (idle, plus what processes
+below their weight used) below which they may have lacked CPU."""
 SPREAD_ATTEMPTS: Final = 5
 PRIMING: Final = 16
 
@@ -76,7 +77,7 @@ PRIMING: Final = 16
 class Settings:
     workers: tuple[int, ...]
     worker_cpu: float
-    connections: int = 8
+    connections: int = 16
     partitions: int = 8
     record_size: int = 1024
     linger_ms: int = 5
@@ -253,8 +254,9 @@ def connections_by_worker(pids: list[int], port: int) -> list[tuple[int, bool]]:
     return out
 
 
-def _metric_sum(port: int, name: str) -> float | None:
-    """The sum of a Prometheus metric's samples at ``127.0.0.1:port`` (None: no answer)."""
+def _metric_sum(port: int, name: str, label: str = "") -> float | None:
+    """The sum of a Prometheus metric's samples at ``127.0.0.1:port`` (with ``label``, e.g.
+    ``api="Produce"``, only those having it; None: no answer)."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -262,7 +264,7 @@ def _metric_sum(port: int, name: str) -> float | None:
         return None
     total = 0.0
     for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and label in line:
             with contextlib.suppress(ValueError):
                 total += float(line.rsplit(" ", 1)[1])
     return total
@@ -335,6 +337,8 @@ def _snapshot(groups: dict[str, list[int]], caps: CpuCaps, labels: list[str],
         "busy": _machine_busy_seconds(),
         "stat": [caps.stat(label) for label in labels],
         "bytes_in": [_metric_sum(port, "fedkafka_proxy_bytes_in_total")
+                     for port in metrics_ports],
+        "produces": [_metric_sum(port, "fedkafka_proxy_requests_total", 'api="Produce"')
                      for port in metrics_ports],
     }
 
@@ -420,6 +424,7 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         st0, st1 = s0["stat"][i], s1["stat"][i]
         cpu = _diff(s0["each"][i], s1["each"][i])
         got = _diff(s0["bytes_in"][i], s1["bytes_in"][i])
+        reqs = _diff(s0["produces"][i], s1["produces"][i])
         per_worker.append({
             "index": i, "pid": pid, "cgroup": caps.path_of(labels[i]),
             "in_cgroup": in_cgroup[i], "restarted": now_pids[i] != pid,
@@ -429,6 +434,8 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
             "throttled_s": _round(_diff(st0.get("throttled_s"), st1.get("throttled_s"))),
             "connections": conns[i][0],
             "record_mb_per_s": None if got is None else round(got / MB / wall, 2),
+            "produce_requests_per_s": None if reqs is None else round(reqs / wall, 1),
+            "kib_per_request": None if not reqs or got is None else round(got / reqs / 1024, 1),
         })
     busy = _diff(s0["busy"], s1["busy"])
     busy_cores = None if busy is None else round(busy / wall, 3)
@@ -454,6 +461,12 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         "spread_attempts": attempts,
         "load_average_start": load_start, "load_average_end": _loadavg(),
     }
+    # CPU brokers and clients could have had: idle, and with ``reserve`` also what other
+    # processes (default weight, below theirs) used.
+    spare = None if busy_cores is None else cores - busy_cores + (
+        max(0.0, result["other_cpu_util"] or 0.0) if settings.reserve else 0.0)
+    result["spare_cores"] = _round(spare)
+    result["spare_share"] = None if spare is None else round(spare / cores, 3)
     result["checks"] = checks(result)
     return result
 
@@ -469,7 +482,8 @@ def _round(value: float | None, digits: int = 3) -> float | None:
 
 def checks(run: dict[str, Any]) -> dict[str, bool]:
     """Whether a run isolated the proxy: every worker in its cgroup, busy, at its cap
-    (and not far above it), and the machine with CPU to spare for brokers and clients."""
+    (throttled: it had more work than its cap let it do), and CPU to spare for brokers and
+    clients."""
     ws = run["per_worker"]
     return {
         "in_cgroups": all(w["in_cgroup"] and not w["restarted"] for w in ws),
@@ -477,7 +491,7 @@ def checks(run: dict[str, Any]) -> dict[str, bool]:
                                  for w in ws),
         "workers_at_cap": all(w["cpu_util"] is not None
                               and w["cpu_util"] >= AT_CAP * w["cap_cpus"] for w in ws),
-        "machine_headroom": (run["machine_idle_share"] or 0.0) >= MIN_IDLE,
+        "spare_cpu": (run["spare_share"] or 0.0) >= MIN_SPARE,
     }
 
 
@@ -523,6 +537,9 @@ def run(settings: Settings, base_port: int, kafka_version: str, progress: Progre
         current = order[0]
         caps.open()
         try:
+            if settings.reserve:  # brokers and clients: uncapped, ahead of other work
+                caps.prioritize("uncapped", [os.getpid()] + [
+                    int(p["pid"]) for p in state["processes"] if p.get("kind") == "kafka-broker"])
             for i, workers in enumerate(order):
                 if workers != current:
                     state = restart_proxy(state, workers, progress)
@@ -570,9 +587,9 @@ def render(report: dict[str, Any], console: Console) -> None:
                         f"at {s['worker_cpu']:g} CPU, {s['seconds']:g} s windows")
     for col, justify in (("W", "right"), ("round", "right"), ("MB/s", "right"),
                          ("records/s", "right"), ("workers CPU (cap)", "left"),
-                         ("conns", "left"), ("supervisor", "right"), ("brokers", "right"),
+                         ("conns", "left"), ("KiB/req", "left"), ("supervisor", "right"), ("brokers", "right"),
                          ("clients", "right"), ("run-queue wait", "right"),
-                         ("machine idle", "right"),
+                         ("idle / spare", "right"),
                          ("load", "right"), ("isolated", "left")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for r in report["runs"]:
@@ -583,11 +600,13 @@ def render(report: dict[str, Any], console: Console) -> None:
             f"{r['records_per_s']:,.0f}",
             " ".join(_f(w["cpu_util"]) for w in ws) + f" ({ws[0]['cap_cpus']:g})",
             "/".join(str(w["connections"]) for w in ws),
+            "/".join(_f(w["kib_per_request"], "{:.0f}") for w in ws),
             _f(r["supervisor_cpu_util"]), _f(r["brokers_cpu_util"]),
             _f(r["clients_cpu_util"]),
             _f(r["brokers_runqueue_wait"]) + " / " + _f(r["clients_runqueue_wait"]),
             _f(None if r["machine_idle_share"] is None else 100 * r["machine_idle_share"],
-               "{:.0f} %"),
+               "{:.0f}") + " / " + _f(None if r["spare_share"] is None
+                                     else 100 * r["spare_share"], "{:.0f} %"),
             _f((r.get("load_average_end") or [None])[0], "{:.1f}"),
             "yes" if not bad else "NO: " + ", ".join(bad))
     console.print(table)
@@ -603,8 +622,10 @@ def render(report: dict[str, Any], console: Console) -> None:
                          "column): read the ratio with care[/]"))
     cg = report["cgroup"]
     console.print(f"CPU in cores (utime+stime over the window); run-queue wait: cores' worth "
-                  "of brokers' / clients' threads runnable but waiting for a CPU; conns = "
-                  f"each worker's established client connections; cgroup v{cg['version']} "
+                  "of brokers' / clients' threads runnable but waiting for a CPU; spare: idle "
+                  "plus, with reserved weights, what other processes used; conns = each "
+                  "worker's established client connections; KiB/req: record bytes per "
+                  f"Produce request, per worker; cgroup v{cg['version']} "
                   f"under {cg['root']}"
                   f", {'removed' if cg['removed'] else 'NOT removed: ' + ', '.join(cg['left'])}")
     m = report["machine"]
@@ -644,7 +665,7 @@ def register(app: typer.Typer) -> None:
         worker_cpu: Annotated[float, typer.Option(
             help="CPU cap of each worker process (cores), set with its own cgroup.")] = 0.1,
         connections: Annotated[int, typer.Option(
-            help="Producers, each with its own connection to the proxy.")] = 8,
+            help="Producers, each with its own connection to the proxy.")] = 16,
         seconds: Annotated[float, typer.Option(help="Measured window per run (s).")] = 20.0,
         warmup: Annotated[float, typer.Option(help="Load before the window (s).")] = 5.0,
         rounds: Annotated[int, typer.Option(
@@ -656,8 +677,10 @@ def register(app: typer.Typer) -> None:
         cfs_period_us: Annotated[int, typer.Option(
             help="CFS period of the caps (µs); the quota is worker-cpu x period.")] = 100_000,
         reserve: Annotated[bool, typer.Option(
-            help="Give the capped workers the highest CPU weight, so each gets its whole "
-                 "cap however busy the machine (--no-reserve: the default weight).")] = True,
+            help="Give the capped workers, the brokers and this process's clients the "
+                 "highest CPU weight (brokers and clients uncapped), so that other work on "
+                 "the machine does not decide the result (--no-reserve: default weights).")]
+        = True,
         base_port: Annotated[int, typer.Option(
             help="Base port of the federation started for the run.")] = 29092,
         kafka_version: Annotated[str, typer.Option(

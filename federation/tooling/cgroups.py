@@ -210,6 +210,25 @@ class CpuCaps:
         except OSError as e:
             raise CgroupError(f"cannot create the capped cgroup {path}: {e}") from e
         self.caps[label] = quota / self.period_us
+        self.move(label, pids)
+        return path
+
+    def prioritize(self, label: str, pids: list[int]) -> Path:
+        """Make the child ``label`` without a cap (with ``reserve``: the highest CPU
+        weight) and move ``pids`` into it; returns its directory."""
+        path = self.group / label
+        try:
+            path.mkdir()
+            self.children[label] = path
+            self._set_weight(path)
+        except OSError as e:
+            raise CgroupError(f"cannot create the cgroup {path}: {e}") from e
+        self.move(label, pids)
+        return path
+
+    def move(self, label: str, pids: list[int]) -> None:
+        """Move ``pids`` (whole processes) into the child ``label``."""
+        path = self.children[label]
         for pid in pids:
             self.origins.setdefault(pid, process_cgroup(pid, self.hierarchy.version,
                                                         self.proc) or "/")
@@ -217,7 +236,6 @@ class CpuCaps:
                 (path / "cgroup.procs").write_text(str(pid))
             except OSError as e:
                 raise CgroupError(f"cannot move process {pid} into {path}: {e}") from e
-        return path
 
     def contains(self, label: str, pid: int) -> bool:
         """Whether the kernel reports ``pid`` in the child ``label``."""
