@@ -587,7 +587,8 @@ def render(report: dict[str, Any], console: Console) -> None:
                         f"at {s['worker_cpu']:g} CPU, {s['seconds']:g} s windows")
     for col, justify in (("W", "right"), ("round", "right"), ("MB/s", "right"),
                          ("records/s", "right"), ("workers CPU (cap)", "left"),
-                         ("conns", "left"), ("KiB/req", "left"), ("supervisor", "right"), ("brokers", "right"),
+                         ("conns", "left"), ("KiB/req", "left"), ("supervisor", "right"),
+                         ("brokers", "right"),
                          ("clients", "right"), ("run-queue wait", "right"),
                          ("idle / spare", "right"),
                          ("load", "right"), ("isolated", "left")):
