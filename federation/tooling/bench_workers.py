@@ -458,6 +458,8 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         else round(max(0.0, 1 - busy_cores / cores), 3),
         "other_cpu_util": None if busy_cores is None or None in named
         else round(busy_cores - sum(x or 0.0 for x in named), 3),
+        "mb_per_worker_cpu_s": None if not named[0] else round(records * size / MB / wall
+                                                                / named[0], 1),
         "spread_attempts": attempts,
         "load_average_start": load_start, "load_average_end": _loadavg(),
     }
@@ -582,34 +584,43 @@ def _f(value: float | None, fmt: str = "{:.2f}") -> str:
 
 def render(report: dict[str, Any], console: Console) -> None:
     s = report["settings"]
-    table = Table(title=f"fedkafka bench-workers: {s['connections']} producers x "
+    runs = report["runs"]
+    table = Table(title=f"fedkafka bench-workers: {s['connections']} producers, "
                         f"{s['record_size']} B records, acks={s['acks']}, each worker capped "
                         f"at {s['worker_cpu']:g} CPU, {s['seconds']:g} s windows")
-    for col, justify in (("W", "right"), ("round", "right"), ("MB/s", "right"),
-                         ("records/s", "right"), ("workers CPU (cap)", "left"),
-                         ("conns", "left"), ("KiB/req", "left"), ("supervisor", "right"),
-                         ("brokers", "right"),
-                         ("clients", "right"), ("run-queue wait", "right"),
-                         ("idle / spare", "right"),
-                         ("load", "right"), ("isolated", "left")):
-        table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    for r in report["runs"]:
-        ws = r["per_worker"]
-        bad = [k for k, ok in r["checks"].items() if not ok]
-        table.add_row(
-            str(r["workers"]), str(r["round"]), _f(r["mb_per_s"], "{:.1f}"),
-            f"{r['records_per_s']:,.0f}",
-            " ".join(_f(w["cpu_util"]) for w in ws) + f" ({ws[0]['cap_cpus']:g})",
-            "/".join(str(w["connections"]) for w in ws),
-            "/".join(_f(w["kib_per_request"], "{:.0f}") for w in ws),
-            _f(r["supervisor_cpu_util"]), _f(r["brokers_cpu_util"]),
-            _f(r["clients_cpu_util"]),
-            _f(r["brokers_runqueue_wait"]) + " / " + _f(r["clients_runqueue_wait"]),
-            _f(None if r["machine_idle_share"] is None else 100 * r["machine_idle_share"],
-               "{:.0f}") + " / " + _f(None if r["spare_share"] is None
-                                     else 100 * r["spare_share"], "{:.0f} %"),
-            _f((r.get("load_average_end") or [None])[0], "{:.1f}"),
-            "yes" if not bad else "NO: " + ", ".join(bad))
+    table.add_column("run")
+    for r in runs:
+        table.add_column(f"{r['workers']} worker(s), round {r['round']}", justify="right")
+
+    def row(label: str, cell: Callable[[dict[str, Any]], str]) -> None:
+        table.add_row(label, *(cell(r) for r in runs))
+
+    def each(key: str, fmt: str = "{:.2f}") -> Callable[[dict[str, Any]], str]:
+        return lambda r: " / ".join(_f(w[key], fmt) for w in r["per_worker"])
+
+    def pct(key: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: _f(None if r[key] is None else 100 * r[key], "{:.0f} %")
+
+    row("MB/s acknowledged", lambda r: _f(r["mb_per_s"], "{:.1f}"))
+    row("records/s", lambda r: f"{r['records_per_s']:,.0f}")
+    row("each worker's CPU (cap)",
+        lambda r: each("cpu_util")(r) + f" ({r['per_worker'][0]['cap_cpus']:g})")
+    row("each worker's MB/s", each("record_mb_per_s", "{:.1f}"))
+    row("each worker's connections", each("connections", "{}"))
+    row("each worker's KiB/request", each("kib_per_request", "{:.0f}"))
+    row("MB per worker CPU-second", lambda r: _f(r.get("mb_per_worker_cpu_s"), "{:.0f}"))
+    row("supervisor CPU", lambda r: _f(r["supervisor_cpu_util"]))
+    row("brokers CPU", lambda r: _f(r["brokers_cpu_util"]))
+    row("clients CPU", lambda r: _f(r["clients_cpu_util"]))
+    row("run-queue wait, brokers / clients",
+        lambda r: _f(r["brokers_runqueue_wait"]) + " / " + _f(r["clients_runqueue_wait"]))
+    row("other processes CPU", lambda r: _f(r["other_cpu_util"]))
+    row("machine idle", pct("machine_idle_share"))
+    row("spare for brokers, clients", pct("spare_share"))
+    row("load average (1 min)", lambda r: _f((r.get("load_average_end") or [None])[0],
+                                             "{:.1f}"))
+    row("proxy isolated", lambda r: "yes" if all(r["checks"].values()) else "NO: " + ", ".join(
+        k for k, ok in r["checks"].items() if not ok))
     console.print(table)
     sm = report["summary"]
     console.print("median MB/s by workers: " + ", ".join(
@@ -619,16 +630,14 @@ def render(report: dict[str, Any], console: Console) -> None:
         console.print(f"throughput 2 workers / 1 worker: {sm['ratio_2_over_1']:.2f} x "
                       f"(target >= {sm['target']:g}: {verdict})"
                       + ("" if sm["isolated"] else
-                         " [yellow]but not every run isolated the proxy (see the last "
-                         "column): read the ratio with care[/]"))
+                         " [yellow]but not every run isolated the proxy (see `proxy "
+                         "isolated`): read the ratio with care[/]"))
     cg = report["cgroup"]
-    console.print(f"CPU in cores (utime+stime over the window); run-queue wait: cores' worth "
-                  "of brokers' / clients' threads runnable but waiting for a CPU; spare: idle "
-                  "plus, with reserved weights, what other processes used; conns = each "
-                  "worker's established client connections; KiB/req: record bytes per "
-                  f"Produce request, per worker; cgroup v{cg['version']} "
-                  f"under {cg['root']}"
-                  f", {'removed' if cg['removed'] else 'NOT removed: ' + ', '.join(cg['left'])}")
+    console.print("CPU in cores (utime+stime over the window); run-queue wait: cores' worth "
+                  "of threads runnable but waiting for a CPU; spare: idle plus, with "
+                  "reserved weights, what other processes used; KiB/request: record bytes "
+                  f"per Produce request; cgroup v{cg['version']} under {cg['root']}, "
+                  + ("removed" if cg["removed"] else "NOT removed: " + ", ".join(cg["left"])))
     m = report["machine"]
     load = report.get("load_average")
     console.print(f"machine: {m['cores']} cores ({m['cpu']}), Python {m['python']}; Kafka "
@@ -683,7 +692,7 @@ def register(app: typer.Typer) -> None:
                  "the machine does not decide the result (--no-reserve: default weights).")]
         = True,
         base_port: Annotated[int, typer.Option(
-            help="Base port of the federation started for the run.")] = 29092,
+            help="Base port of the federation started for the run.")] = 20092,
         kafka_version: Annotated[str, typer.Option(
             help="Kafka release of the federation started for the run.")]
         = DEFAULT_KAFKA_VERSION,

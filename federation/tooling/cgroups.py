@@ -34,6 +34,8 @@ DEFAULT_PERIOD_US: Final = 100_000
 V1_MAX_SHARES: Final = 262_144
 V2_MAX_WEIGHT: Final = 10_000
 MIN_QUOTA_US: Final = 1_000  # the kernel refuses smaller quotas
+RMDIR_WAIT = 5.0
+"""Seconds a group that is still busy (a process just exited, not yet reaped) is retried."""
 
 
 class CgroupError(FedKafkaError):
@@ -280,7 +282,7 @@ class CpuCaps:
                     (dest / "cgroup.procs").write_text(str(pid))
                     break
         # A process that just exited can keep the group busy for a moment (until reaped).
-        deadline = time.monotonic() + 5.0
+        deadline = time.monotonic() + RMDIR_WAIT
         while True:
             try:
                 _rmdir(path)
