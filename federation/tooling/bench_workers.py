@@ -97,8 +97,10 @@ class Producer:
     """One confluent-kafka producer (its own connections) sending as fast as it can in a
     thread; ``acked`` counts acknowledged records."""
 
-    def __init__(self, index: int, bootstrap: str, topic: str, settings: Settings) -> None:
+    def __init__(self, index: int, bootstrap: str, topic: str, settings: Settings,
+                 go: threading.Event) -> None:
         self.index = index
+        self.go = go
         self.bootstrap = bootstrap
         self.topic = topic
         self.settings = settings
@@ -150,6 +152,10 @@ class Producer:
             self.ready.set()
             return
         self.ready.set()
+        # Every producer connects and primes first: a flood from the first ones would
+        # queue the others' connection set-up behind it on a capped worker.
+        while not self.go.wait(0.1) and not self._stop.is_set():
+            client.poll(0)
         produce, poll = client.produce, client.poll
         while not self._stop.is_set():
             try:
@@ -165,8 +171,10 @@ class Producer:
 
 @contextlib.contextmanager
 def producers(bootstrap: str, topic: str, settings: Settings) -> Iterator[list[Producer]]:
-    """``settings.connections`` producers, started and primed; stopped at the end."""
-    group = [Producer(i, bootstrap, topic, settings).start()
+    """``settings.connections`` producers, started and primed, then all let go at once;
+    stopped at the end."""
+    go = threading.Event()
+    group = [Producer(i, bootstrap, topic, settings, go).start()
              for i in range(settings.connections)]
     try:
         for p in group:
@@ -174,6 +182,7 @@ def producers(bootstrap: str, topic: str, settings: Settings) -> Iterator[list[P
                 raise FedKafkaError(f"producer {p.index} did not connect within 120 s")
             if p.error is not None:
                 raise FedKafkaError(f"producer {p.index} failed: {p.error}")
+        go.set()
         yield group
     finally:
         for p in group:
