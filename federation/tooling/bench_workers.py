@@ -69,6 +69,9 @@ AT_CAP: Final = 0.85
 MIN_SPARE: Final = 0.10
 """The share of the machine's CPU left to brokers and clients (idle, plus what processes
 below their weight used) below which they may have lacked CPU."""
+STEADY: Final = 0.10
+"""Acknowledged and received rates further apart than this share: not a steady state (the
+clients' queues were still filling or draining, so acknowledgements lag what was sent)."""
 SPREAD_ATTEMPTS: Final = 5
 PRIMING: Final = 16
 
@@ -87,7 +90,7 @@ class Settings:
     rounds: int = 1
     period_us: int = 100_000
     reserve: bool = True
-    queue_messages: int = 20_000
+    queue_messages: int = 5_000
 
 
 # -- clients ---------------------------------------------------------------------------
@@ -429,11 +432,13 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         return None if d is None else round(d / wall, 3)
 
     per_worker = []
+    received: list[float | None] = []  # record bytes each worker took in over the window
     for i, pid in enumerate(pids):
         st0, st1 = s0["stat"][i], s1["stat"][i]
         cpu = _diff(s0["each"][i], s1["each"][i])
         got = _diff(s0["bytes_in"][i], s1["bytes_in"][i])
         reqs = _diff(s0["produces"][i], s1["produces"][i])
+        received.append(got)
         per_worker.append({
             "index": i, "pid": pid, "cgroup": caps.path_of(labels[i]),
             "in_cgroup": in_cgroup[i], "restarted": now_pids[i] != pid,
@@ -472,6 +477,8 @@ def measure(state: dict[str, Any], caps: CpuCaps, settings: Settings, topic: str
         "spread_attempts": attempts,
         "load_average_start": load_start, "load_average_end": _loadavg(),
     }
+    result["received_mb_per_s"] = None if None in received else round(
+        sum(x or 0.0 for x in received) / MB / wall, 2)
     # CPU brokers and clients could have had: idle, and with ``reserve`` also what other
     # processes (default weight, below theirs) used.
     spare = None if busy_cores is None else cores - busy_cores + (
@@ -503,6 +510,8 @@ def checks(run: dict[str, Any]) -> dict[str, bool]:
         "workers_at_cap": all(w["cpu_util"] is not None
                               and w["cpu_util"] >= AT_CAP * w["cap_cpus"] for w in ws),
         "spare_cpu": (run["spare_share"] or 0.0) >= MIN_SPARE,
+        "steady": bool(run.get("received_mb_per_s"))
+        and abs(run["mb_per_s"] - run["received_mb_per_s"]) <= STEADY * run["received_mb_per_s"],
     }
 
 
@@ -574,6 +583,7 @@ def run(settings: Settings, base_port: int, kafka_version: str, progress: Progre
             "acks": settings.acks, "warmup_s": settings.warmup_s,
             "seconds": settings.seconds, "rounds": settings.rounds,
             "cfs_period_us": settings.period_us, "reserve": settings.reserve,
+            "queue_records": settings.queue_messages,
         },
         "cgroup": {"version": hierarchy.version, "root": str(hierarchy.root),
                    "group": str(caps.group), "removed": not left,
@@ -611,6 +621,7 @@ def render(report: dict[str, Any], console: Console) -> None:
         return lambda r: _f(None if r[key] is None else 100 * r[key], "{:.0f} %")
 
     row("MB/s acknowledged", lambda r: _f(r["mb_per_s"], "{:.1f}"))
+    row("MB/s received by the workers", lambda r: _f(r.get("received_mb_per_s"), "{:.1f}"))
     row("records/s", lambda r: f"{r['records_per_s']:,.0f}")
     row("each worker's CPU (cap)",
         lambda r: each("cpu_util")(r) + f" ({r['per_worker'][0]['cap_cpus']:g})")
@@ -687,6 +698,10 @@ def register(app: typer.Typer) -> None:
             help="Producers, each with its own connection to the proxy.")] = 16,
         seconds: Annotated[float, typer.Option(help="Measured window per run (s).")] = 20.0,
         warmup: Annotated[float, typer.Option(help="Load before the window (s).")] = 5.0,
+        queue_records: Annotated[int, typer.Option(
+            help="Records each producer may have queued or in flight (its "
+                 "queue.buffering.max.messages): enough to keep the workers busy, few "
+                 "enough that acknowledgements follow within the warm-up.")] = 5000,
         rounds: Annotated[int, typer.Option(
             help="Times the whole --workers list is measured (alternating).")] = 1,
         record_size: Annotated[int, typer.Option(help="Bytes per record value.")] = 1024,
@@ -712,6 +727,7 @@ def register(app: typer.Typer) -> None:
         (cgroups), brokers and clients uncapped: does it scale with its workers?"""
         counts = _parse_workers(workers)
         if worker_cpu <= 0 or connections < 1 or seconds <= 0 or warmup < 0 or rounds < 1 \
+                or queue_records < 1 \
                 or record_size < 1 or partitions < 1 or cfs_period_us < 1000 \
                 or acks not in ("0", "1", "all", "-1"):
             raise typer.BadParameter("counts, sizes and durations must be positive; "
@@ -719,7 +735,8 @@ def register(app: typer.Typer) -> None:
         settings = Settings(workers=counts, worker_cpu=worker_cpu, connections=connections,
                             partitions=partitions, record_size=record_size,
                             linger_ms=linger_ms, acks=acks, warmup_s=warmup, seconds=seconds,
-                            rounds=rounds, period_us=cfs_period_us, reserve=reserve)
+                            rounds=rounds, period_us=cfs_period_us, reserve=reserve,
+                            queue_messages=queue_records)
 
         def progress(msg: str) -> None:
             err.print(f"[dim]{msg}[/]")

@@ -167,9 +167,10 @@ def test_process_cgroup_reads_the_cpu_line(tmp_path: Path) -> None:
 
 
 def _run(workers: int, mb: float, *, cpu: float = 0.1, spare: float = 0.3,
-         in_cgroup: bool = True) -> dict[str, object]:
+         in_cgroup: bool = True, received: float = 1.02) -> dict[str, object]:
     run: dict[str, object] = {
         "workers": workers, "mb_per_s": mb, "spare_share": spare,
+        "received_mb_per_s": mb * received,
         "per_worker": [{"in_cgroup": in_cgroup, "restarted": False, "record_mb_per_s": 5.0,
                         "connections": 3, "cpu_util": cpu, "cap_cpus": 0.1}
                        for _ in range(workers)],
@@ -184,6 +185,8 @@ def test_checks_and_summary() -> None:
     assert _run(2, 90.0, cpu=0.05)["checks"]["workers_at_cap"] is False  # type: ignore[index]
     assert _run(2, 90.0, spare=0.02)["checks"]["spare_cpu"] is False  # type: ignore[index]
     assert _run(2, 90.0, in_cgroup=False)["checks"]["in_cgroups"] is False  # type: ignore[index]
+    # Acknowledgements lagging what the workers received: the window was not steady.
+    assert _run(1, 30.0, received=1.3)["checks"]["steady"] is False  # type: ignore[index]
     summary = bench_workers.summarize([good, _run(2, 95.0), _run(1, 40.0), _run(2, 91.0)])
     assert summary["mb_per_s_median"] == {"1": 45.0, "2": 93.0}
     assert summary["ratio_2_over_1"] == pytest.approx(93 / 45, abs=1e-3)
