@@ -801,17 +801,23 @@ async def _await_gone(client: ClusterAdmin, names: Sequence[str], cluster_id: st
 
 async def _rollback(connect: Connect, fmap: FederationMap,
                     created: Mapping[str, Sequence[str]]) -> None:
-    for cluster_id, names in created.items():
-        if not names:
-            continue
+    """Delete what a refused change created, on every cluster at once, and wait (one
+    deadline for all) until the brokers no longer show it."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10.0
+
+    async def on(cluster_id: str, names: list[str]) -> None:
         try:
             async with connect(fmap.clusters[cluster_id]) as admin:
                 await admin.delete(names)
-                await _await_gone(admin, list(names), cluster_id)
-            log.info("rolled back physical topics", cluster=cluster_id, topics=list(names))
+                await _await_gone(admin, names, cluster_id,
+                                  timeout=max(0.0, deadline - loop.time()))
+            log.info("rolled back physical topics", cluster=cluster_id, topics=names)
         except Exception:  # report, keep rolling back the others
             log.exception("rollback failed; delete these topics by hand", cluster=cluster_id,
-                          topics=list(names))
+                          topics=names)
+
+    await asyncio.gather(*(on(c, list(names)) for c, names in created.items() if names))
 
 
 async def create_topic(backend: MetadataBackend, name: str, partitions: int,
