@@ -12,16 +12,23 @@ broker it is in Metadata (docs/adr/0027-describe-log-dirs.md):
   of them; a topic or partition the federation does not have is left out (as Kafka
   leaves out what a broker does not hold).
 * **partition_size** of a logical partition is the sum of the sizes of the distinct
-  physical partitions of its segments (sealed and active), each as its *leader* reports
-  it in a DescribeLogDirs the proxy sends to the leading broker (one request per broker,
-  per cluster, concurrently). The leader's copy is the one the proxy reads and writes, it
-  is never behind a follower, and asking only leaders keeps it to one request per broker
-  that leads something. ``offset_lag`` is 0 and ``is_future_key`` false.
+  physical partitions of its segments (sealed and active), each as reported by the broker
+  the proxy believes leads it, in a DescribeLogDirs the proxy sends to that broker (one
+  request per broker, per cluster, concurrently). Usually the leader's, the copy the
+  proxy reads and writes; during a leader change, that of a former leader that still
+  follows (it still lists the partition, and may be a little behind). Asking only leaders
+  keeps it to one request per broker that leads something. A broker that does not list a
+  partition, or cannot be asked (gone, its leadership moving elsewhere), has the
+  cluster's leaders looked up again and is retried once. ``offset_lag`` is 0 and
+  ``is_future_key`` false.
 * **A physical partition whose size is unknown** (its cluster unreachable, no leader, the
-  broker's log dir offline or refusing the proxy): the logical partitions that have a
-  segment on it are left out of the answer, and a warning is logged. A partial sum would
-  understate the partition, and a tool would see data vanish; a missing partition is
-  what Kafka shows of a replica it cannot describe.
+  broker gone or refusing the proxy, its log dir offline, still not listed after the
+  retry): the logical partitions that have a segment on it are left out of the answer. A
+  warning is logged and ``fedkafka_proxy_errors_total{api="DescribeLogDirs"}`` counts the
+  failure by its error code (every failure on the way is counted, including one the retry
+  recovered from, so no partition is left out uncounted). A partial sum would understate
+  the partition, and a tool would see data vanish; a missing partition is what Kafka
+  shows of a replica it cannot describe.
 * **total_bytes / usable_bytes** (v4+): the sums over the physical log dirs that answered
   this request (each (cluster, broker, dir) once), -1 when none did or one did not know.
 * **Authorization as Kafka**: Describe on the Cluster (:mod:`federation.proxy.authz`);
@@ -131,9 +138,12 @@ def describe_log_dirs(session: Session, req: codec.Request) -> Step:
 
 def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
                    parts: list[PhysPart]) -> Step:
-    """({physical partition: its leader's size}, {(broker, log dir): (total, usable)}) of
-    one cluster; what is unknown is absent. Leaders that no longer lead a partition (a
-    stale view) are looked up again once."""
+    """({physical partition: its size}, {(broker, log dir): (total, usable)}) of one
+    cluster, each size as the broker the proxy believes leads it reports it; what is
+    unknown is absent, and every failure that leaves something out is logged and counted.
+    The partitions of a broker that did not list them (a stale leader) or could not be
+    asked (gone: its leadership moved) are looked up again once, after the cluster's
+    leaders are forgotten."""
     sizes: dict[PhysPart, int] = {}
     dirs: dict[tuple[int, str], tuple[int, int]] = {}
     try:
@@ -143,42 +153,50 @@ def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
         return sizes, dirs
     todo = parts
     for attempt in range(2):
+        last = attempt == 1
         by_node: dict[int, list[PhysPart]] = defaultdict(list)
         for t, p in todo:
             try:
                 info = yield from leader(cluster, t, p)
             except UpstreamError as e:
-                if e.error_code in _PARTITION_ERRORS:
+                if e.error_code in _PARTITION_ERRORS:  # no leader: left out
+                    _unknown(session, cluster_id, e, partitions=[(t, p)])
                     continue
                 _unknown(session, cluster_id, e)  # the cluster is away: stop asking it
                 return sizes, dirs
             by_node[info.leader].append((t, p))
         nodes = sorted(by_node)
         pendings = []
+        missing: list[PhysPart] = []  # to look up again (on the first attempt)
+        gone: dict[int, UpstreamError] = {}  # brokers that could not be asked
         for node in nodes:
             sub = _request(req.entity, by_node[node])
             try:
                 pendings.append((yield Send(cluster, node, sub, req.header.client_id,
                                             session.state.request_timeout, shared=True)))
             except UpstreamError as e:
-                _unknown(session, cluster_id, e, node)
+                gone[node] = e
                 pendings.append(None)
-        missing: list[PhysPart] = []
         for node, pending in zip(nodes, pendings, strict=True):
             if pending is None:
                 continue
             try:
                 resp = yield from wait(pending)
             except UpstreamError as e:
-                _unknown(session, cluster_id, e, node)
+                gone[node] = e
                 continue
             code = int(getattr(resp, "error_code", 0) or 0)
             if code:
-                _unknown(session, cluster_id, UpstreamError("refused", code), node)
+                _unknown(session, cluster_id, UpstreamError("refused", code), node,
+                         by_node[node])
                 continue
+            offline = False  # a log dir failed: what it does not list may be there
             for result in resp.results:
-                if int(result.error_code):
-                    continue  # an offline log dir: what it holds is unknown
+                if int(result.error_code):  # an offline log dir: what it holds is unknown
+                    _unknown(session, cluster_id, UpstreamError(
+                        f"log dir {result.log_dir} failed", int(result.error_code)), node)
+                    offline = True
+                    continue
                 total = int(getattr(result, "total_bytes", -1))
                 usable = int(getattr(result, "usable_bytes", -1))
                 dirs[(node, result.log_dir)] = (total, usable)
@@ -187,8 +205,20 @@ def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
                         key = (t.name, int(p.partition_index))
                         if not p.is_future_key and key in by_node[node]:
                             sizes[key] = max(sizes.get(key, 0), int(p.partition_size))
-            missing.extend(k for k in by_node[node] if k not in sizes)
-        if not missing or attempt:
+            unlisted = [k for k in by_node[node] if k not in sizes]
+            if unlisted and not offline:
+                if last:  # still not where its leader is said to be
+                    _unknown(session, cluster_id, UpstreamError(
+                        "not listed by its leader", ErrorCode.NOT_LEADER_OR_FOLLOWER), node,
+                        unlisted)
+                missing.extend(unlisted)
+        for node, lost in gone.items():
+            # The broker is away (its leadership may have moved): forget where the cluster's
+            # leaders are, so this request's retry and the next requests look them up.
+            cluster.invalidate()
+            _unknown(session, cluster_id, lost, node, by_node[node], retried=not last)
+            missing.extend(by_node[node])
+        if not missing or last:
             break
         cluster.invalidate()  # the broker does not hold it (anymore): where is it now?
         todo = missing
@@ -205,11 +235,15 @@ def _request(template: Any, parts: list[PhysPart]) -> Any:
         cls(topic=t, partitions=tuple(ps)) for t, ps in sorted(by_topic.items())))
 
 
-def _unknown(session: Session, cluster_id: str, e: UpstreamError, node: int | None = None
-             ) -> None:
+def _unknown(session: Session, cluster_id: str, e: UpstreamError, node: int | None = None,
+             partitions: list[PhysPart] | None = None, retried: bool = False) -> None:
+    """A failure that leaves sizes unknown: counted (by its error code) and logged."""
     session.state.metrics.error("DescribeLogDirs", e.error_code)
-    log.warning("DescribeLogDirs: cluster %s%s did not describe its log dirs: %s", cluster_id,
-                "" if node is None else f" broker {node}", e)
+    log.warning("DescribeLogDirs: cluster %s%s did not describe %s: %s%s", cluster_id,
+                "" if node is None else f" broker {node}",
+                "its log dirs" if partitions is None else
+                ", ".join(f"{t}-{p}" for t, p in partitions), e,
+                " (its leaders are looked up again)" if retried else "")
 
 
 def _ms(value: int) -> Any:

@@ -146,6 +146,8 @@ class Harness:
         self.ends: dict[tuple[str, str, int], int] = {}  #: high watermarks
         self.starts: dict[tuple[str, str, int], int] = {}  #: log start offsets
         self.failing_clusters: set[str] = set()  #: Leader/Ends lookups fail there
+        #: (cluster, physical topic, partition) → the error its leader lookup fails with
+        self.leader_errors: dict[tuple[str, str, int], int] = {}
         self.sealed: dict[Any, dict[int, tuple[int, int]]] = {}
         self.created: list[str] = []
         self.detached_at: float | None = None
@@ -296,6 +298,9 @@ class Harness:
         elif isinstance(cmd, core.Leader):
             if cmd.cluster.id in self.failing_clusters:
                 raise UpstreamError("no metadata", ErrorCode.NETWORK_EXCEPTION)
+            code = self.leader_errors.get((cmd.cluster.id, cmd.topic, cmd.partition))
+            if code is not None:
+                raise UpstreamError("no leader", code)
             node = self.leaders.get((cmd.cluster.id, cmd.topic, cmd.partition), 1)
             info = PartitionInfo(node, 0)
             cmd.cluster.view.partitions[(cmd.topic, cmd.partition)] = info

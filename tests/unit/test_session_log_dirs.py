@@ -140,33 +140,81 @@ def test_unknown_topics_partitions_and_physical_names_are_left_out() -> None:
     assert (int(result.total_bytes), int(result.usable_bytes)) == (-1, -1)
 
 
-@pytest.mark.parametrize("failure", ["request", "refused", "leader", "dir_offline",
-                                     "cluster_error"])
+#: failure → (the error code it is counted under, how many times)
+FAILURES = {
+    "request": (ErrorCode.NETWORK_EXCEPTION, 2),  # the answer lost, and again on the retry
+    "refused": (ErrorCode.NETWORK_EXCEPTION, 2),  # not even sent, and again on the retry
+    "leader": (ErrorCode.NETWORK_EXCEPTION, 1),  # the cluster's metadata unreachable
+    "no_leader": (ErrorCode.LEADER_NOT_AVAILABLE, 3),  # each of B's three partitions
+    "dir_offline": (ErrorCode.KAFKA_STORAGE_ERROR, 1),
+    "cluster_error": (ErrorCode.CLUSTER_AUTHORIZATION_FAILED, 1),
+    "not_listed": (ErrorCode.NOT_LEADER_OR_FOLLOWER, 1),  # nor after the retry
+}
+
+
+@pytest.mark.parametrize("failure", sorted(FAILURES))
 def test_a_failing_cluster_leaves_out_the_partitions_it_holds(failure: str) -> None:
     h = harness(sealed_on_a=True)
     ok = answering(SIZES)
     broken = {"request": lambda sent: Fail(ErrorCode.NETWORK_EXCEPTION),
               "refused": lambda sent: Refuse(),
               "leader": ok,
+              "no_leader": ok,
               "dir_offline": answering(SIZES, dir_code=ErrorCode.KAFKA_STORAGE_ERROR),
               "cluster_error": answering(SIZES, code=ErrorCode.CLUSTER_AUTHORIZATION_FAILED),
+              "not_listed": answering({}),
               }[failure]
     if failure == "leader":
         h.failing_clusters.add("B")
+    if failure == "no_leader":
+        h.leader_errors.update({("B", PHYS, i): ErrorCode.LEADER_NOT_AVAILABLE
+                                for i in (0, 1, 3)})
     h.on(LOG_DIRS, lambda sent: broken(sent) if sent.cluster == "B" else ok(sent))
     reply = h.call(request(None))
     # partition 0 (sealed on A, active on B) is left out too: no partial sums
     assert listed(reply) == {("orders", 2): 4_000}
-    errors = h.state.metrics.registry.get_sample_value(
-        "fedkafka_proxy_errors_total", {"api": "DescribeLogDirs",
-                                        "error_code": str(int(_code(failure)))})
-    if failure != "dir_offline":
-        assert errors and errors >= 1
+    # every partition left out is counted, under its cause's error code
+    code, times = FAILURES[failure]
+    assert errors(h) == {code: times}
 
 
-def _code(failure: str) -> int:
-    return {"cluster_error": ErrorCode.CLUSTER_AUTHORIZATION_FAILED}.get(
-        failure, ErrorCode.NETWORK_EXCEPTION)
+def errors(h: Harness) -> dict[int, float]:
+    """fedkafka_proxy_errors_total{api="DescribeLogDirs"} by error code (non-zero only)."""
+    out = {}
+    for metric in h.state.metrics.registry.collect():
+        for sample in metric.samples:
+            if (sample.name == "fedkafka_proxy_errors_total"
+                    and sample.labels.get("api") == "DescribeLogDirs" and sample.value):
+                out[int(sample.labels["error_code"])] = sample.value
+    return out
+
+
+@pytest.mark.parametrize("failure", ["request", "refused"])
+def test_a_dead_broker_whose_leaderships_moved_is_looked_up_again(failure: str) -> None:
+    """Broker 2 of B died and Kafka moved its leaderships to broker 1, but the proxy's view
+    still names broker 2 (only sealed segments live there: no Produce or Fetch corrects
+    it): the view is forgotten and the partitions asked of their new leader."""
+    h = harness()
+    view = h.state.cluster("B").view
+    view.partitions[(PHYS, 1)] = routing_info(2)
+    dead = {"request": Fail(ErrorCode.NETWORK_EXCEPTION), "refused": Refuse()}[failure]
+    ok = answering(SIZES)
+    h.on(LOG_DIRS, lambda sent: dead if sent.node == 2 else ok(sent))
+    assert listed(h.call(request({"orders": [1]}))) == {("orders", 1): 300}
+    assert [(s.cluster, s.node) for s in h.sent] == [("B", 2), ("B", 1)]
+    assert view.partitions[(PHYS, 1)].leader == 1  # the next request asks broker 1 at once
+    assert errors(h) == {ErrorCode.NETWORK_EXCEPTION: 1}  # the failure is counted
+
+
+def test_a_broker_failing_on_the_retry_too_leaves_the_view_forgotten() -> None:
+    h = harness()
+    h.leaders[("B", PHYS, 1)] = 2  # still named the leader: still unreachable
+    h.on(LOG_DIRS, lambda sent: Fail(ErrorCode.NETWORK_EXCEPTION))
+    assert listed(h.call(request({"orders": [1]}))) == {}
+    assert [(s.cluster, s.node) for s in h.sent] == [("B", 2), ("B", 2)]
+    # the next request looks the leader up again (not stuck on a dead broker's name)
+    assert h.state.cluster("B").view.partitions[(PHYS, 1)].leader == -1
+    assert errors(h) == {ErrorCode.NETWORK_EXCEPTION: 2}
 
 
 def test_a_stale_leader_is_looked_up_again_once() -> None:
