@@ -59,15 +59,19 @@ def _ms(value: int) -> Any:
     return datetime.timedelta(milliseconds=value)
 
 
+def intent_timeout(state: ProxyState) -> float:
+    """How long this proxy waits for an intent to be applied (seconds): a create of many
+    topics may take the controller a while; a Kafka client that gives up earlier retries,
+    and its retry then waits for this one (intents run one by one)."""
+    return max(120.0, state.request_timeout)
+
+
 def submitter(state: ProxyState) -> intents.Submitter:
     """How this proxy changes the map: intents to the active controller as the ``proxy``
     identity (``$FEDKAFKA_INTENT_TOKEN[_FILE]``, else the token remembered for its store);
     a proxy never writes the map itself, so it needs only read access to the store."""
     token = intents.resolve_token() or intents.store_token(state.config.store, intents.PROXY)
-    # A create of many topics may take the controller a while; a Kafka client that gives
-    # up earlier retries, and its retry then waits for this one (intents run one by one).
-    return intents.Submitter(token=token, allow_direct=False,
-                             timeout=max(120.0, state.request_timeout))
+    return intents.Submitter(token=token, allow_direct=False, timeout=intent_timeout(state))
 
 
 def load(state: ProxyState) -> Step:
@@ -79,7 +83,13 @@ def load(state: ProxyState) -> Step:
 
 
 def _refresh(state: ProxyState) -> Step:
-    fmap = yield Offload(state.backend.load, ())
+    """Serve the store's map now (best effort: the store away, the map follower brings it
+    later, and the answer goes out all the same)."""
+    try:
+        fmap = yield Offload(state.backend.load, ())
+    except Exception as e:  # noqa: BLE001 - answered anyway; the failure is logged
+        log.warning("cannot read the map from the store: %s", e)
+        return
     if fmap is not None:
         state.set_map(fmap)
 
@@ -247,14 +257,17 @@ def _check_creatable(state: ProxyState, t: Any, duplicated: bool, answer: _Answe
     answer.partitions, answer.replication = _layout(state, t, answer.configs)
 
 
-def _failure(e: BaseException, what: str) -> tuple[int, str]:
+def failure_answer(e: BaseException, what: str, api: str = "CreateTopics") -> tuple[int, str]:
+    """The (error code, message) a topic's failure is answered with: a refusal's own, else
+    UNKNOWN_SERVER_ERROR naming the failure (no intent token, the store away...: logged).
+    The client gets an answer for every topic, never a closed connection."""
     if isinstance(e, _Refusal):
         return e.code, e.message
     if isinstance(e, admin.AdminError):
         return e.error_code, e.error_message
     if isinstance(e, ValueError):
         return ErrorCode.INVALID_REQUEST, str(e)
-    log.error("CreateTopics %s failed", what, exc_info=e)
+    log.error("%s %s failed", api, what, exc_info=e)
     return ErrorCode.UNKNOWN_SERVER_ERROR, f"{type(e).__name__}: {e}"
 
 
@@ -290,7 +303,7 @@ def create_topics(state: ProxyState, req: codec.Request, clock: Callable[[], flo
                                        answer.replication, answer.configs)
                 answer.described = [admin.TopicConfig(k, v) for k, v in answer.configs.items()]
         except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
-            answer.refuse(*_failure(e, t.name))
+            answer.refuse(*failure_answer(e, t.name))
     if budget.hit:
         state.metrics.limit_hit("max_partitions_per_request")
     pending = [a for a in answers if not a.code and not body.validate_only]
@@ -321,10 +334,10 @@ def _create_pending(state: ProxyState, pending: list[_Answer]) -> Step:
         # each topic's outcome read from the map that applied it)
         before = yield from load(state)
         answer = yield SubmitIntent("create_topics", intents.create_topics_args(
-            before, specs, plugins=state.plugins))
+            before, specs, plugins=state.plugins), intent_timeout(state))
         outcomes = intents.create_topics_outcome((yield from load(state)), specs, answer)
     except Exception as e:  # noqa: BLE001 - the whole request failed (a cluster away...)
-        failure = _failure(e, ", ".join(a.name for a in pending))
+        failure = failure_answer(e, ", ".join(a.name for a in pending))
         for a in pending:
             a.refuse(*failure)
         return
@@ -372,9 +385,9 @@ def delete_topics(state: ProxyState, req: codec.Request, clock: Callable[[], flo
                 raise admin.UnknownTopicError("unknown topic id")
             # (intents.delete_topic's steps: known in the stored map, then the intent)
             admin._topic((yield from load(state)), name)
-            yield SubmitIntent("delete_topic", {"name": name})
-        except admin.AdminError as e:
-            code, message = e.error_code, str(e)
+            yield SubmitIntent("delete_topic", {"name": name}, intent_timeout(state))
+        except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
+            code, message = failure_answer(e, str(name), "DeleteTopics")
         results.append(build(mod.DeletableTopicResult, name=name, topic_id=topic_id,
                              error_code=to_kio(code), error_message=message))
     if any(int(r.error_code) == 0 for r in results):
@@ -404,12 +417,13 @@ def create_partitions(state: ProxyState, req: codec.Request, clock: Callable[[],
             else:
                 # (intents.add_partitions' steps: the intent, then the topic in the map
                 # that applied it)
-                yield SubmitIntent("add_partitions", {"name": t.name, "count": int(t.count)})
+                yield SubmitIntent("add_partitions", {"name": t.name, "count": int(t.count)},
+                                   intent_timeout(state))
                 admin._topic((yield from load(state)), t.name)
-        except admin.AdminError as e:
-            code, message = e.error_code, str(e)
         except ValueError as e:
             code, message = ErrorCode.INVALID_PARTITIONS, str(e)
+        except Exception as e:  # noqa: BLE001 - one topic's failure (logged if unexpected)
+            code, message = failure_answer(e, t.name, "CreatePartitions")
         results.append(build(mod.CreatePartitionsTopicResult, name=t.name,
                              error_code=to_kio(code), error_message=message))
     if budget.hit:

@@ -47,7 +47,7 @@ from federation.core.model import FederationMap, LogicalTopic
 from federation.protocol import codec
 from federation.protocol.errors import ErrorCode, to_kio
 from federation.protocol.versions import ApiKey
-from federation.proxy.admin_handlers import load
+from federation.proxy.admin_handlers import failure_answer, intent_timeout, load
 from federation.proxy.core import (
     Gather,
     Offload,
@@ -296,8 +296,11 @@ def alter_configs(state: ProxyState, req: codec.Request,
             code, message = e.code, e.message
         except UpstreamError as e:
             code, message = e.error_code, str(e)
-        except admin.AdminError as e:
-            code, message = e.error_code, e.error_message
+        except Exception as e:  # noqa: BLE001 - one resource's failure (logged if unexpected)
+            # (an AdminError's own code; no intent token, the store away...: an answer with
+            # UNKNOWN_SERVER_ERROR, as CreateTopics answers, never a closed connection)
+            code, message = failure_answer(e, str(name), "IncrementalAlterConfigs" if incremental
+                                            else "AlterConfigs")
         return build(mod.AlterConfigsResourceResponse, error_code=to_kio(code),
                      error_message=message, resource_type=r.resource_type, resource_name=name)
 
@@ -404,7 +407,8 @@ def _alter_topic(state: ProxyState, body: Any, r: Any, incremental: bool,
             current = admin._topic((yield from load(state)), topic.name)
             if dict(current.config) != dict(config):
                 yield SubmitIntent("set_topic_config", {"name": topic.name,
-                                                        "config": dict(config)})
+                                                        "config": dict(config)},
+                                   intent_timeout(state))
                 admin._topic((yield from load(state)), topic.name)
             fmap = yield Offload(state.backend.load, ())
             if fmap is not None:

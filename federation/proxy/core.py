@@ -34,7 +34,9 @@ command                      event sent back
                              request of the connection may be dispatched
 :class:`SubmitIntent`        the active controller's answer to the intent (``{"status",
                              "version", "result"}``), once this proxy's store shows the
-                             map that applied it; its refusal (an ``AdminError``) thrown
+                             map that applied it, within the command's ``timeout``; its
+                             refusal (an ``AdminError``) or the submission's failure (no
+                             token: ``ConfigError``; the store away) thrown
 :class:`ValidatePhysical`    ``None`` once every physical cluster validated creating the
                              planned physical topics; the first refusal thrown
 :class:`DescribePhysical`    logical name → its physical data topic as its cluster
@@ -184,14 +186,16 @@ DETACH = Detach()
 
 @dataclass(slots=True)
 class SubmitIntent:
-    """Submit an intent to the active controller as this proxy (its token; the controller's
-    endpoint from the store; resubmitted through failovers until the proxy's intent
-    timeout: :func:`federation.controller.intents.submit`), and wait until this proxy's
-    store returns the map that applied it. ``kind``: one of
-    :data:`federation.controller.intents.PROXY_KINDS`."""
+    """Submit an intent to the active controller as this proxy (its token, which the driver
+    holds; the controller's endpoint from the store; resubmitted through failovers for at
+    most ``timeout`` seconds: :func:`federation.controller.intents.submit`), and wait until
+    this proxy's store returns the map that applied it. ``kind``: one of
+    :data:`federation.controller.intents.PROXY_KINDS`; ``timeout``: the proxy's intent
+    timeout (:func:`federation.proxy.admin_handlers.intent_timeout`), decided here."""
 
     kind: str
     args: Mapping[str, Any]
+    timeout: float
 
 
 @dataclass(slots=True)

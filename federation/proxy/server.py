@@ -795,9 +795,9 @@ class Driver:
         self.state.auto_creator.start(cmd.name)
 
     async def _submit_intent(self, cmd: core.SubmitIntent) -> dict[str, Any]:
-        via = submitter(self.state)
-        return await intents.submit(self.state.backend, cmd.kind, cmd.args, token=via.token,
-                                    timeout=via.timeout)
+        # the proxy's token (a credential: held here, not in the core); the core's timeout
+        return await intents.submit(self.state.backend, cmd.kind, cmd.args,
+                                    token=submitter(self.state).token, timeout=cmd.timeout)
 
     async def _validate_physical(self, cmd: core.ValidatePhysical) -> None:
         await admin.validate_physical(cmd.fmap, cmd.name, cmd.needs, cmd.replication,

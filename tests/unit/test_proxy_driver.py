@@ -101,38 +101,48 @@ def test_the_driver_runs_the_admin_commands_with_the_controller_and_admin_client
 
     async def submit(backend: Any, kind: str, args: Any, *, token: Any, timeout: float
                      ) -> Any:
-        calls.append(("submit", kind, dict(args), timeout))
+        calls.append(("submit", backend, kind, dict(args), token, timeout))
         if kind == "delete_topic":
             raise admin.UnknownTopicError("topic 'x' does not exist")
         return {"status": "applied", "version": 2, "result": {}}
 
     async def validate(fmap: Any, name: str, needs: Any, replication: Any, config: Any
                        ) -> None:
-        calls.append(("validate", name, needs, replication, config))
+        calls.append(("validate", fmap, name, needs, replication, config))
 
     async def describe(fmap: Any, topics: Any) -> Any:
-        calls.append(("describe", list(topics)))
+        calls.append(("describe", fmap, list(topics)))
         return {"t": "described"}
 
     monkeypatch.setattr(intents, "submit", submit)
     monkeypatch.setattr(intents, "resolve_token", lambda token=None: "secret")
     monkeypatch.setattr(admin, "validate_physical", validate)
     monkeypatch.setattr(admin, "describe_physical_many", describe)
+    fmap = object()  # passed through as it is
 
     def handler() -> core.Step:
-        answer = yield core.SubmitIntent("add_partitions", {"name": "t", "count": 3})
+        answer = yield core.SubmitIntent("add_partitions", {"name": "t", "count": 3}, 150.0)
         try:
-            yield core.SubmitIntent("delete_topic", {"name": "x"})
+            yield core.SubmitIntent("delete_topic", {"name": "x"}, 7.5)
         except admin.AdminError as e:
             refused = e.error_code
-        yield core.ValidatePhysical(None, "t", {"A": {"t.fk": 3}}, -1, {"a": "b"})
-        found = yield core.DescribePhysical(None, ["t"])
+        yield core.ValidatePhysical(fmap, "t", {"A": {"t.fk": 3}}, 2, {"a": "b"})
+        found = yield core.DescribePhysical(fmap, ["t"])
         return answer["version"], refused, found
 
+    driver: list[Driver] = []
+
     async def main() -> Any:
-        return await _driver().run(handler())
+        driver.append(_driver())
+        return await driver[0].run(handler())
 
     assert asyncio.run(main()) == (2, admin.UnknownTopicError.error_code, {"t": "described"})
-    assert [c[0] for c in calls] == ["submit", "submit", "validate", "describe"]
-    assert calls[0][1:3] == ("add_partitions", {"name": "t", "count": 3})
-    assert calls[0][3] >= 120.0  # the proxy's intent timeout (admin_handlers.submitter)
+    backend = driver[0].state.backend
+    # every call's arguments, in full: the proxy's token (the driver's), the command's
+    # timeout (the core's decision), replication and config in their places
+    assert calls == [
+        ("submit", backend, "add_partitions", {"name": "t", "count": 3}, "secret", 150.0),
+        ("submit", backend, "delete_topic", {"name": "x"}, "secret", 7.5),
+        ("validate", fmap, "t", {"A": {"t.fk": 3}}, 2, {"a": "b"}),
+        ("describe", fmap, ["t"]),
+    ]

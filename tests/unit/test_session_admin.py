@@ -369,8 +369,10 @@ def _altered(sent: Any) -> Any:
     from federation.protocol.errors import to_kio
     from federation.proxy.routing import build, resp_module
 
-    mod = resp_module(ApiKey.ALTER_CONFIGS, int(sent.request.__version__))
-    return build(mod.AlterConfigsResponse, throttle_time=0 * MS, responses=tuple(
+    mod = resp_module(sent.api_key, int(sent.request.__version__))
+    cls = (mod.IncrementalAlterConfigsResponse if sent.api_key == ApiKey.INCREMENTAL_ALTER_CONFIGS
+           else mod.AlterConfigsResponse)
+    return build(cls, throttle_time=0 * MS, responses=tuple(
         build(mod.AlterConfigsResourceResponse, error_code=to_kio(0), error_message=None,
               resource_type=r.resource_type, resource_name=r.resource_name)
         for r in sent.request.resources))
@@ -383,3 +385,103 @@ def test_await_adapter_is_gone() -> None:
     import federation.proxy.server as server
 
     assert "core.Await" not in Path(server.__file__).read_text()
+
+
+# -- a failure that is not a refusal: answered per topic, never a closed connection ----------
+
+
+class _Broken:
+    """What fails: the intent's submission (no intent token) or the store."""
+
+    def __init__(self, h: Harness, store: Store, what: str) -> None:
+        from federation.core.errors import ConfigError
+
+        self.error: Exception = (ConfigError("no intent token: set $FEDKAFKA_INTENT_TOKEN")
+                                 if what == "token" else OSError("the store is away"))
+        if what == "token":
+            def controller(kind: str, args: dict[str, Any]) -> Any:
+                raise self.error
+            h.controller = controller
+        else:
+            def load() -> Any:
+                raise self.error
+            store.load = load  # type: ignore[method-assign]
+
+    def check(self, code: int, message: str | None) -> None:
+        assert code == ErrorCode.UNKNOWN_SERVER_ERROR
+        assert message == f"{type(self.error).__name__}: {self.error}"
+
+
+@pytest.mark.parametrize("what", ["token", "store"])
+def test_delete_topics_answers_a_failure_that_is_not_a_refusal(what: str) -> None:
+    h, store = admin_harness()
+    broken = _Broken(h, store, what)
+    reply = h.call(delete_topics("orders"))
+    [r] = reply.body.responses
+    assert r.name == "orders"
+    broken.check(int(r.error_code), r.error_message)
+    assert "orders" in h.state.fmap.topics
+
+
+@pytest.mark.parametrize("what", ["token", "store"])
+def test_create_partitions_answers_a_failure_that_is_not_a_refusal(what: str) -> None:
+    h, store = admin_harness()
+    broken = _Broken(h, store, what)
+    reply = h.call(create_partitions(6))
+    [r] = reply.body.results
+    assert r.name == "orders"
+    broken.check(int(r.error_code), r.error_message)
+
+
+@pytest.mark.parametrize("what", ["token", "store"])
+def test_create_topics_answers_a_failure_that_is_not_a_refusal(what: str) -> None:
+    h, store = admin_harness()
+    broken = _Broken(h, store, what)
+    reply = h.call(create_topics(creatable("new")))
+    [t] = reply.body.topics
+    broken.check(int(t.error_code), t.error_message)
+
+
+@pytest.mark.parametrize("what", ["token", "store"])
+@pytest.mark.parametrize("incremental", [False, True])
+def test_alter_configs_answers_a_failure_that_is_not_a_refusal(what: str, incremental: bool
+                                                               ) -> None:
+    h, store = admin_harness()
+    broken = _Broken(h, store, what)
+    key = ApiKey.INCREMENTAL_ALTER_CONFIGS if incremental else ApiKey.ALTER_CONFIGS
+    h.on(key, lambda sent: _altered(sent))
+    h.on(ApiKey.DESCRIBE_CONFIGS, lambda sent: describe_configs_answer(
+        sent, {"cleanup.policy": "compact"}))
+    if incremental:
+        r = make(key, 1, "AlterConfigsResource", resource_type=2, resource_name="orders",
+                 configs=(make(key, 1, "AlterableConfig", name="cleanup.policy",
+                               config_operation=0, value="compact"),))
+        req = make(key, 1, resources=(r,), validate_only=False)
+    else:
+        r = make(key, 2, "AlterConfigsResource", resource_type=2, resource_name="orders",
+                 configs=(make(key, 2, "AlterableConfig", name="cleanup.policy",
+                               value="compact"),))
+        req = make(key, 2, resources=(r,), validate_only=False)
+    reply = h.call(req)
+    [resp] = reply.body.responses
+    assert resp.resource_name == "orders"
+    broken.check(int(resp.error_code), resp.error_message)
+
+
+# -- the intent timeout: the core's decision ------------------------------------------------
+
+
+@pytest.mark.parametrize("request_timeout", [30.0, 300.0])
+def test_every_intent_carries_the_proxys_intent_timeout(request_timeout: float) -> None:
+    h, _ = admin_harness()
+    h.state.request_timeout = request_timeout
+    h.describe = described
+    h.call(create_topics(creatable("new")))
+    h.call(create_partitions(6))
+    h.call(delete_topics("new"))
+    timeouts = [(c.kind, c.timeout) for c in h.commands if isinstance(c, core.SubmitIntent)]
+    expected = max(120.0, request_timeout)
+    assert timeouts == [("create_topics", expected), ("add_partitions", expected),
+                        ("delete_topic", expected)]
+    assert admin_handlers.intent_timeout(h.state) == expected
+    assert admin_handlers.submitter(h.state).timeout == expected  # auto-creation's too
