@@ -1018,10 +1018,16 @@ def register(app: typer.Typer) -> None:
         except FedKafkaError as e:
             err.print(f"[red]error:[/] {e}")
             raise typer.Exit(1) from e
-        if as_json:
-            sys.stdout.write(json.dumps(_no_nan(report), indent=2) + "\n")
-        else:
-            render(report, Console())
+        emit(report, as_json, render)
+
+
+def emit(report: dict[str, Any], as_json: bool,
+         render_table: Callable[[dict[str, Any], Console], None]) -> None:
+    """A bench command's report on stdout: JSON (NaN as null) or its rendered table."""
+    if as_json:
+        sys.stdout.write(json.dumps(_no_nan(report), indent=2) + "\n")
+    else:
+        render_table(report, Console())
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import json
 import os
 import signal
 import statistics
-import sys
 import threading
 import time
 import urllib.request
@@ -51,8 +50,8 @@ from federation.tooling.bench import (
     _loadavg,
     _logs_to_stderr,
     _machine_busy_seconds,
-    _no_nan,
     create_logical_topic,
+    emit,
     federation_for,
     machine,
     require_client,
@@ -750,10 +749,7 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(e.exit_code) from e
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if as_json:
-            sys.stdout.write(json.dumps(_no_nan(report), indent=2) + "\n")
-        else:
-            render(report, Console())
+        emit(report, as_json, render)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from federation.tooling.bench import wait_topic
 from federation.tooling.kafka_dist import KafkaDist
 
-from .fedtopics import backend_of
+from .fedtopics import stored_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,16 +205,6 @@ def check_delivery(acks: list[Ack], consumed: list[Consumed]) -> dict[str, int]:
             "duplicates": duplicates}
 
 
-def _partition_count(state: dict[str, Any], topic: str) -> int:
-    backend = backend_of(state)
-    try:
-        fmap = backend.load()
-    finally:
-        backend.close()
-    assert fmap is not None and topic in fmap.topics, f"topic {topic} is not in the map"
-    return int(fmap.topics[topic].partition_count)
-
-
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -228,7 +218,7 @@ def run_clients(state: dict[str, Any], dist: KafkaDist, topic: str, tmp: Path,
     # Every proxy must show the topic before the group starts: a kafka-python group leader
     # that assigns while its metadata lacks the topic ("No partition metadata for topic")
     # can leave the group with nothing assigned for good (dpkp/kafka-python#2377).
-    partitions = _partition_count(state, topic)
+    partitions = int(stored_map(state).topics[topic].partition_count)
     for proxy in state["proxy_bootstrap"].split(","):
         wait_topic(proxy, topic, partitions, timeout=120)
     consumer = GroupConsumer(state["bootstrap"], topic, f"g-{topic}").start()

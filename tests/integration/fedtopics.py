@@ -22,6 +22,17 @@ def backend_of(state: dict[str, Any]) -> Any:
     return get_plugins().backend(name, **opts)
 
 
+def stored_map(state: dict[str, Any]) -> FederationMap:
+    """The map in the federation's store now."""
+    backend = backend_of(state)
+    try:
+        fmap = backend.load()
+        assert fmap is not None
+        return fmap
+    finally:
+        backend.close()
+
+
 def create_logical_topic(state: dict[str, Any], name: str, partitions: int,
                          strategy: str = "contiguous",
                          layout: Sequence[Sequence[Segment]] | None = None) -> LogicalTopic:

@@ -21,11 +21,10 @@ from typing import Any
 
 import pytest
 
-from federation.core.model import FederationMap
 from federation.protocol import decode_response, encode_request
 from federation.tooling.kafka_dist import KafkaDist, java_executable
 
-from .fedtopics import backend_of, create_logical_topic
+from .fedtopics import create_logical_topic, stored_map
 
 pytestmark = pytest.mark.integration
 
@@ -127,16 +126,6 @@ def wait_served(proxy: str, name: str) -> None:
         [t] = send_raw(proxy, metadata_v12([name])).topics
         return int(t.error_code) == 0
     wait_for(served, f"{proxy} to serve {name}")
-
-
-def stored_map(state: dict[str, Any]) -> FederationMap:
-    backend = backend_of(state)
-    try:
-        fmap = backend.load()
-        assert fmap is not None
-        return fmap
-    finally:
-        backend.close()
 
 
 def _name(prefix: str) -> str:

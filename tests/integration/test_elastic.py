@@ -29,13 +29,12 @@ from typing import Any
 import pytest
 
 from federation.clusters import admin
-from federation.core.model import FederationMap
 from federation.tooling.kafka_dist import KafkaDist
 from federation.tooling.local import LocalFederation, temporary_federation
 from federation.tooling.testing.clients import java_murmur2_partition
 
 from .elastic_tools import finish, run_clients, wait_until
-from .fedtopics import backend_of
+from .fedtopics import backend_of, stored_map
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -55,16 +54,6 @@ def fed(kafka_dist: KafkaDist, request: pytest.FixtureRequest) -> Iterator[dict[
         if request.session.testsfailed > failed_before:
             # Fail the block so the federation's logs (proxies, controller, brokers) stay.
             raise RuntimeError(f"a test failed: logs kept in {state['workdir']}/logs")
-
-
-def _map(state: dict[str, Any]) -> FederationMap:
-    backend = backend_of(state)
-    try:
-        fmap = backend.load()
-    finally:
-        backend.close()
-    assert fmap is not None
-    return fmap
 
 
 def _admin(state: dict[str, Any], op: Any, *args: Any, **kwargs: Any) -> Any:
@@ -94,7 +83,7 @@ def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
     c3 = next(c for c in fed["clusters"] if c["name"] == "c3")
     _admin(fed, admin.remove_cluster, "c3")  # c3 joins later, as a new cluster would
     _admin(fed, admin.create_topic, "keyed", 6, "stable")
-    before = _map(fed).topics["keyed"]
+    before = stored_map(fed).topics["keyed"]
     assert {lp.active.cluster for lp in before.partitions} == {"c1", "c2"}
 
     producer, consumer = run_clients(fed, kafka_dist, "keyed", tmp_path, 12000, 800)
@@ -111,7 +100,7 @@ def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
     assert all(m["now_on"] == "c3" for m in moved)
     counts = finish(producer, consumer)
 
-    after = _map(fed).topics["keyed"]
+    after = stored_map(fed).topics["keyed"]
     assert after.partition_count == 6
     for m in moved:
         lp = after.partitions[m["partition"]]
@@ -131,7 +120,7 @@ def test_rebalance_onto_an_added_cluster_keeps_keys_and_order(
 def test_failover_when_every_broker_of_a_cluster_is_killed(
         fed: dict[str, Any], kafka_dist: KafkaDist, tmp_path: Path) -> None:
     _admin(fed, admin.create_topic, "orders", 6, "contiguous")
-    layout = _map(fed).topics["orders"]
+    layout = stored_map(fed).topics["orders"]
     on_c3 = [lp.index for lp in layout.partitions if lp.active.cluster == "c3"]
     assert on_c3, "the topic should have partitions on c3"
     local = LocalFederation(Path(fed["workdir"]))
@@ -145,10 +134,10 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
             local.stop_component(broker, kill=True)
 
         def rolled() -> bool:
-            lps = _map(fed).topics["orders"].partitions
+            lps = stored_map(fed).topics["orders"].partitions
             return all(lps[p].active.cluster != "c3" for p in on_c3)
         wait_until(rolled, 120, "c3's partitions rolled onto other clusters")
-        fmap = _map(fed)
+        fmap = stored_map(fed)
         starts = {}
         for p in on_c3:
             lp = fmap.topics["orders"].partitions[p]
@@ -176,9 +165,9 @@ def test_failover_when_every_broker_of_a_cluster_is_killed(
 
 def test_drain_and_retire_a_cluster_under_load(
         fed: dict[str, Any], kafka_dist: KafkaDist, tmp_path: Path) -> None:
-    wait_until(lambda: _map(fed).clusters["c3"].writable, 60, "c3 active again")
+    wait_until(lambda: stored_map(fed).clusters["c3"].writable, 60, "c3 active again")
     _admin(fed, admin.create_topic, "drained", 6, "contiguous")
-    on_c2 = [lp.index for lp in _map(fed).topics["drained"].partitions
+    on_c2 = [lp.index for lp in stored_map(fed).topics["drained"].partitions
              if lp.active.cluster == "c2"]
     assert on_c2
     local = LocalFederation(Path(fed["workdir"]))
@@ -191,7 +180,7 @@ def test_drain_and_retire_a_cluster_under_load(
         progress = json.loads(proc.stdout)
         assert progress["done"] and progress["active"] == [], progress
         _cli(fed, "cluster", "retire", "c2")
-        fmap = _map(fed)
+        fmap = stored_map(fed)
         assert fmap.clusters["c2"].state.value == "retired"
         assert all(s.cluster != "c2" for t in fmap.topics.values() for lp in t.partitions
                    for s in lp.segments)

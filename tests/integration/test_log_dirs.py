@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +24,14 @@ from federation.core.model import FederationMap, Segment
 from federation.tooling.kafka_dist import KafkaDist
 from tests.kafka_requests import make
 
-from .fedtopics import backend_of, create_logical_topic
+from .fedtopics import create_logical_topic, stored_map
 from .kafka_admin import create_topic
-from .test_conformance import metadata_v12, send_raw
+from .test_conformance import metadata_v12, send_raw, wait_for
 
 pytestmark = pytest.mark.integration
 
 SEALED = 30  # records on c1's partition 0 before the seal
 THROUGH_PROXY = {0: 25, 1: 40, 2: 15}  # then, per logical partition, through the proxies
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def produce(bootstrap: str, topic: str, counts: dict[int, int], tag: str) -> None:
@@ -112,12 +99,7 @@ def test_log_dirs_command_sees_logical_sizes(local_federation: dict[str, Any],
                                             kafka_dist: KafkaDist, tmp_path: Path) -> None:
     state = local_federation
     name = f"logdirs-{uuid.uuid4().hex[:8]}"
-    backend = backend_of(state)
-    try:
-        fmap = backend.load()
-    finally:
-        backend.close()
-    assert fmap is not None
+    fmap = stored_map(state)
     c1, c2 = sorted(fmap.clusters)[:2]
     phys = fmap.physical_topic_name(name)
     # The sealed segment's records, on c1 before the logical topic exists.
@@ -137,7 +119,7 @@ def test_log_dirs_command_sees_logical_sizes(local_federation: dict[str, Any],
             if int(t.error_code) != 0 or len(t.partitions) != 3:
                 return False
         return True
-    wait_for(served_everywhere, f"every proxy serving {name}")
+    wait_for(served_everywhere, f"every proxy serving {name}", timeout=60.0)
     produce(state["bootstrap"], name, THROUGH_PROXY, "proxy")
 
     segments = {(s.cluster, s.topic, s.partition) for segs in layout for s in segs}
