@@ -37,6 +37,7 @@ broker it is in Metadata (docs/adr/0027-describe-log-dirs.md):
 
 from __future__ import annotations
 
+import datetime
 import logging
 import sys
 from collections import defaultdict
@@ -132,8 +133,8 @@ def describe_log_dirs(session: Session, req: codec.Request) -> Step:
                    topics=tuple(build(mod.DescribeLogDirsTopic, name=name, partitions=tuple(ps))
                                 for name, ps in sorted(by_topic.items())),
                    total_bytes=total, usable_bytes=usable, is_cordoned=False)
-    return build(mod.DescribeLogDirsResponse, throttle_time=_ms(0), error_code=to_kio(0),
-                 results=(result,))
+    return build(mod.DescribeLogDirsResponse, throttle_time=datetime.timedelta(0),
+                 error_code=to_kio(0), results=(result,))
 
 
 def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
@@ -166,6 +167,7 @@ def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
                 return sizes, dirs
             by_node[info.leader].append((t, p))
         nodes = sorted(by_node)
+        asked = {node: set(ps) for node, ps in by_node.items()}
         pendings = []
         missing: list[PhysPart] = []  # to look up again (on the first attempt)
         gone: dict[int, UpstreamError] = {}  # brokers that could not be asked
@@ -203,7 +205,7 @@ def _cluster_sizes(session: Session, req: codec.Request, cluster_id: str,
                 for t in result.topics:
                     for p in t.partitions:
                         key = (t.name, int(p.partition_index))
-                        if not p.is_future_key and key in by_node[node]:
+                        if not p.is_future_key and key in asked[node]:
                             sizes[key] = max(sizes.get(key, 0), int(p.partition_size))
             unlisted = [k for k in by_node[node] if k not in sizes]
             if unlisted and not offline:
@@ -244,9 +246,3 @@ def _unknown(session: Session, cluster_id: str, e: UpstreamError, node: int | No
                 "its log dirs" if partitions is None else
                 ", ".join(f"{t}-{p}" for t, p in partitions), e,
                 " (its leaders are looked up again)" if retried else "")
-
-
-def _ms(value: int) -> Any:
-    import datetime
-
-    return datetime.timedelta(milliseconds=value)
